@@ -1,0 +1,20 @@
+// Argument checks shared by the C++ kernels. The Python wrappers check first and give friendlier
+// messages; these keep a direct torch.ops.mmfast.* call from reading out of bounds.
+#pragma once
+#include <ATen/ATen.h>
+
+#define MMFAST_CHECK_DIM(op, name, tensor, ndim)                                           \
+  TORCH_CHECK_VALUE((tensor).dim() == (ndim), op, ": ", name, " must have ", ndim,         \
+                    " dimensions, got shape ", (tensor).sizes())
+
+#define MMFAST_CHECK_FLOATING(op, name, tensor)                                             \
+  TORCH_CHECK_TYPE((tensor).scalar_type() == at::kFloat ||                                  \
+                       (tensor).scalar_type() == at::kHalf ||                               \
+                       (tensor).scalar_type() == at::kBFloat16 ||                           \
+                       (tensor).scalar_type() == at::kDouble,                               \
+                   op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", \
+                   (tensor).scalar_type())
+
+#define MMFAST_CHECK_SAME_DEVICE(op, name, tensor, ref)                                     \
+  TORCH_CHECK_VALUE((tensor).device() == (ref).device(), op, ": ", name, " must be on ",    \
+                    (ref).device(), " like x, got ", (tensor).device())

@@ -1,0 +1,238 @@
+// pq_encode on the CPU (DESIGN 2.1): for every subspace, the nearest centroid of each row.
+//
+// The distance |x - c|^2 = |x|^2 - 2 x.c + |c|^2 needs only |c|^2 - 2 x.c for an argmin, which is
+// a GEMM tile with a running-minimum epilogue. Rows are processed in blocks; for each block and
+// subspace, centroids are swept in register-sized panels and the B x C distance matrix is never
+// materialized (faiss writes it whole and reads it back, which is what this kernel avoids).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/pq_encode_args.h"
+#include "common/simd.h"
+
+namespace mmfast {
+namespace {
+
+using simd::kLanes;
+using simd::vfloat;
+using simd::vint;
+
+// Register tile of the micro-kernel: kRows rows of x against kVecs vectors of centroids.
+#if defined(__AVX512F__)
+constexpr int kRows = 6, kVecs = 4;  // 24 accumulators + 4 centroid vectors of 32 zmm registers
+#else
+constexpr int kRows = 4, kVecs = 2;  // 8 accumulators + 2 centroid vectors of 16 registers
+#endif
+constexpr int kPanel = kLanes * kVecs;  // centroids per panel
+constexpr int kRowBlock = kRows * 16;   // rows per parallel work item
+
+// Codebooks repacked for the micro-kernel. For subspace s and panel p:
+// weights[s][p][k][j] = -2 * c[p*kPanel + j][k], norms[s][p][j] = |c|^2, +inf for the padding
+// centroids past C so that they never win.
+struct PackedCodebooks {
+  int64_t dsub = 0;
+  int64_t panels = 0;
+  std::vector<float> weights;  // [S, panels, dsub, kPanel]
+  std::vector<float> norms;    // [S, panels, kPanel]
+
+  const float* panel(int64_t s, int64_t p) const {
+    return weights.data() + (s * panels + p) * dsub * kPanel;
+  }
+  const float* bias(int64_t s, int64_t p) const { return norms.data() + (s * panels + p) * kPanel; }
+};
+
+PackedCodebooks pack_codebooks(const at::Tensor& codebooks) {
+  const at::Tensor cb = codebooks.to(at::kFloat).contiguous();  // [S, C, dsub]
+  const int64_t subspaces = cb.size(0), centroids = cb.size(1), dsub = cb.size(2);
+  PackedCodebooks packed;
+  packed.dsub = dsub;
+  packed.panels = (centroids + kPanel - 1) / kPanel;
+  packed.weights.resize(subspaces * packed.panels * dsub * kPanel);
+  packed.norms.resize(subspaces * packed.panels * kPanel);
+  const float* src = cb.data_ptr<float>();
+  at::parallel_for(0, subspaces * packed.panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t sp = begin; sp < end; ++sp) {
+      const int64_t s = sp / packed.panels, p = sp % packed.panels;
+      float* weights = packed.weights.data() + sp * dsub * kPanel;
+      float* norms = packed.norms.data() + sp * kPanel;
+      for (int j = 0; j < kPanel; ++j) {
+        const int64_t c = p * kPanel + j;
+        if (c >= centroids) {
+          for (int64_t k = 0; k < dsub; ++k) weights[k * kPanel + j] = 0.f;
+          norms[j] = std::numeric_limits<float>::infinity();
+          continue;
+        }
+        const float* centroid = src + (s * centroids + c) * dsub;
+        double norm = 0.0;
+        for (int64_t k = 0; k < dsub; ++k) {
+          weights[k * kPanel + j] = -2.f * centroid[k];
+          norm += double(centroid[k]) * centroid[k];
+        }
+        norms[j] = static_cast<float>(norm);
+      }
+    }
+  });
+  return packed;
+}
+
+// Distances of kTileRows rows (xs, row stride dsub) to one panel, folded into each row's
+// lane-wise running minimum. Centroid indices grow along a lane, so strict < keeps the lowest
+// index on ties.
+template <int kTileRows>
+inline void panel_tile(const float* __restrict xs, int64_t dsub, const float* __restrict panel,
+                       const float* __restrict bias, int32_t first_centroid,
+                       vfloat* __restrict best, vint* __restrict best_index) {
+  vfloat acc[kTileRows][kVecs];
+#pragma GCC unroll 8
+  for (int v = 0; v < kVecs; ++v) {
+    const vfloat b = simd::load(bias + v * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) acc[r][v] = b;
+  }
+  for (int64_t k = 0; k < dsub; ++k) {
+    vfloat w[kVecs];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) w[v] = simd::load(panel + k * kPanel + v * kLanes);
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const vfloat xv = simd::broadcast(xs[r * dsub + k]);
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += xv * w[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kTileRows; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) {
+      const vint index = simd::iota(first_centroid + v * kLanes);
+      const vint closer = acc[r][v] < best[r];
+      best[r] = closer ? acc[r][v] : best[r];
+      best_index[r] = closer ? index : best_index[r];
+    }
+  }
+}
+
+// The rows that do not fill a whole kRows tile.
+template <int kTileRows = kRows - 1>
+inline void panel_tail(int rows, const float* xs, int64_t dsub, const float* panel,
+                       const float* bias, int32_t first_centroid, vfloat* best, vint* best_index) {
+  if constexpr (kTileRows > 0) {
+    if (rows == kTileRows) {
+      panel_tile<kTileRows>(xs, dsub, panel, bias, first_centroid, best, best_index);
+    } else {
+      panel_tail<kTileRows - 1>(rows, xs, dsub, panel, bias, first_centroid, best, best_index);
+    }
+  }
+}
+
+template <typename scalar_t, typename code_t>
+void encode_cpu(const at::Tensor& x, const PackedCodebooks& packed, int64_t subspaces,
+                const int64_t* perm, int64_t subspaces_per_rep, at::Tensor& codes) {
+  const int64_t batch = x.size(0), dim = x.size(1), dsub = packed.dsub;
+  const int64_t row_stride = x.stride(0), col_stride = x.stride(1);
+  const scalar_t* x_data = x.const_data_ptr<scalar_t>();
+  code_t* codes_data = codes.data_ptr<code_t>();
+  const int64_t blocks = (batch + kRowBlock - 1) / kRowBlock;
+
+  at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    std::vector<float> xs(kRowBlock * dsub);  // [rows, dsub] sub-vectors of one subspace
+    std::vector<vfloat> best(kRowBlock);
+    std::vector<vint> best_index(kRowBlock);
+    for (int64_t block = block_begin; block < block_end; ++block) {
+      const int64_t row0 = block * kRowBlock;
+      const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, batch - row0));
+
+      for (int i = 0; i < rows; ++i) {
+        const scalar_t* row = x_data + (row0 + i) * row_stride;
+        bool finite = true;
+        for (int64_t d = 0; d < dim; ++d) finite &= std::isfinite(float(row[d * col_stride]));
+        TORCH_CHECK_VALUE(finite, "pq_encode: x must be finite, but row ", row0 + i,
+                          " has a NaN or infinite value");
+      }
+
+      for (int64_t s = 0; s < subspaces; ++s) {
+        const int64_t rep = s / subspaces_per_rep, m = s % subspaces_per_rep;
+        const int64_t* columns = perm ? perm + rep * dim + m * dsub : nullptr;
+        for (int i = 0; i < rows; ++i) {
+          const scalar_t* row = x_data + (row0 + i) * row_stride;
+          float* dst = xs.data() + i * dsub;
+          if (columns) {
+            for (int64_t k = 0; k < dsub; ++k) dst[k] = float(row[columns[k] * col_stride]);
+          } else {
+            for (int64_t k = 0; k < dsub; ++k) dst[k] = float(row[(m * dsub + k) * col_stride]);
+          }
+          best[i] = simd::broadcast(std::numeric_limits<float>::infinity());
+          best_index[i] = vint{};
+        }
+
+        // Panel-outer order keeps one [dsub, kPanel] panel hot in L1 across the whole block.
+        for (int64_t p = 0; p < packed.panels; ++p) {
+          const float* panel = packed.panel(s, p);
+          const float* bias = packed.bias(s, p);
+          const int32_t first = static_cast<int32_t>(p * kPanel);
+          int i = 0;
+          for (; i + kRows <= rows; i += kRows) {
+            panel_tile<kRows>(xs.data() + i * dsub, dsub, panel, bias, first, &best[i],
+                              &best_index[i]);
+          }
+          panel_tail(rows - i, xs.data() + i * dsub, dsub, panel, bias, first, &best[i],
+                     &best_index[i]);
+        }
+
+        for (int i = 0; i < rows; ++i) {
+          float value = best[i][0];
+          int32_t index = best_index[i][0];
+          for (int lane = 1; lane < kLanes; ++lane) {
+            const float v = best[i][lane];
+            const int32_t j = best_index[i][lane];
+            if (v < value || (v == value && j < index)) {
+              value = v;
+              index = j;
+            }
+          }
+          codes_data[(row0 + i) * subspaces + s] = static_cast<code_t>(index);
+        }
+      }
+    }
+  });
+}
+
+at::Tensor pq_encode_cpu(const at::Tensor& x, const at::Tensor& codebooks,
+                         const std::optional<at::Tensor>& perm) {
+  const PqEncodeShape shape = check_pq_encode_args(x, codebooks, perm);
+  at::Tensor codes = at::empty({shape.batch, shape.subspaces},
+                               x.options().dtype(pq_code_dtype(shape.centroids)));
+  if (shape.batch == 0 || shape.subspaces == 0) return codes;
+  const at::Tensor perm_c = perm ? perm->contiguous() : at::Tensor();
+  check_pq_encode_values(codebooks, perm_c, shape.dim);
+
+  const PackedCodebooks packed = pack_codebooks(codebooks);
+  const int64_t* perm_data = perm ? perm_c.const_data_ptr<int64_t>() : nullptr;
+  const int64_t subspaces = shape.subspaces, per_rep = shape.subspaces_per_rep;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_encode_cpu", [&] {
+    switch (codes.scalar_type()) {
+      case at::kByte:
+        encode_cpu<scalar_t, uint8_t>(x, packed, subspaces, perm_data, per_rep, codes);
+        break;
+      case at::kShort:
+        encode_cpu<scalar_t, int16_t>(x, packed, subspaces, perm_data, per_rep, codes);
+        break;
+      default:
+        encode_cpu<scalar_t, int32_t>(x, packed, subspaces, perm_data, per_rep, codes);
+    }
+  });
+  return codes;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) { m.impl("pq_encode", &pq_encode_cpu); }
+
+}  // namespace mmfast

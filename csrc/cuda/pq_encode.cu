@@ -1,0 +1,142 @@
+// pq_encode on CUDA (DESIGN 2.1). One thread per row and one grid row per subspace: the block
+// sweeps the subspace's centroids in chunks staged through shared memory, keeping a running
+// argmin in registers, so the B x C distance matrix never exists in global memory.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cfloat>
+
+#include "common/pq_encode_args.h"
+
+namespace mmfast {
+namespace {
+
+constexpr int kThreads = 128;  // rows per block, one per thread
+constexpr int kChunk = 32;     // centroids per shared-memory chunk (one accumulator each)
+constexpr int kDepth = 32;     // dimensions per shared-memory stage
+
+template <typename scalar_t, typename code_t>
+__global__ void pq_encode_kernel(const scalar_t* __restrict__ x, int64_t batch, int64_t dim,
+                                 int64_t row_stride, int64_t col_stride,
+                                 const float* __restrict__ codebooks,  // [S, C, dsub]
+                                 int64_t centroids, int64_t dsub,
+                                 const int64_t* __restrict__ perm,  // [R, D] or null
+                                 int64_t subspaces_per_rep, code_t* __restrict__ codes) {
+  __shared__ float x_tile[kDepth][kThreads + 1];  // +1: rows written along a column, no conflicts
+  __shared__ float c_tile[kDepth][kChunk];
+  __shared__ float c_norm[kChunk];
+
+  const int64_t subspaces = gridDim.y;
+  const int64_t s = blockIdx.y;
+  const int64_t rep = s / subspaces_per_rep, m = s % subspaces_per_rep;
+  const int64_t row0 = int64_t(blockIdx.x) * kThreads;
+  const int tid = threadIdx.x;
+  const float* book = codebooks + s * centroids * dsub;
+
+  float best = FLT_MAX;
+  int32_t best_index = 0;
+
+  for (int64_t c0 = 0; c0 < centroids; c0 += kChunk) {
+    float acc[kChunk];
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) acc[c] = 0.f;
+    if (tid < kChunk) c_norm[tid] = 0.f;
+
+    for (int64_t k0 = 0; k0 < dsub; k0 += kDepth) {
+      __syncthreads();
+      // Stage x[row0 : row0+kThreads, k0 : k0+kDepth] (consecutive threads, consecutive columns).
+      for (int e = tid; e < kThreads * kDepth; e += kThreads) {
+        const int r = e / kDepth, k = e % kDepth;
+        const int64_t row = row0 + r, kk = k0 + k;
+        float value = 0.f;
+        if (row < batch && kk < dsub) {
+          const int64_t col = perm ? perm[rep * dim + m * dsub + kk] : m * dsub + kk;
+          value = static_cast<float>(x[row * row_stride + col * col_stride]);
+        }
+        x_tile[k][r] = value;
+      }
+      for (int e = tid; e < kChunk * kDepth; e += kThreads) {
+        const int c = e / kDepth, k = e % kDepth;
+        const int64_t cc = c0 + c, kk = k0 + k;
+        c_tile[k][c] = (cc < centroids && kk < dsub) ? book[cc * dsub + kk] : 0.f;
+      }
+      __syncthreads();
+      if (tid < kChunk) {
+        float norm = 0.f;
+#pragma unroll 8
+        for (int k = 0; k < kDepth; ++k) norm += c_tile[k][tid] * c_tile[k][tid];
+        c_norm[tid] += norm;
+      }
+#pragma unroll 4
+      for (int k = 0; k < kDepth; ++k) {
+        const float xv = x_tile[k][tid];
+#pragma unroll
+        for (int c = 0; c < kChunk; ++c) acc[c] = fmaf(xv, c_tile[k][c], acc[c]);
+      }
+    }
+    __syncthreads();
+    // Ascending centroid order with strict < keeps the lowest index on ties.
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) {
+      const float distance = c_norm[c] - 2.f * acc[c];
+      if (c0 + c < centroids && distance < best) {
+        best = distance;
+        best_index = static_cast<int32_t>(c0 + c);
+      }
+    }
+  }
+  const int64_t row = row0 + tid;
+  if (row < batch) codes[row * subspaces + s] = static_cast<code_t>(best_index);
+}
+
+at::Tensor pq_encode_cuda(const at::Tensor& x, const at::Tensor& codebooks,
+                          const std::optional<at::Tensor>& perm) {
+  const PqEncodeShape shape = check_pq_encode_args(x, codebooks, perm);
+  const int64_t batch = shape.batch, subspaces = shape.subspaces;
+  TORCH_CHECK_VALUE(subspaces <= 65535, "pq_encode: at most 65535 subspaces on CUDA, got ",
+                    subspaces);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor codes =
+      at::empty({batch, subspaces}, x.options().dtype(pq_code_dtype(shape.centroids)));
+  if (batch == 0 || subspaces == 0) return codes;
+
+  // One reduction and one sync; the failure path then names the first bad row.
+  if (!at::isfinite(x).all().item<bool>()) {
+    const int64_t row = (~at::isfinite(x)).any(1).nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "pq_encode: x must be finite, but row ", row,
+                      " has a NaN or infinite value");
+  }
+  const at::Tensor perm_c = perm ? perm->contiguous() : at::Tensor();
+  check_pq_encode_values(codebooks, perm_c, shape.dim);
+  const at::Tensor book = codebooks.to(at::kFloat).contiguous();
+
+  const dim3 grid(static_cast<unsigned>((batch + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(subspaces));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pq_encode_cuda", [&] {
+    const int64_t* perm_data = perm ? perm_c.const_data_ptr<int64_t>() : nullptr;
+    auto launch = [&](auto* out) {
+      using code_t = std::remove_pointer_t<decltype(out)>;
+      pq_encode_kernel<scalar_t, code_t><<<grid, kThreads, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), batch, shape.dim, x.stride(0), x.stride(1),
+          book.const_data_ptr<float>(), shape.centroids, shape.dsub, perm_data,
+          shape.subspaces_per_rep, out);
+    };
+    switch (codes.scalar_type()) {
+      case at::kByte: launch(codes.data_ptr<uint8_t>()); break;
+      case at::kShort: launch(codes.data_ptr<int16_t>()); break;
+      default: launch(codes.data_ptr<int32_t>());
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return codes;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CUDA, m) { m.impl("pq_encode", &pq_encode_cuda); }
+
+}  // namespace mmfast

@@ -1,0 +1,25 @@
+"""Argument checks shared by the op wrappers: messages name the argument, what was expected
+and what came. They read only metadata, so they cost nothing under ``torch.compile``."""
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tensor(op: str, name: str, value, *, ndim: int | None = None, dtypes=None) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if ndim is not None and value.dim() != ndim:
+        raise ValueError(
+            f"{op}: {name} must have {ndim} dimensions, got shape {tuple(value.shape)}"
+        )
+    if dtypes is not None and value.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{op}: {name} must be one of {names}, got {value.dtype}")
+
+
+def check_same_device(op: str, name: str, value: torch.Tensor, reference: torch.Tensor) -> None:
+    if value.device != reference.device:
+        raise ValueError(
+            f"{op}: {name} must be on {reference.device} like the first input, got {value.device}"
+        )
