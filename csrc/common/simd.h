@@ -22,7 +22,10 @@ inline vfloat load(const float* p) {
   return v;
 }
 
-inline vfloat broadcast(float x) { return vfloat{} + x; }
+// Subtracting +0.0f is exact for every x (-0.0f included), so the compiler drops it and emits one
+// broadcast; `x + vfloat{}` would cost a real addition (x + 0.0f is not x for x = -0.0f), and a
+// lane-by-lane fill compiles to a masked broadcast per lane.
+inline vfloat broadcast(float x) { return x - vfloat{}; }
 
 inline vint iota(int32_t start) {
   vint v;
