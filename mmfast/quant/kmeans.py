@@ -67,7 +67,7 @@ def train_subspace_codebooks(
 
     offsets = torch.arange(num_subspaces, device=x.device) * k  # cluster (m, c) -> m*k + c
     flat_subvectors = subvectors.reshape(n * num_subspaces, dsub).double()
-    for _ in range(iters):
+    for iteration in range(iters):
         codes = pq_encode(x, codebooks)  # [N, M]
         clusters = (codes.long() + offsets).reshape(-1)
         sums = torch.zeros(num_subspaces * k, dsub, dtype=torch.float64, device=x.device)
@@ -77,7 +77,8 @@ def train_subspace_codebooks(
         updated = sums / counts.clamp(min=1).unsqueeze(-1)
         # A cluster that lost all its points keeps its old centroid until it is re-seeded.
         codebooks = torch.where(counts.unsqueeze(-1) > 0, updated, codebooks.double()).float()
-        _split_largest_into_empty(codebooks, counts)
+        if iteration + 1 < iters:  # the last update stays exact means
+            _split_largest_into_empty(codebooks, counts)
     return codebooks
 
 
