@@ -30,7 +30,8 @@ constexpr int kRows = 6, kVecs = 4;  // 24 accumulators + 4 centroid vectors of 
 constexpr int kRows = 4, kVecs = 2;  // 8 accumulators + 2 centroid vectors of 16 registers
 #endif
 constexpr int kPanel = kLanes * kVecs;  // centroids per panel
-constexpr int kRowBlock = kRows * 16;   // rows per parallel work item
+constexpr int kRowBlock = kRows * 4;    // rows per parallel work item
+constexpr int kDepth = 64;              // dimensions per pass: a [kDepth, kPanel] slice is 16 KB
 
 // Codebooks repacked for the micro-kernel. For subspace s and panel p:
 // weights[s][p][k][j] = -2 * c[p*kPanel + j][k], norms[s][p][j] = |c|^2, +inf for the padding
@@ -81,21 +82,24 @@ PackedCodebooks pack_codebooks(const at::Tensor& codebooks) {
   return packed;
 }
 
-// Distances of kTileRows rows (xs, row stride dsub) to one panel, folded into each row's
-// lane-wise running minimum. Centroid indices grow along a lane, so strict < keeps the lowest
-// index on ties.
-template <int kTileRows>
-inline void panel_tile(const float* __restrict xs, int64_t dsub, const float* __restrict panel,
-                       const float* __restrict bias, int32_t first_centroid,
+// One row tile against one panel over the dimensions [k0, k0 + depth) of the subspace. The
+// first chunk starts from |c|^2, later ones from the partial sums the previous chunk left in
+// `partial` ([kTileRows, kPanel]); the last folds the distances into each row's lane-wise
+// running minimum. Centroid indices grow along a lane, so strict < keeps the lowest index on ties.
+template <int kTileRows, bool kFirstChunk, bool kLastChunk>
+inline void panel_tile(const float* __restrict xs, int64_t dsub, int64_t depth,
+                       const float* __restrict panel, const float* __restrict bias,
+                       float* __restrict partial, int32_t first_centroid,
                        vfloat* __restrict best, vint* __restrict best_index) {
   vfloat acc[kTileRows][kVecs];
 #pragma GCC unroll 8
-  for (int v = 0; v < kVecs; ++v) {
-    const vfloat b = simd::load(bias + v * kLanes);
+  for (int r = 0; r < kTileRows; ++r) {
 #pragma GCC unroll 8
-    for (int r = 0; r < kTileRows; ++r) acc[r][v] = b;
+    for (int v = 0; v < kVecs; ++v) {
+      acc[r][v] = simd::load((kFirstChunk ? bias : partial + r * kPanel) + v * kLanes);
+    }
   }
-  for (int64_t k = 0; k < dsub; ++k) {
+  for (int64_t k = 0; k < depth; ++k) {
     vfloat w[kVecs];
 #pragma GCC unroll 8
     for (int v = 0; v < kVecs; ++v) w[v] = simd::load(panel + k * kPanel + v * kLanes);
@@ -110,25 +114,65 @@ inline void panel_tile(const float* __restrict xs, int64_t dsub, const float* __
   for (int r = 0; r < kTileRows; ++r) {
 #pragma GCC unroll 8
     for (int v = 0; v < kVecs; ++v) {
-      const vint index = simd::iota(first_centroid + v * kLanes);
-      const vint closer = acc[r][v] < best[r];
-      best[r] = closer ? acc[r][v] : best[r];
-      best_index[r] = closer ? index : best_index[r];
+      if constexpr (kLastChunk) {
+        const vint index = simd::iota(first_centroid + v * kLanes);
+        const vint closer = acc[r][v] < best[r];
+        best[r] = closer ? acc[r][v] : best[r];
+        best_index[r] = closer ? index : best_index[r];
+      } else {
+        __builtin_memcpy(partial + r * kPanel + v * kLanes, &acc[r][v], sizeof(vfloat));
+      }
     }
   }
 }
 
-// The rows that do not fill a whole kRows tile.
-template <int kTileRows = kRows - 1>
-inline void panel_tail(int rows, const float* xs, int64_t dsub, const float* panel,
-                       const float* bias, int32_t first_centroid, vfloat* best, vint* best_index) {
+// Turns the runtime (rows, first, last) of a tile into template constants.
+template <int kTileRows = kRows>
+inline void dispatch_tile(int rows, bool first, bool last, const float* xs, int64_t dsub,
+                          int64_t depth, const float* panel, const float* bias, float* partial,
+                          int32_t first_centroid, vfloat* best, vint* best_index) {
   if constexpr (kTileRows > 0) {
-    if (rows == kTileRows) {
-      panel_tile<kTileRows>(xs, dsub, panel, bias, first_centroid, best, best_index);
+    if (rows != kTileRows) {
+      dispatch_tile<kTileRows - 1>(rows, first, last, xs, dsub, depth, panel, bias, partial,
+                                   first_centroid, best, best_index);
+    } else if (first && last) {
+      panel_tile<kTileRows, true, true>(xs, dsub, depth, panel, bias, partial, first_centroid,
+                                        best, best_index);
+    } else if (first) {
+      panel_tile<kTileRows, true, false>(xs, dsub, depth, panel, bias, partial, first_centroid,
+                                         best, best_index);
+    } else if (last) {
+      panel_tile<kTileRows, false, true>(xs, dsub, depth, panel, bias, partial, first_centroid,
+                                         best, best_index);
     } else {
-      panel_tail<kTileRows - 1>(rows, xs, dsub, panel, bias, first_centroid, best, best_index);
+      panel_tile<kTileRows, false, false>(xs, dsub, depth, panel, bias, partial, first_centroid,
+                                          best, best_index);
     }
   }
+}
+
+// True when every value is finite. Integer tests of the exponent bits vectorize, where
+// std::isfinite in a reduction does not.
+inline bool all_finite(const float* values, int64_t count) {
+  uint32_t non_finite = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    __builtin_memcpy(&bits, values + i, sizeof(bits));
+    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return non_finite == 0;
+}
+
+// The lane holding the smallest distance, the lowest centroid index among equal ones.
+inline int32_t nearest(const vfloat& best, const vint& best_index) {
+  float value = best[0];
+  int32_t index = best_index[0];
+  for (int lane = 1; lane < kLanes; ++lane) {
+    const bool take = best[lane] < value || (best[lane] == value && best_index[lane] < index);
+    value = take ? best[lane] : value;
+    index = take ? best_index[lane] : index;
+  }
+  return index;
 }
 
 template <typename scalar_t, typename code_t>
@@ -140,63 +184,64 @@ void encode_cpu(const at::Tensor& x, const PackedCodebooks& packed, int64_t subs
   code_t* codes_data = codes.data_ptr<code_t>();
   const int64_t blocks = (batch + kRowBlock - 1) / kRowBlock;
 
+  // Sub-vector of one row as float32: permuted columns, a unit-stride span, or a strided one.
+  const auto gather = [&](const scalar_t* row, const int64_t* columns, int64_t first_column,
+                          float* __restrict dst) {
+    if (columns) {
+      for (int64_t k = 0; k < dsub; ++k) dst[k] = static_cast<float>(row[columns[k] * col_stride]);
+    } else if (col_stride == 1) {
+      for (int64_t k = 0; k < dsub; ++k) dst[k] = static_cast<float>(row[first_column + k]);
+    } else {
+      for (int64_t k = 0; k < dsub; ++k) {
+        dst[k] = static_cast<float>(row[(first_column + k) * col_stride]);
+      }
+    }
+  };
+
   at::parallel_for(0, blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     std::vector<float> xs(kRowBlock * dsub);  // [rows, dsub] sub-vectors of one subspace
     std::vector<vfloat> best(kRowBlock);
     std::vector<vint> best_index(kRowBlock);
+    std::vector<float> partial(kRowBlock * kPanel);  // distances carried between depth chunks
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t row0 = block * kRowBlock;
       const int rows = static_cast<int>(std::min<int64_t>(kRowBlock, batch - row0));
-
-      for (int i = 0; i < rows; ++i) {
-        const scalar_t* row = x_data + (row0 + i) * row_stride;
-        bool finite = true;
-        for (int64_t d = 0; d < dim; ++d) finite &= std::isfinite(float(row[d * col_stride]));
-        TORCH_CHECK_VALUE(finite, "pq_encode: x must be finite, but row ", row0 + i,
-                          " has a NaN or infinite value");
-      }
 
       for (int64_t s = 0; s < subspaces; ++s) {
         const int64_t rep = s / subspaces_per_rep, m = s % subspaces_per_rep;
         const int64_t* columns = perm ? perm + rep * dim + m * dsub : nullptr;
         for (int i = 0; i < rows; ++i) {
-          const scalar_t* row = x_data + (row0 + i) * row_stride;
-          float* dst = xs.data() + i * dsub;
-          if (columns) {
-            for (int64_t k = 0; k < dsub; ++k) dst[k] = float(row[columns[k] * col_stride]);
-          } else {
-            for (int64_t k = 0; k < dsub; ++k) dst[k] = float(row[(m * dsub + k) * col_stride]);
-          }
+          gather(x_data + (row0 + i) * row_stride, columns, m * dsub, xs.data() + i * dsub);
           best[i] = simd::broadcast(std::numeric_limits<float>::infinity());
           best_index[i] = vint{};
         }
+        if (!all_finite(xs.data(), rows * dsub)) {
+          for (int i = 0; i < rows; ++i) {
+            TORCH_CHECK_VALUE(all_finite(xs.data() + i * dsub, dsub),
+                              "pq_encode: x must be finite, but row ", row0 + i,
+                              " has a NaN or infinite value");
+          }
+        }
 
-        // Panel-outer order keeps one [dsub, kPanel] panel hot in L1 across the whole block.
+        // Panel-outer order with the dimensions in chunks keeps one [kDepth, kPanel] slice of
+        // the panel hot in L1 while every row tile of the block passes over it.
         for (int64_t p = 0; p < packed.panels; ++p) {
-          const float* panel = packed.panel(s, p);
           const float* bias = packed.bias(s, p);
           const int32_t first = static_cast<int32_t>(p * kPanel);
-          int i = 0;
-          for (; i + kRows <= rows; i += kRows) {
-            panel_tile<kRows>(xs.data() + i * dsub, dsub, panel, bias, first, &best[i],
-                              &best_index[i]);
+          for (int64_t k0 = 0; k0 < dsub; k0 += kDepth) {
+            const int64_t depth = std::min<int64_t>(kDepth, dsub - k0);
+            const float* panel = packed.panel(s, p) + k0 * kPanel;
+            for (int i = 0; i < rows; i += kRows) {
+              dispatch_tile(std::min(kRows, rows - i), k0 == 0, k0 + depth == dsub,
+                            xs.data() + i * dsub + k0, dsub, depth, panel, bias,
+                            partial.data() + i * kPanel, first, &best[i], &best_index[i]);
+            }
           }
-          panel_tail(rows - i, xs.data() + i * dsub, dsub, panel, bias, first, &best[i],
-                     &best_index[i]);
         }
 
         for (int i = 0; i < rows; ++i) {
-          float value = best[i][0];
-          int32_t index = best_index[i][0];
-          for (int lane = 1; lane < kLanes; ++lane) {
-            const float v = best[i][lane];
-            const int32_t j = best_index[i][lane];
-            if (v < value || (v == value && j < index)) {
-              value = v;
-              index = j;
-            }
-          }
-          codes_data[(row0 + i) * subspaces + s] = static_cast<code_t>(index);
+          const int32_t code = nearest(best[i], best_index[i]);
+          codes_data[(row0 + i) * subspaces + s] = static_cast<code_t>(code);
         }
       }
     }
