@@ -26,7 +26,7 @@ __global__ void pq_encode_kernel(const scalar_t* __restrict__ x, int64_t batch, 
                                  const int64_t* __restrict__ perm,  // [R, D] or null
                                  int64_t subspaces_per_rep, code_t* __restrict__ codes) {
   __shared__ float x_tile[kDepth][kThreads + 1];  // +1: rows written along a column, no conflicts
-  __shared__ float c_tile[kDepth][kChunk];
+  __shared__ float c_tile[kDepth][kChunk + 1];  // +1: a warp stores one centroid's column
   __shared__ float c_norm[kChunk];
 
   const int64_t subspaces = gridDim.y;
@@ -43,7 +43,7 @@ __global__ void pq_encode_kernel(const scalar_t* __restrict__ x, int64_t batch, 
     float acc[kChunk];
 #pragma unroll
     for (int c = 0; c < kChunk; ++c) acc[c] = 0.f;
-    if (tid < kChunk) c_norm[tid] = 0.f;
+    float norm = 0.f;  // |c|^2 of centroid c0 + tid, summed by the first kChunk threads
 
     for (int64_t k0 = 0; k0 < dsub; k0 += kDepth) {
       __syncthreads();
@@ -65,10 +65,8 @@ __global__ void pq_encode_kernel(const scalar_t* __restrict__ x, int64_t batch, 
       }
       __syncthreads();
       if (tid < kChunk) {
-        float norm = 0.f;
 #pragma unroll 8
-        for (int k = 0; k < kDepth; ++k) norm += c_tile[k][tid] * c_tile[k][tid];
-        c_norm[tid] += norm;
+        for (int k = 0; k < kDepth; ++k) norm = fmaf(c_tile[k][tid], c_tile[k][tid], norm);
       }
 #pragma unroll 4
       for (int k = 0; k < kDepth; ++k) {
@@ -77,6 +75,8 @@ __global__ void pq_encode_kernel(const scalar_t* __restrict__ x, int64_t batch, 
         for (int c = 0; c < kChunk; ++c) acc[c] = fmaf(xv, c_tile[k][c], acc[c]);
       }
     }
+    // Written only after the k loop's barriers, so no thread still reads the previous chunk's.
+    if (tid < kChunk) c_norm[tid] = norm;
     __syncthreads();
     // Ascending centroid order with strict < keeps the lowest index on ties.
 #pragma unroll
