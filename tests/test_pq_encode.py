@@ -150,10 +150,11 @@ def test_opcheck(device, repetitions):
     opcheck(torch.ops.mmfast.pq_encode.default, (x.requires_grad_(), codebooks, perm))
 
 
-def test_torch_compile_fullgraph(device):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(device, backend):
     x, codebooks, perm = _problem(64, 32, 4, 64, 2, device=device)
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
+    @torch.compile(fullgraph=True, backend=backend)
     def tokens(x, codebooks, perm):
         codes = pq_encode(x * 2.0, codebooks, perm).long()
         return codes + torch.arange(codes.shape[1], device=codes.device) * codebooks.shape[1]
