@@ -18,8 +18,8 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 
 from mmfast._backend import backend, get_backend, set_backend
 from mmfast._info import info
-from mmfast import ops, quant, reference
+from mmfast import nn, ops, quant, reference
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["backend", "get_backend", "set_backend", "info", "ops", "quant", "reference"]
+__all__ = ["backend", "get_backend", "set_backend", "info", "nn", "ops", "quant", "reference"]
