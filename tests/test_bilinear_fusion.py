@@ -275,3 +275,12 @@ def test_nn_bilinear_fusion(gate):
         torch.testing.assert_close(module(u, v), expected)
     with pytest.raises(ValueError, match="gate must be one of"):
         mmfast.nn.BilinearFusion(6, 4, 3, gate="sigmoid")
+
+
+def test_inputs_are_left_untouched():
+    # A one-row batch once made the output alias the bias; nothing may write to the inputs.
+    u, v, weight, b = _problem(1, 5, 7, 3)
+    copies = [t.clone() for t in (u, v, weight, b)]
+    bilinear_fusion(u, v, weight, b, "first")
+    for t, c in zip((u, v, weight, b), copies):
+        assert torch.equal(t, c)

@@ -4,7 +4,6 @@
 
 #include <optional>
 #include <string_view>
-#include <type_traits>
 
 #include "common/checks.h"
 
@@ -13,25 +12,12 @@ namespace mmfast {
 // Which input goes through a sigmoid before the bilinear form (Kiela's bilinear-gated model).
 enum class BilinearGate { kNone, kFirst, kSecond };
 
-template <BilinearGate kGate>
-using BilinearGateConstant = std::integral_constant<BilinearGate, kGate>;
-
 inline BilinearGate parse_bilinear_gate(std::string_view gate) {
   if (gate == "none") return BilinearGate::kNone;
   if (gate == "first") return BilinearGate::kFirst;
   TORCH_CHECK_VALUE(gate == "second",
                     "bilinear_fusion: gate must be 'none', 'first' or 'second', got '", gate, "'");
   return BilinearGate::kSecond;
-}
-
-// Turns the runtime gate into a compile-time constant, so inner loops carry no branch on it.
-template <typename Function>
-decltype(auto) dispatch_bilinear_gate(BilinearGate gate, Function&& function) {
-  switch (gate) {
-    case BilinearGate::kFirst: return function(BilinearGateConstant<BilinearGate::kFirst>{});
-    case BilinearGate::kSecond: return function(BilinearGateConstant<BilinearGate::kSecond>{});
-    default: return function(BilinearGateConstant<BilinearGate::kNone>{});
-  }
 }
 
 struct BilinearShape {
