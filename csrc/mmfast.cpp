@@ -13,6 +13,14 @@ TORCH_LIBRARY(mmfast, m) {
   m.set_python_module("mmfast.ops.pq_encode");
   // DESIGN 2.1. codebooks [R*M, C, D/M]; perm [R, D] or None; codes [B, R*M] (uint8/int16/int32 by C).
   m.def("pq_encode(Tensor x, Tensor codebooks, Tensor? perm) -> Tensor");
+
+  m.set_python_module("mmfast.ops.bilinear_fusion");
+  // DESIGN 2.2. u [B, P], v [B, Q], weight [K, P, Q], bias [K] or None; gate "none", "first"
+  // (sigmoid on u) or "second" (sigmoid on v); out [B, K].
+  m.def("bilinear_fusion(Tensor u, Tensor v, Tensor weight, Tensor? bias, str gate) -> Tensor");
+  // Gradients for u, v, weight and bias (the last is grad_out summed over the batch).
+  m.def("_bilinear_fusion_backward(Tensor grad_out, Tensor u, Tensor v, Tensor weight, str gate)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -23,3 +23,11 @@ def check_same_device(op: str, name: str, value: torch.Tensor, reference: torch.
         raise ValueError(
             f"{op}: {name} must be on {reference.device} like the first input, got {value.device}"
         )
+
+
+def check_same_dtype(op: str, name: str, value: torch.Tensor, reference: torch.Tensor) -> None:
+    if value.dtype != reference.dtype:
+        raise TypeError(
+            f"{op}: {name} must have the dtype of the first input ({reference.dtype}), "
+            f"got {value.dtype}"
+        )

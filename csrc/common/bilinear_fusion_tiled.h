@@ -1,0 +1,154 @@
+// The tiled algorithm of bilinear_fusion, shared by the CPU and CUDA kernels.
+//
+// With T[b, p*Q + q] = g(u)[b,p] * g'(v)[b,q] (the gated outer product of one row), every product
+// of the op is a GEMM against W viewed as [K, P*Q]:
+//   forward    o       = T @ W^T + bias                  2*B*K*P*Q flops
+//   backward   grad_W  = grad_o^T @ T                    2*B*K*P*Q
+//              G       = grad_o @ W       [B, P*Q]       2*B*K*P*Q
+//              grad_u[b,p] = sum_q G[b,p,q] g'(v)[b,q],  grad_v[b,q] = sum_p G[b,p,q] g(u)[b,p]
+// (then the sigmoid's slope for the gated input), so the heavy part runs at BLAS speed and G is
+// shared by grad_u and grad_v. T and G exist only as slices: a tile of rows times a block of p,
+// sized so that a slice is still in cache when the GEMM reads it, while the tile of rows is tall
+// enough for each element of W to be reused across many rows. The B x P x Q outer product is never
+// materialized.
+//
+// A backend supplies `Kernels` with two static members working on compute-dtype tensors:
+//   outer_product(u_block [rows, pb], v [rows, Q], outer [rows, pb*Q])       writes a T slice
+//   contract(grad_outer [rows, pb*Q], u_block, v, grad_u_block [rows, pb], grad_v [rows, Q])
+//       writes grad_u_block and adds into grad_v
+// and the constants kTileRows (rows per tile) and kSliceBytes (the size a slice aims for).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <utility>
+
+#include "common/bilinear_fusion_args.h"
+
+namespace mmfast {
+
+// float32 accumulation for float16/bfloat16/float32 inputs; float64 stays float64 (gradcheck).
+inline at::ScalarType bilinear_compute_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+struct BilinearTiling {
+  int64_t rows;     // rows of a tile
+  int64_t p_block;  // values of p in a slice
+};
+
+template <typename Kernels>
+BilinearTiling bilinear_tiling(const BilinearShape& shape, at::ScalarType compute_dtype) {
+  const int64_t rows = std::max<int64_t>(1, std::min(Kernels::kTileRows, shape.batch));
+  const int64_t slice_row_bytes =
+      rows * std::max<int64_t>(1, shape.in2) * static_cast<int64_t>(c10::elementSize(compute_dtype));
+  const int64_t p_block = std::clamp<int64_t>(Kernels::kSliceBytes / slice_row_bytes, 1,
+                                              std::max<int64_t>(1, shape.in1));
+  return {rows, p_block};
+}
+
+// The inputs in the compute dtype, through the sigmoid where gated: [B, P] and [B, Q] are tiny next
+// to the B*K*P*Q work, and gating once spares every slice its own exponentials.
+inline std::pair<at::Tensor, at::Tensor> bilinear_gated_inputs(const at::Tensor& u,
+                                                               const at::Tensor& v,
+                                                               BilinearGate gate,
+                                                               at::ScalarType compute_dtype) {
+  at::Tensor u_gated = u.to(compute_dtype).contiguous();
+  at::Tensor v_gated = v.to(compute_dtype).contiguous();
+  if (gate == BilinearGate::kFirst) u_gated = at::sigmoid(u_gated);
+  if (gate == BilinearGate::kSecond) v_gated = at::sigmoid(v_gated);
+  return {u_gated, v_gated};
+}
+
+template <typename Kernels>
+at::Tensor bilinear_fusion_tiled(const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight,
+                                 const std::optional<at::Tensor>& bias, std::string_view gate_name) {
+  const BilinearShape shape = check_bilinear_fusion_args(u, v, weight, bias);
+  const BilinearGate gate = parse_bilinear_gate(gate_name);
+  if (shape.batch == 0) return at::empty({0, shape.out}, u.options());
+  const at::ScalarType compute_dtype = bilinear_compute_dtype(u.scalar_type());
+  const at::TensorOptions compute = u.options().dtype(compute_dtype);
+  const int64_t in2 = shape.in2;
+
+  const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
+  const at::Tensor weight_flat =
+      weight.to(compute_dtype).contiguous().view({shape.out, shape.in1 * in2});  // [K, P*Q]
+  // Every tile accumulates its p blocks onto the bias. (A fresh buffer: expand().contiguous() of
+  // a one-row batch would alias the caller's bias.)
+  at::Tensor out = at::empty({shape.batch, shape.out}, compute);  // [B, K]
+  if (bias) {
+    out.copy_(bias->expand({shape.batch, shape.out}));
+  } else {
+    out.zero_();
+  }
+
+  const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
+  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);  // T slice
+  for (int64_t row0 = 0; row0 < shape.batch; row0 += tiling.rows) {
+    const int64_t rows = std::min(tiling.rows, shape.batch - row0);
+    const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
+    at::Tensor out_tile = out.narrow(0, row0, rows);  // [rows, K]
+    for (int64_t p0 = 0; p0 < shape.in1; p0 += tiling.p_block) {
+      const int64_t p_block = std::min(tiling.p_block, shape.in1 - p0);
+      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+      Kernels::outer_product(u_gated.narrow(0, row0, rows).narrow(1, p0, p_block), v_tile,
+                             outer_slice);
+      out_tile.addmm_(outer_slice, weight_flat.narrow(1, p0 * in2, p_block * in2).t());
+    }
+  }
+  return out.to(u.scalar_type());
+}
+
+template <typename Kernels>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backward_tiled(
+    const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight,
+    std::string_view gate_name) {
+  const BilinearShape shape = check_bilinear_fusion_backward_args(grad_out, u, v, weight);
+  const BilinearGate gate = parse_bilinear_gate(gate_name);
+  const at::ScalarType dtype = u.scalar_type();
+  const at::ScalarType compute_dtype = bilinear_compute_dtype(dtype);
+  const at::TensorOptions compute = u.options().dtype(compute_dtype);
+  const int64_t in2 = shape.in2, features = shape.in1 * in2;
+
+  const at::Tensor grad_out_compute = grad_out.to(compute_dtype).contiguous();  // [B, K]
+  at::Tensor grad_u = at::empty({shape.batch, shape.in1}, compute);
+  at::Tensor grad_v = at::zeros({shape.batch, in2}, compute);                // sum over p blocks
+  at::Tensor grad_weight_flat = at::zeros({shape.out, features}, compute);  // [K, P*Q]
+  const at::Tensor grad_bias = grad_out_compute.sum(0);                     // [K]
+
+  if (shape.batch > 0) {
+    const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
+    const at::Tensor weight_flat =
+        weight.to(compute_dtype).contiguous().view({shape.out, features});  // [K, P*Q]
+    const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
+    at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);       // T slice
+    at::Tensor grad_outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);  // G slice
+    for (int64_t row0 = 0; row0 < shape.batch; row0 += tiling.rows) {
+      const int64_t rows = std::min(tiling.rows, shape.batch - row0);
+      const at::Tensor grad_out_tile = grad_out_compute.narrow(0, row0, rows);  // [rows, K]
+      const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
+      at::Tensor grad_v_tile = grad_v.narrow(0, row0, rows);
+      for (int64_t p0 = 0; p0 < shape.in1; p0 += tiling.p_block) {
+        const int64_t p_block = std::min(tiling.p_block, shape.in1 - p0);
+        const at::Tensor u_block = u_gated.narrow(0, row0, rows).narrow(1, p0, p_block);
+        const at::Tensor weight_slice = weight_flat.narrow(1, p0 * in2, p_block * in2);
+        at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+        at::Tensor grad_outer_slice = grad_outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+        Kernels::outer_product(u_block, v_tile, outer_slice);
+        grad_weight_flat.narrow(1, p0 * in2, p_block * in2).addmm_(grad_out_tile.t(), outer_slice);
+        at::mm_out(grad_outer_slice, grad_out_tile, weight_slice);
+        at::Tensor grad_u_block = grad_u.narrow(0, row0, rows).narrow(1, p0, p_block);
+        Kernels::contract(grad_outer_slice, u_block, v_tile, grad_u_block, grad_v_tile);
+      }
+    }
+    // Chain rule through the gate: d sigmoid(x) / dx = s (1 - s).
+    if (gate == BilinearGate::kFirst) grad_u.mul_(u_gated * (1 - u_gated));
+    if (gate == BilinearGate::kSecond) grad_v.mul_(v_gated * (1 - v_gated));
+  }
+  return {grad_u.to(dtype), grad_v.to(dtype),
+          grad_weight_flat.view({shape.out, shape.in1, in2}).to(dtype), grad_bias.to(dtype)};
+}
+
+}  // namespace mmfast
