@@ -26,7 +26,7 @@ def test_info_command(capsys):
 
 
 def test_demo_small_run(capsys):
-    assert main(["demo", "--num-vectors", "3000", "--num-train", "1000", "--dim", "32",
+    assert main(["demo", "--pq", "--num-vectors", "3000", "--num-train", "1000", "--dim", "32",
                  "--subvectors", "4", "--centroids", "16", "--iters", "3"]) == 0
     out = capsys.readouterr().out
     assert "PQ   M=4 C=16" in out and "RSPQ M=4 C=16 R=4" in out
@@ -35,7 +35,7 @@ def test_demo_small_run(capsys):
 
 def test_demo_rejects_a_train_split_larger_than_the_data(capsys):
     with pytest.raises(SystemExit):
-        main(["demo", "--num-vectors", "100", "--num-train", "100"])
+        main(["demo", "--pq", "--num-vectors", "100", "--num-train", "100"])
     assert "--num-train must be smaller than --num-vectors" in capsys.readouterr().err
 
 

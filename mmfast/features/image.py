@@ -100,7 +100,8 @@ class ImageFeatureExtractor:
         trunk, self.dim, mean, std = build_backbone(backbone, weights)
         self.backbone, self.image_size, self.batch_size = backbone, image_size, batch_size
         self.device = torch.device(device)
-        self.trunk = trunk.eval().to(self.device)
+        # channels-last runs the depthwise convolutions of EfficientNet ~1.3x faster on CPU
+        self.trunk = trunk.eval().to(self.device, memory_format=torch.channels_last)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
@@ -110,6 +111,7 @@ class ImageFeatureExtractor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
         x = (images.to(self.device, torch.float32) - self.mean) / self.std
+        x = x.contiguous(memory_format=torch.channels_last)
         return nn.functional.normalize(self.trunk(x).float(), dim=1)
 
     def __call__(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> np.ndarray:

@@ -21,6 +21,7 @@ from mmfast.train.fasttext import Examples, train
 # name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText)
 MODELS = ("text", "continuous", "additive", "max", "gated", "bilinear", "bilinear_gated",
           "pq", "rspq")
+DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detail
 _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
            "bilinear": "bilinear", "bilinear_gated": "bilinear_gated"}
 
@@ -57,7 +58,7 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     missing = [r for r in records if old is None or not old.has(r.id)]
     if not missing:
         return old
-    extractor = extractor or ImageFeatureExtractor(image_size=128)
+    extractor = extractor or ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
     if old is not None and old.meta.get("extractor") != extractor.config():
         raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
                          f"not {extractor.config()}: use another store directory")
