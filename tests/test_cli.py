@@ -26,7 +26,7 @@ def test_info_command(capsys):
 
 
 def test_demo_small_run(capsys):
-    assert main(["demo", "--num-vectors", "3000", "--num-train", "1000", "--dim", "32",
+    assert main(["demo", "--pq", "--num-vectors", "3000", "--num-train", "1000", "--dim", "32",
                  "--subvectors", "4", "--centroids", "16", "--iters", "3"]) == 0
     out = capsys.readouterr().out
     assert "PQ   M=4 C=16" in out and "RSPQ M=4 C=16 R=4" in out
@@ -35,7 +35,7 @@ def test_demo_small_run(capsys):
 
 def test_demo_rejects_a_train_split_larger_than_the_data(capsys):
     with pytest.raises(SystemExit):
-        main(["demo", "--num-vectors", "100", "--num-train", "100"])
+        main(["demo", "--pq", "--num-vectors", "100", "--num-train", "100"])
     assert "--num-train must be smaller than --num-vectors" in capsys.readouterr().err
 
 
@@ -43,3 +43,49 @@ def test_console_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "mmfast.cli", "info"], capture_output=True,
                             text=True, check=True)
     assert "cuda_kernels" in result.stdout
+
+
+def test_features_train_classify_eval(tmp_path, capsys):
+    from mmfast.data import emoji_dataset, read_manifest, write_manifest
+
+    data = emoji_dataset("group", root=tmp_path / "cache")
+    train = tmp_path / "train.jsonl"
+    write_manifest(train, read_manifest(data.train)[::40])
+    heldout = tmp_path / "heldout.jsonl"
+    write_manifest(heldout, read_manifest(data.heldout)[::20])
+    store, checkpoint = tmp_path / "store", tmp_path / "ckpt"
+    assert main(["features", "--manifest", str(train), "--manifest", str(heldout), "--store",
+                 str(store), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+                 "--quiet"]) == 0
+    assert main(["train", "--train", str(train), "--store", str(store), "--out", str(checkpoint),
+                 "--model", "pq", "--epochs", "2", "--subvectors", "4", "--centroids", "4",
+                 "--quiet"]) == 0
+    output = tmp_path / "predictions.jsonl"
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(heldout),
+                 "--store", str(store), "--output", str(output), "--top-k", "2",
+                 "--quiet"]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == len(read_manifest(heldout)) and all(len(r["labels"]) == 2 for r in rows)
+    assert "items/s" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(checkpoint), "--input", str(heldout), "--store",
+                 str(store)]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] <= 1
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(heldout.read_text() + '{"id": "x"}\n')
+    csv_output = tmp_path / "predictions.csv"
+    with pytest.raises(ValueError, match=r"bad.jsonl:\d+: missing field"):
+        main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
+              str(store), "--output", str(csv_output), "--quiet"])
+    assert not csv_output.exists()  # no partial output
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
+                 str(store), "--output", str(csv_output), "--skip-bad", "--quiet"]) == 0
+    assert "1 bad records skipped" in capsys.readouterr().out
+    assert csv_output.read_text().startswith("id,labels,scores")
+
+
+def test_real_demo_small_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path))
+    assert main(["demo", "--limit", "80", "--epochs", "1", "--models", "text,additive,rspq"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "rspq" in out and "classify items/s" in out

@@ -1,5 +1,14 @@
-"""Modules users import; each computes with the fused ops and follows ``mmfast.get_backend()``."""
+"""Modules users import, by paper; each computes with the fused ops and follows
+``mmfast.get_backend()``."""
 
+from mmfast.nn.fasttext import FastText, TextHasher, fnv1a_32, tokenize
 from mmfast.nn.fusion import Bilinear, BilinearFusion
+from mmfast.nn.kiela import ContinuousFusion, DiscretizedFastText
 
-__all__ = ["Bilinear", "BilinearFusion"]
+# Constructors by name, for checkpoints (config.json names the class; nothing is unpickled).
+MODELS = {cls.__name__: cls for cls in (FastText, ContinuousFusion, DiscretizedFastText)}
+
+__all__ = [
+    "Bilinear", "BilinearFusion", "FastText", "TextHasher", "fnv1a_32", "tokenize",
+    "ContinuousFusion", "DiscretizedFastText", "MODELS",
+]

@@ -1,0 +1,85 @@
+"""Paper 003 on the embedded emoji data: train time and held-out accuracy of every model in one
+run (table + plot), and PQ-model training throughput against the ``fasttext`` package with the
+image tokens as special words, on equal threads.
+
+    .venv/bin/python -m pytest benchmarks/bench_kiela.py -s
+"""
+
+import os
+import tempfile
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mmfast.commands import DEMO_RECIPES
+from mmfast.data import emoji_dataset, read_manifest
+from mmfast.train import predict
+from mmfast.train.kiela import MODELS, Recipe, fit, image_store
+from mmfast._io import cache_dir
+
+THREADS = 2
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    data = emoji_dataset("group")
+    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
+    store = image_store(train + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    image = np.asarray(store["image"])
+    return data, train, heldout, image[store.rows([r.id for r in train])], \
+        image[store.rows([r.id for r in heldout])]
+
+
+def test_models_trade_off(emoji, tmp_path):
+    torch.set_num_threads(THREADS)
+    data, train, heldout, train_image, heldout_image = emoji
+    rows = []
+    for name in MODELS:
+        trained = fit(Recipe(model=name, **DEMO_RECIPES[name]), train, train_image, data.labels,
+                      False)
+        examples = trained.examples(heldout, heldout_image)
+        accuracy = float((predict(trained.model, examples).argmax(1) == examples.targets)
+                         .float().mean())
+        rows.append((name, trained.stats["seconds"], accuracy))
+    print(f"\n{'model':<15} {'train s':>8} {'held-out acc':>13}")
+    for name, seconds, accuracy in rows:
+        print(f"{name:<15} {seconds:>8.2f} {accuracy:>13.3f}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    for name, seconds, accuracy in rows:
+        axes.scatter(seconds, accuracy)
+        axes.annotate(name, (seconds, accuracy))
+    axes.set_xlabel("train seconds (2 threads)")
+    axes.set_ylabel("held-out accuracy (emoji group)")
+    out = os.environ.get("MMFAST_BENCH_PLOT", str(tmp_path / "bench_kiela.png"))
+    figure.savefig(out, dpi=120)
+    print(f"plot: {out}")
+
+
+def test_pq_training_throughput_vs_fasttext(emoji):
+    fasttext = pytest.importorskip("fasttext")
+    torch.set_num_threads(THREADS)
+    data, train, _, train_image, _ = emoji
+    recipe = Recipe(model="pq", **DEMO_RECIPES["pq"])
+    start = time.perf_counter()
+    trained = fit(recipe, train, train_image, data.labels, False)
+    ours = recipe.epochs * len(train) / trained.stats["seconds"]
+    tokens = trained.quantizer.tokens(torch.from_numpy(train_image)).tolist()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        for record, row in zip(train, tokens):
+            label = record.labels[0].replace(" ", "_")
+            handle.write(f"__label__{label} {record.text} {' '.join(f'img{t}' for t in row)}\n")
+    start = time.perf_counter()
+    fasttext.train_supervised(handle.name, dim=recipe.dim, epoch=recipe.epochs, lr=recipe.lr,
+                              wordNgrams=recipe.ngrams, bucket=recipe.buckets,
+                              thread=THREADS, verbose=0)
+    theirs = recipe.epochs * len(train) / (time.perf_counter() - start)
+    os.unlink(handle.name)
+    print(f"\nPQ model training, items/s on {THREADS} threads: mmfast {ours:,.0f}, "
+          f"fasttext {theirs:,.0f} (fasttext / mmfast = {theirs / ours:.2f}x)")

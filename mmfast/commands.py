@@ -1,0 +1,244 @@
+"""The paper-003 commands of ``mmfast``: demo, features, train, classify, eval."""
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import fields
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mmfast import metrics
+from mmfast._io import atomic_path, cache_dir
+from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest
+from mmfast.features import ImageFeatureExtractor
+from mmfast.features.image import PACKAGED
+from mmfast.train.fasttext import predict
+from mmfast.train.kiela import DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, fit, image_store
+
+# Per-model settings of the demo (chosen on the emoji group task; paper 003's grid).
+DEMO_RECIPES = {
+    "text": {}, "continuous": {}, "additive": {}, "max": {}, "gated": {"gate": "text"},
+    "bilinear": {"lr": 2.0}, "bilinear_gated": {"gate": "text"},
+    "pq": {"alpha": 0.5}, "rspq": {"alpha": 0.5},
+}
+
+
+def _scores(trained: Trained, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
+
+
+def _evaluate(trained: Trained, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    if trained.multilabel:
+        return {"P@1": metrics.precision_at_k(logits, targets, 1),
+                "mAP": metrics.average_precision(logits, targets)}
+    keep = targets >= 0  # items whose label the model never saw count as errors
+    hits = metrics.accuracy(logits[keep], targets[keep]) * int(keep.sum()) if keep.any() else 0
+    return {"accuracy": hits / max(len(targets), 1)}
+
+
+def _store_features(store: FeatureStore, records) -> np.ndarray:
+    return np.asarray(store["image"])[store.rows([r.id for r in records])]
+
+
+def run_demo(args) -> int:
+    torch.manual_seed(0)
+    data = emoji_dataset(args.task)
+    train_records = read_manifest(data.train)[: args.limit]
+    heldout = read_manifest(data.heldout)[: args.limit and max(args.limit // 4, 1)]
+    names = MODELS if args.models == "all" else tuple(args.models.split(","))
+    print(f"mmfast demo: paper 003 (Kiela et al.) on {len(train_records)} + {len(heldout)} "
+          f"held-out emoji (Twemoji images + names), task {data.task!r} "
+          f"({len(data.labels)} {'tags' if data.multilabel else 'classes'}), "
+          f"{torch.get_num_threads()} threads")
+    start = time.perf_counter()
+    store = image_store(train_records + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    print(f"image features: EfficientNet-Lite0 (ImageNet), {DEMO_IMAGE_SIZE}px, pooled 1280-d, "
+          f"store {store.directory} ({time.perf_counter() - start:.1f} s)")
+    train_image, heldout_image = (_store_features(store, train_records),
+                                  _store_features(store, heldout))
+    metric = "P@1" if data.multilabel else "accuracy"
+    print(f"{'model':<15} {metric:>9} {'train s':>8} {'train items/s':>14} "
+          f"{'classify items/s':>17}")
+    for name in names:
+        settings = {"model": name, **DEMO_RECIPES.get(name, {})}
+        if args.epochs:
+            settings["epochs"] = args.epochs
+        trained = fit(Recipe(**settings), train_records, train_image, data.labels,
+                      data.multilabel)
+        examples = trained.examples(heldout, heldout_image)
+        begin = time.perf_counter()
+        logits = predict(trained.model, examples)
+        rate = len(heldout) / (time.perf_counter() - begin)
+        score = _evaluate(trained, logits, examples.targets)[metric]
+        print(f"{name:<15} {score:>9.3f} {trained.stats['seconds']:>8.2f} "
+              f"{trained.stats['items_per_s']:>14,.0f} {rate:>17,.0f}")
+    print(f"total {time.perf_counter() - start:.1f} s; train items/s counts items x epochs; "
+          "classify excludes feature extraction")
+    return 0
+
+
+def _extractor(args) -> ImageFeatureExtractor:
+    weights = PACKAGED if args.weights == PACKAGED else (None if args.weights == "none"
+                                                           else args.weights)
+    return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
+
+
+def _features(args) -> int:
+    records = [record for path in args.manifest for record in Manifest(path)]
+    start = time.perf_counter()
+    store = image_store(records, args.store, _extractor(args), progress=not args.quiet)
+    print(f"{len(store)} items in {store.directory} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _train(args) -> int:
+    records = read_manifest(args.train)
+    store = FeatureStore(args.store)
+    multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
+    labels = sorted({label for record in records for label in record.labels})
+    settings = {f.name: getattr(args, f.name) for f in fields(Recipe)
+                if getattr(args, f.name, None) is not None}
+    trained = fit(Recipe(**settings), records, _store_features(store, records), labels,
+                  multilabel, progress=not args.quiet)
+    trained.save(args.out, extractor=store.meta.get("extractor"))
+    print(f"trained {args.model} on {len(records)} items in {trained.stats['seconds']:.2f} s "
+          f"({trained.stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
+    return 0
+
+
+def _batches(manifest: Manifest, size: int):
+    records = iter(manifest)
+    while batch := list(islice(records, size)):
+        yield batch
+
+
+def _image_source(args, config: dict):
+    """A function records -> image features: from --store, or extracted now as at training."""
+    if args.store:
+        store = FeatureStore(args.store)
+        return lambda records: _store_features(store, records)
+    recipe = config.get("extractor")
+    if recipe is None:
+        raise ValueError("classify: the checkpoint records no image extractor: pass --store")
+    extractor = ImageFeatureExtractor(recipe["backbone"], image_size=recipe["image_size"])
+    return lambda records: extractor([r.image for r in records], progress=False)
+
+
+def _thresholds(args, labels) -> torch.Tensor | None:
+    if args.thresholds:
+        table = json.loads(Path(args.thresholds).read_text())
+        unknown = set(table) - set(labels)
+        if unknown:
+            raise ValueError(f"--thresholds {args.thresholds}: labels {sorted(unknown)} are not "
+                             "in the checkpoint")
+        return torch.tensor([float(table.get(label, args.threshold or 0.5)) for label in labels])
+    if args.threshold is not None:
+        return torch.full((len(labels),), float(args.threshold))
+    return None
+
+
+def _classify(args) -> int:
+    trained, config = Trained.load(args.checkpoint)
+    images = _image_source(args, config)
+    thresholds = _thresholds(args, trained.labels)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    k = min(args.top_k, len(trained.labels))
+    manifest = Manifest(args.input, skip_bad=args.skip_bad)
+    output = Path(args.output)
+    as_csv = output.suffix.lower() == ".csv"
+    count, start = 0, time.perf_counter()
+    with atomic_path(output) as temporary, open(temporary, "w", newline="",
+                                                encoding="utf-8") as out, \
+            tqdm(desc="classify", unit="item", disable=args.quiet, leave=False) as bar:
+        writer = csv.writer(out) if as_csv else None
+        if writer:
+            writer.writerow(["id", "labels", "scores"])
+        for batch in _batches(manifest, args.batch_size):
+            examples = trained.examples(batch, images(batch), with_targets=False)
+            scores = _scores(trained, predict(trained.model, examples))
+            for record, row in zip(batch, scores):
+                if thresholds is not None:
+                    chosen = torch.nonzero(row >= thresholds).flatten()
+                    chosen = chosen[row[chosen].argsort(descending=True)]
+                else:
+                    chosen = row.topk(k).indices
+                labels = [trained.labels[i] for i in chosen.tolist()]
+                values = [round(float(row[i]), 6) for i in chosen.tolist()]
+                if writer:
+                    writer.writerow([record.id, "|".join(labels),
+                                     "|".join(f"{v:g}" for v in values)])
+                else:
+                    out.write(json.dumps({"id": record.id, "labels": labels, "scores": values},
+                                         ensure_ascii=False) + "\n")
+            count += len(batch)
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+    skipped = f", {manifest.skipped} bad records skipped" if args.skip_bad else ""
+    print(f"classified {count} items in {seconds:.2f} s ({count / max(seconds, 1e-9):,.0f} "
+          f"items/s) -> {output}{skipped}")
+    return 0
+
+
+def _eval(args) -> int:
+    trained, config = Trained.load(args.checkpoint)
+    records = read_manifest(args.input)
+    images = _image_source(args, config)
+    examples = trained.examples(records, images(records))
+    result = _evaluate(trained, predict(trained.model, examples), examples.targets)
+    print(json.dumps({"items": len(records), **result}))
+    return 0
+
+
+def add_kiela_commands(commands) -> None:
+    features = commands.add_parser("features", help="extract image features into a store")
+    features.add_argument("--manifest", action="append", required=True,
+                          help="JSONL/CSV manifest (repeatable)")
+    features.add_argument("--store", required=True, help="feature store directory")
+    features.add_argument("--backbone", default="efficientnet_lite0")
+    features.add_argument("--weights", default=PACKAGED,
+                          help="state-dict file, 'packaged' (EfficientNet-Lite0) or 'none'")
+    features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
+    features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--quiet", action="store_true")
+    features.set_defaults(run=_features)
+
+    train = commands.add_parser("train", help="train a paper-003 model, save a checkpoint")
+    train.add_argument("--train", required=True, help="training manifest")
+    train.add_argument("--store", required=True, help="feature store with its image features")
+    train.add_argument("--out", required=True, help="checkpoint directory")
+    train.add_argument("--model", default="additive", choices=MODELS)
+    train.add_argument("--multilabel", action="store_true",
+                       help="one-vs-all sigmoid loss (implied when an item has several labels)")
+    for name, kind in (("dim", int), ("epochs", int), ("lr", float), ("batch_size", int),
+                       ("alpha", float), ("ngrams", int), ("buckets", int),
+                       ("subvectors", int), ("centroids", int), ("repetitions", int),
+                       ("seed", int)):
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
+    train.add_argument("--gate", choices=("text", "image"), default=None)
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(run=_train)
+
+    classify = commands.add_parser("classify", help="stream a manifest through a checkpoint")
+    evaluate = commands.add_parser("eval", help="held-out metrics of a checkpoint")
+    for sub in (classify, evaluate):
+        sub.add_argument("--checkpoint", required=True)
+        sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
+        sub.add_argument("--store", default=None,
+                         help="feature store with the items' image features (default: extract)")
+    classify.add_argument("--output", required=True, help="predictions, .jsonl or .csv")
+    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument("--threshold", type=float, default=None,
+                          help="every label scoring at least this (instead of top-k)")
+    classify.add_argument("--thresholds", default=None, help="JSON {label: threshold}")
+    classify.add_argument("--batch-size", type=int, default=1024)
+    classify.add_argument("--skip-bad", action="store_true",
+                          help="skip and count bad records instead of stopping at the first")
+    classify.add_argument("--quiet", action="store_true")
+    classify.set_defaults(run=_classify)
+    evaluate.set_defaults(run=_eval)

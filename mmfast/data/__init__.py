@@ -1,0 +1,10 @@
+"""Manifests, feature stores and the embedded demo dataset."""
+
+from mmfast.data.emoji import DemoData, emoji_dataset
+from mmfast.data.manifest import Manifest, ManifestError, Record, read_manifest, write_manifest
+from mmfast.data.store import FeatureStore
+
+__all__ = [
+    "DemoData", "emoji_dataset", "Manifest", "ManifestError", "Record", "read_manifest",
+    "write_manifest", "FeatureStore",
+]

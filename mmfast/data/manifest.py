@@ -1,0 +1,118 @@
+"""Dataset manifests: one record per item, ``{"id", "image", "text", "labels"}``.
+
+JSONL (one object a line) or CSV (header ``id,image,text,labels``, labels joined by ``|``).
+Relative image paths are relative to the manifest's directory. A bad record raises
+``ManifestError`` naming the file and line, or is skipped and counted with ``skip_bad=True``.
+"""
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfast._io import atomic_path
+
+FIELDS = ("id", "image", "text", "labels")
+_CSV_LABEL_SEPARATOR = "|"
+
+
+class ManifestError(ValueError):
+    """A record that is not ``{"id": str, "image": str, "text": str, "labels": [str, ...]}``."""
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    image: str
+    text: str
+    labels: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "image": self.image, "text": self.text, "labels": list(self.labels)}
+
+
+def _record(raw, where: str, base: Path) -> Record:
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    missing = [field for field in ("id", "text") if field not in raw]
+    if missing:
+        raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}; expected {FIELDS}")
+    for field in ("id", "image", "text"):
+        if field in raw and not isinstance(raw[field], str):
+            raise ManifestError(
+                f"{where}: field {field!r} must be a string, got {type(raw[field]).__name__}"
+            )
+    labels = raw.get("labels", [])
+    if isinstance(labels, str):
+        labels = [labels]
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ManifestError(f"{where}: field 'labels' must be a list of strings, got {labels!r}")
+    image = raw.get("image", "")
+    if image and not os.path.isabs(image):
+        image = str(base / image)
+    return Record(raw["id"], image, raw["text"], tuple(labels))
+
+
+class Manifest:
+    """Iterate the records of a JSONL or CSV manifest; ``skipped`` counts bad records passed
+    over when ``skip_bad`` is set."""
+
+    def __init__(self, path: str | os.PathLike, skip_bad: bool = False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"manifest {self.path} does not exist")
+        self.skip_bad = skip_bad
+        self.skipped = 0
+
+    def _raw(self) -> Iterator[tuple[int, object]]:
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            if self.path.suffix.lower() == ".csv":
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    if row.get("labels") is not None:
+                        row["labels"] = [
+                            label for label in row["labels"].split(_CSV_LABEL_SEPARATOR) if label
+                        ]
+                    yield reader.line_num, row
+                return
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
+
+    def __iter__(self) -> Iterator[Record]:
+        self.skipped = 0
+        base = self.path.parent
+        for number, raw in self._raw():
+            try:
+                if isinstance(raw, ManifestError):
+                    raise raw
+                yield _record(raw, f"{self.path}:{number}", base)
+            except ManifestError:
+                if not self.skip_bad:
+                    raise
+                self.skipped += 1
+
+
+def read_manifest(path: str | os.PathLike, skip_bad: bool = False) -> list[Record]:
+    return list(Manifest(path, skip_bad=skip_bad))
+
+
+def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    """Write ``records`` as JSONL (or CSV for a ``.csv`` path), atomically."""
+    path = Path(path)
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as out:
+        if path.suffix.lower() == ".csv":
+            writer = csv.writer(out)
+            writer.writerow(FIELDS)
+            for record in records:
+                writer.writerow([record.id, record.image, record.text,
+                                 _CSV_LABEL_SEPARATOR.join(record.labels)])
+        else:
+            for record in records:
+                out.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")

@@ -1,0 +1,137 @@
+"""fastText-style text classification (Joulin et al.; Kiela et al., paper 003).
+
+Text becomes a bag of ids: in-vocabulary words plus hashed word n-grams (n = 2..ngrams) in
+``buckets`` extra rows, as fastText does. The model averages their embeddings (``U x_t``) and
+applies a linear classifier ``W``.
+"""
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+_FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word tokens (runs of letters, digits and underscores)."""
+    return _TOKEN.findall(text.lower())
+
+
+def fnv1a_32(text: str) -> int:
+    """32-bit FNV-1a of the UTF-8 bytes: the same bucket on every run, machine and Python
+    (unlike ``hash``, which is salted per process)."""
+    value = _FNV_OFFSET
+    for byte in text.encode("utf-8"):
+        value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return value
+
+
+class TextHasher:
+    """Maps text to embedding-bag ids: vocabulary words to ``[0, len(vocabulary))``, word
+    n-grams to ``len(vocabulary) + fnv1a_32(" ".join(ngram)) % buckets``. Out-of-vocabulary
+    words are dropped (they still take part in n-grams), as in fastText."""
+
+    def __init__(self, vocabulary: Sequence[str], buckets: int = 200_000, ngrams: int = 2):
+        if buckets < 0 or (ngrams > 1 and buckets == 0):
+            raise ValueError(f"TextHasher: buckets must be > 0 when ngrams > 1, got {buckets}")
+        if ngrams < 1:
+            raise ValueError(f"TextHasher: ngrams must be >= 1, got {ngrams}")
+        self.vocabulary = list(vocabulary)
+        self.word_ids = {word: i for i, word in enumerate(self.vocabulary)}
+        if len(self.word_ids) != len(self.vocabulary):
+            raise ValueError("TextHasher: vocabulary has repeated words")
+        self.buckets = buckets if ngrams > 1 else 0
+        self.ngrams = ngrams
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_count: int = 1, buckets: int = 200_000,
+              ngrams: int = 2) -> "TextHasher":
+        """Vocabulary of the words seen at least ``min_count`` times, most frequent first."""
+        counts = Counter(word for text in texts for word in tokenize(text))
+        vocabulary = [word for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                      if count >= min_count]
+        return cls(vocabulary, buckets, ngrams)
+
+    @property
+    def num_embeddings(self) -> int:
+        return len(self.vocabulary) + self.buckets
+
+    def ids(self, text: str) -> list[int]:
+        words = tokenize(text)
+        ids = [self.word_ids[word] for word in words if word in self.word_ids]
+        base = len(self.vocabulary)
+        for n in range(2, self.ngrams + 1):
+            for start in range(len(words) - n + 1):
+                ids.append(base + fnv1a_32(" ".join(words[start:start + n])) % self.buckets)
+        return ids
+
+    def encode(self, texts: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, offsets)`` for ``nn.EmbeddingBag``: ids of all texts end to end, and where
+        each text starts."""
+        flat, offsets = [], []
+        for text in texts:
+            offsets.append(len(flat))
+            flat.extend(self.ids(text))
+        return torch.tensor(flat, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+
+    def config(self) -> dict:
+        return {"vocabulary": self.vocabulary, "buckets": self.buckets, "ngrams": self.ngrams}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TextHasher":
+        return cls(config["vocabulary"], config["buckets"], config["ngrams"])
+
+
+class FastText(nn.Module):
+    """Text only: ``W U x_t`` with ``x_t`` the normalized bag of word and n-gram ids.
+
+    ``forward(words, offsets, image=None)`` takes the ``TextHasher.encode`` pair; ``image`` is
+    accepted and ignored so every paper-003 model has one call signature. Initialized as
+    fastText: ``U`` uniform in ``[-1/dim, 1/dim]``, ``W`` zero.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int, num_classes: int):
+        super().__init__()
+        for name, value in (("num_embeddings", num_embeddings), ("dim", dim),
+                            ("num_classes", num_classes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be an integer >= 1, "
+                                 f"got {value!r}")
+        self.num_embeddings, self.dim, self.num_classes = num_embeddings, dim, num_classes
+        # sparse: an SGD step touches only the rows a batch used, as fastText's updates do
+        self.embedding = nn.EmbeddingBag(num_embeddings, dim, mode="mean", sparse=True)
+        self.classifier = nn.Linear(dim, num_classes)
+        nn.init.uniform_(self.embedding.weight, -1.0 / dim, 1.0 / dim)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+
+    def text_hidden(self, words: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``U x_t`` [B, dim]; an empty text gives zeros."""
+        check_bags(type(self).__name__, words, offsets, self.num_embeddings)
+        return self.embedding(words, offsets)
+
+    def forward(self, words: torch.Tensor, offsets: torch.Tensor,
+                image: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classifier(self.text_hidden(words, offsets))
+
+    def config(self) -> dict:
+        return {"num_embeddings": self.num_embeddings, "dim": self.dim,
+                "num_classes": self.num_classes}
+
+
+def check_bags(name: str, words, offsets, num_embeddings: int) -> None:
+    """Embedding-bag inputs: 1-d int64 ids in range, 1-d int64 offsets starting at 0."""
+    for arg, value in (("words", words), ("offsets", offsets)):
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.long:
+            got = (f"{value.dtype} tensor of shape {tuple(value.shape)}"
+                   if isinstance(value, torch.Tensor) else type(value).__name__)
+            raise TypeError(f"{name}: {arg} must be a 1-d int64 tensor, got {got}")
+    if offsets.numel() and int(offsets[0]) != 0:
+        raise ValueError(f"{name}: offsets must start at 0, got {int(offsets[0])}")
+    if words.numel() and (int(words.min()) < 0 or int(words.max()) >= num_embeddings):
+        raise ValueError(f"{name}: words must be ids in [0, {num_embeddings}), got values in "
+                         f"[{int(words.min())}, {int(words.max())}]")

@@ -1,0 +1,151 @@
+"""The multimodal models of Kiela et al., "Efficient large-scale multi-modal classification"
+(paper 003, DESIGN 3.1): fastText text features fused with image features.
+
+- ``ContinuousFusion``: ``U x_t`` (text bag) and ``V x_v`` (L2-normalized image vector) fused
+  by ``fusion`` in ``image`` (continuous only, ``W V x_v``), ``additive``, ``max``, ``gated``,
+  ``bilinear``, ``bilinear_gated``; the gated fusions take ``gate`` = the gating modality.
+- ``DiscretizedFastText``: ``W U(x_t + alpha x_q)`` with ``x_q`` the PQ/RSPQ image tokens
+  (``mmfast.quant``), words and tokens normalized separately, one embedding table.
+
+Every model is called ``model(words, offsets, image)`` (``image``: [B, D] float vectors or
+[B, T] int64 tokens) and returns logits [B, num_classes].
+"""
+
+import torch
+from torch import nn
+
+from mmfast.nn.fasttext import FastText, check_bags
+
+FUSIONS = ("image", "additive", "max", "gated", "bilinear", "bilinear_gated")
+GATES = ("text", "image")
+
+
+def _bilinear(u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None, gate: str) -> torch.Tensor:
+    """``o[b,k] = sum_pq u[b,p] W[k,p,q] v[b,q] + bias[k]`` with the sigmoid on u ("first") or
+    v ("second") for ``gate``, as DESIGN 2.2's ``bilinear_fusion``.
+
+    TODO(bilinear_fusion): switch to ``mmfast.ops.bilinear_fusion`` once it lands; this is the
+    reference math (contracted pairwise by einsum, never the [B, P, Q] outer product).
+    """
+    if gate == "first":
+        u = torch.sigmoid(u)
+    elif gate == "second":
+        v = torch.sigmoid(v)
+    out = torch.einsum("bp,kpq,bq->bk", u, weight, v)
+    return out if bias is None else out + bias
+
+
+class ContinuousFusion(FastText):
+    """fastText text bag ``U x_t`` fused with a continuous image vector ``V x_v``."""
+
+    def __init__(self, num_embeddings: int, image_dim: int, dim: int, num_classes: int,
+                 fusion: str = "additive", gate: str = "text"):
+        super().__init__(num_embeddings, dim, num_classes)
+        if fusion not in FUSIONS:
+            raise ValueError(f"ContinuousFusion: fusion must be one of {FUSIONS}, got {fusion!r}")
+        if gate not in GATES:
+            raise ValueError(f"ContinuousFusion: gate must be one of {GATES}, got {gate!r}")
+        if not isinstance(image_dim, int) or image_dim < 1:
+            raise ValueError(f"ContinuousFusion: image_dim must be an integer >= 1, "
+                             f"got {image_dim!r}")
+        self.image_dim, self.fusion, self.gate = image_dim, fusion, gate
+        self.image_projection = nn.Linear(image_dim, dim, bias=False)  # V
+        if fusion.startswith("bilinear"):
+            # W of the bilinear form, laid out as torch.nn.Bilinear's weight [K, P, Q]
+            self.classifier = None
+            self.bilinear_weight = nn.Parameter(torch.zeros(num_classes, dim, dim))
+            self.bilinear_bias = nn.Parameter(torch.zeros(num_classes))
+
+    def forward(self, words: torch.Tensor, offsets: torch.Tensor,
+                image: torch.Tensor) -> torch.Tensor:
+        if not isinstance(image, torch.Tensor) or image.dim() != 2 or (
+            image.shape[1] != self.image_dim
+        ) or not image.is_floating_point():
+            got = (f"{image.dtype} tensor of shape {tuple(image.shape)}"
+                   if isinstance(image, torch.Tensor) else type(image).__name__)
+            raise ValueError(f"ContinuousFusion: image must be a float tensor [B, "
+                             f"{self.image_dim}], got {got}")
+        image_hidden = self.image_projection(image.to(self.image_projection.weight.dtype))
+        if self.fusion == "image":
+            return self.classifier(image_hidden)
+        text_hidden = self.text_hidden(words, offsets)
+        if text_hidden.shape[0] != image_hidden.shape[0]:
+            raise ValueError(f"ContinuousFusion: {text_hidden.shape[0]} texts (offsets) but "
+                             f"{image_hidden.shape[0]} images")
+        if self.fusion.startswith("bilinear"):
+            gate = "none"
+            if self.fusion == "bilinear_gated":
+                gate = "first" if self.gate == "text" else "second"
+            return _bilinear(text_hidden, image_hidden, self.bilinear_weight,
+                             self.bilinear_bias, gate)
+        if self.fusion == "additive":
+            fused = text_hidden + image_hidden
+        elif self.fusion == "max":
+            fused = torch.maximum(text_hidden, image_hidden)
+        elif self.gate == "text":
+            fused = torch.sigmoid(text_hidden) * image_hidden
+        else:
+            fused = text_hidden * torch.sigmoid(image_hidden)
+        return self.classifier(fused)
+
+    def config(self) -> dict:
+        return {**super().config(), "image_dim": self.image_dim, "fusion": self.fusion,
+                "gate": self.gate}
+
+
+class DiscretizedFastText(FastText):
+    """``W U(x_t + alpha x_q)``: image tokens are extra "words" in rows
+    ``[num_embeddings, num_embeddings + num_image_tokens)`` of the one table ``U``.
+
+    One ``EmbeddingBag`` (mode sum) with per-sample weights ``1/n_text`` for the words and
+    ``alpha/n_image`` for the tokens normalizes the two bags separately (paper 003).
+    """
+
+    def __init__(self, num_embeddings: int, num_image_tokens: int, dim: int, num_classes: int,
+                 alpha: float = 0.1):
+        if not isinstance(num_image_tokens, int) or num_image_tokens < 1:
+            raise ValueError(f"DiscretizedFastText: num_image_tokens must be an integer >= 1, "
+                             f"got {num_image_tokens!r}")
+        super().__init__(num_embeddings + num_image_tokens, dim, num_classes)
+        self.num_text_embeddings, self.num_image_tokens, self.alpha = (
+            num_embeddings, num_image_tokens, float(alpha))
+        self.embedding.mode = "sum"  # the per-sample weights do the two normalizations
+
+    def forward(self, words: torch.Tensor, offsets: torch.Tensor,
+                image: torch.Tensor) -> torch.Tensor:
+        name = type(self).__name__
+        check_bags(name, words, offsets, self.num_text_embeddings)
+        if not isinstance(image, torch.Tensor) or image.dim() != 2 or image.dtype != torch.long:
+            got = (f"{image.dtype} tensor of shape {tuple(image.shape)}"
+                   if isinstance(image, torch.Tensor) else type(image).__name__)
+            raise TypeError(f"{name}: image must be int64 tokens [B, T] (ProductQuantizer.tokens),"
+                            f" got {got}")
+        if image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.num_image_tokens):
+            raise ValueError(f"{name}: image tokens must be in [0, {self.num_image_tokens}), got "
+                             f"values in [{int(image.min())}, {int(image.max())}]")
+        batch, tokens = image.shape
+        if offsets.numel() != batch:
+            raise ValueError(f"{name}: {offsets.numel()} texts (offsets) but {batch} images")
+        # Interleave each sample's words and its image tokens into one bag.
+        text_lengths = torch.diff(offsets, append=offsets.new_tensor([words.numel()]))
+        starts = offsets + torch.arange(batch, device=offsets.device) * tokens
+        sample = torch.repeat_interleave(torch.arange(batch, device=words.device), text_lengths)
+        word_positions = starts[sample] + torch.arange(words.numel(), device=words.device) - (
+            offsets[sample])
+        image_positions = ((starts + text_lengths)[:, None]
+                           + torch.arange(tokens, device=image.device)).flatten()
+        ids = words.new_empty(words.numel() + image.numel())
+        ids[word_positions] = words
+        ids[image_positions] = image.flatten() + self.num_text_embeddings
+        weight_dtype = self.embedding.weight.dtype
+        weights = torch.empty(ids.numel(), dtype=weight_dtype, device=ids.device)
+        weights[word_positions] = 1.0 / text_lengths.clamp(min=1)[sample].to(weight_dtype)
+        weights[image_positions] = self.alpha / max(tokens, 1)
+        hidden = self.embedding(ids, starts, per_sample_weights=weights)
+        return self.classifier(hidden)
+
+    def config(self) -> dict:
+        return {"num_embeddings": self.num_text_embeddings,
+                "num_image_tokens": self.num_image_tokens, "dim": self.dim,
+                "num_classes": self.num_classes, "alpha": self.alpha}

@@ -1,0 +1,6 @@
+"""Training loops, schedules and checkpoints."""
+
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.fasttext import Examples, predict, train
+
+__all__ = ["Examples", "predict", "train", "load_checkpoint", "save_checkpoint"]

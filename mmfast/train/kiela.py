@@ -1,0 +1,167 @@
+"""Paper 003 end to end: manifests + a feature store -> encoded examples -> trained models.
+
+Shared by ``mmfast demo|train|classify|eval`` and ``benchmarks/bench_kiela.py``.
+"""
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfast.data import FeatureStore, Record
+from mmfast.features import ImageFeatureExtractor
+from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher
+from mmfast.quant import RSPQ, ProductQuantizer
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.fasttext import Examples, train
+
+# name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText)
+MODELS = ("text", "continuous", "additive", "max", "gated", "bilinear", "bilinear_gated",
+          "pq", "rspq")
+DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detail
+_FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
+           "bilinear": "bilinear", "bilinear_gated": "bilinear_gated"}
+
+
+@dataclass
+class Recipe:
+    """Hyperparameters (paper 003's grid: lr 0.1-2, epochs 5-20, dim 20/100, alpha 0.01-0.5)."""
+
+    model: str = "additive"
+    dim: int = 20
+    epochs: int = 20
+    lr: float = 0.5
+    batch_size: int = 16
+    gate: str = "text"
+    alpha: float = 0.5
+    ngrams: int = 2
+    buckets: int = 100_000
+    subvectors: int = 8
+    centroids: int = 64
+    repetitions: int = 4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+
+
+def image_store(records: Sequence[Record], directory: str | os.PathLike,
+                extractor: ImageFeatureExtractor | None = None, progress: bool = True
+                ) -> FeatureStore:
+    """The feature store at ``directory`` holding ``records``' image features, extracted now
+    only for the ids it lacks (the store is rewritten with old and new rows)."""
+    old = FeatureStore(directory) if FeatureStore.exists(directory) else None
+    missing = [r for r in records if old is None or not old.has(r.id)]
+    if not missing:
+        return old
+    extractor = extractor or ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
+    if old is not None and old.meta.get("extractor") != extractor.config():
+        raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
+                         f"not {extractor.config()}: use another store directory")
+    new = extractor([r.image for r in missing], progress=progress)
+    ids = ([] if old is None else list(old.ids)) + [r.id for r in missing]
+    image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
+    return FeatureStore.write(directory, ids, {"image": image},
+                              meta={"extractor": extractor.config()})
+
+
+def targets(records: Sequence[Record], labels: Sequence[str], multilabel: bool) -> torch.Tensor:
+    index = {label: i for i, label in enumerate(labels)}
+    if multilabel:
+        out = torch.zeros(len(records), len(labels))
+        for row, record in enumerate(records):
+            out[row, [index[label] for label in record.labels if label in index]] = 1.0
+        return out
+    return torch.tensor([index.get(record.labels[0], -100) if record.labels else -100
+                         for record in records], dtype=torch.long)  # -100: ignored by the loss
+
+
+def examples(records: Sequence[Record], hasher: TextHasher, image: np.ndarray | None,
+             quantizer: ProductQuantizer | None = None, labels: Sequence[str] | None = None,
+             multilabel: bool = False) -> Examples:
+    """Encode records: text bags, image vectors (or their tokens), targets when ``labels``."""
+    words, offsets = hasher.encode(record.text for record in records)
+    image_tensor = None if image is None else torch.from_numpy(np.asarray(image, np.float32))
+    if quantizer is not None and image_tensor is not None:
+        image_tensor = quantizer.tokens(image_tensor)
+    target = None if labels is None else targets(records, labels, multilabel)
+    return Examples(words, offsets, image_tensor, target)
+
+
+def build_model(recipe: Recipe, hasher: TextHasher, image_dim: int, num_classes: int,
+                quantizer: ProductQuantizer | None):
+    if recipe.model == "text":
+        return FastText(hasher.num_embeddings, recipe.dim, num_classes)
+    if recipe.model in ("pq", "rspq"):
+        return DiscretizedFastText(hasher.num_embeddings, quantizer.num_tokens, recipe.dim,
+                                   num_classes, alpha=recipe.alpha)
+    return ContinuousFusion(hasher.num_embeddings, image_dim, recipe.dim, num_classes,
+                            fusion=_FUSION[recipe.model], gate=recipe.gate)
+
+
+def build_quantizer(recipe: Recipe, train_image: np.ndarray) -> ProductQuantizer | None:
+    if recipe.model not in ("pq", "rspq"):
+        return None
+    dim = train_image.shape[1]
+    if recipe.model == "pq":
+        quantizer = ProductQuantizer(dim, recipe.subvectors, recipe.centroids, seed=recipe.seed)
+    else:
+        quantizer = RSPQ(dim, recipe.subvectors, recipe.centroids, recipe.repetitions,
+                         seed=recipe.seed)
+    return quantizer.fit(torch.from_numpy(np.asarray(train_image, np.float32)), iters=15)
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module
+    hasher: TextHasher
+    quantizer: ProductQuantizer | None
+    labels: tuple[str, ...]
+    multilabel: bool
+    recipe: Recipe
+    stats: dict
+
+    def examples(self, records: Sequence[Record], image: np.ndarray | None,
+                 with_targets: bool = True) -> Examples:
+        return examples(records, self.hasher, image, self.quantizer,
+                        self.labels if with_targets else None, self.multilabel)
+
+    def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
+        directory = Path(directory)
+        if self.quantizer is not None:
+            self.quantizer.save(directory / "quantizer")
+        save_checkpoint(directory, self.model, {
+            "labels": list(self.labels), "multilabel": self.multilabel,
+            "recipe": asdict(self.recipe), "text": self.hasher.config(),
+            "extractor": extractor, "quantizer": self.quantizer is not None,
+        })
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> tuple["Trained", dict]:
+        model, config = load_checkpoint(directory)
+        quantizer = (ProductQuantizer.load(Path(directory) / "quantizer")
+                     if config["quantizer"] else None)
+        trained = cls(model, TextHasher.from_config(config["text"]), quantizer,
+                      tuple(config["labels"]), config["multilabel"], Recipe(**config["recipe"]),
+                      {})
+        return trained, config
+
+
+def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Sequence[str],
+        multilabel: bool, progress: bool = False) -> Trained:
+    """Train ``recipe.model`` on ``records`` with image features ``image`` [N, D]."""
+    torch.manual_seed(recipe.seed)
+    hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
+                              ngrams=recipe.ngrams)
+    quantizer = build_quantizer(recipe, image)
+    model = build_model(recipe, hasher, image.shape[1], len(labels), quantizer)
+    trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
+    data = trained.examples(records, image)
+    trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
+                          batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
+                          seed=recipe.seed, progress=progress)
+    return trained

@@ -1,0 +1,67 @@
+"""Manifests, feature stores and the embedded emoji dataset."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mmfast.data import FeatureStore, Manifest, ManifestError, Record, emoji_dataset
+from mmfast.data import read_manifest, write_manifest
+from mmfast.data.emoji import _stem, _words, build_records, is_heldout
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_manifest_round_trip(tmp_path, suffix):
+    records = [Record("a", str(tmp_path / "a.png"), "red, apple", ("fruit", "red")),
+               Record("b", str(tmp_path / "b.png"), "sky", ())]
+    write_manifest(tmp_path / f"m{suffix}", records)
+    assert read_manifest(tmp_path / f"m{suffix}") == records
+
+
+def test_manifest_names_file_and_line_of_a_bad_record(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"id": "a", "text": "x", "labels": ["l"]}\n{"id": "b"}\nnot json\n'
+                    '{"id": "c", "text": 3}\n')
+    with pytest.raises(ManifestError, match=r"m.jsonl:2: missing field\(s\) text"):
+        read_manifest(path)
+    manifest = Manifest(path, skip_bad=True)
+    assert [r.id for r in manifest] == ["a"] and manifest.skipped == 3
+
+
+def test_relative_image_paths_are_relative_to_the_manifest(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "image": "i/a.png", "text": ""}))
+    assert read_manifest(tmp_path / "m.jsonl")[0].image == str(tmp_path / "i" / "a.png")
+
+
+def test_feature_store_round_trip(tmp_path):
+    image = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    FeatureStore.write(tmp_path / "s", ["x", "y", "z"], {"image": image}, {"k": 1})
+    store = FeatureStore(tmp_path / "s")
+    assert isinstance(store["image"], np.memmap) and store.meta == {"k": 1}
+    np.testing.assert_array_equal(store["image"][store.rows(["z", "x"])], image[[2, 0]])
+    with pytest.raises(KeyError, match="'w' is not in the feature store"):
+        store.rows(["w"])
+    with pytest.raises(ValueError, match="must have 3 rows"):
+        FeatureStore.write(tmp_path / "t", ["x", "y", "z"], {"image": image[:2]})
+
+
+@pytest.mark.parametrize("task", ["group", "subgroup", "tags"])
+def test_emoji_texts_never_contain_a_label_word(task):
+    records = build_records(task)
+    assert len(records) > 1500 and len({r.id for r in records}) == len(records)
+    label_stems = {_stem(w) for r in records for label in r.labels for w in _words(label)}
+    assert not any(_stem(w) in label_stems for r in records for w in r.text.split())
+    heldout = sum(is_heldout(r.id) for r in records) / len(records)
+    assert 0.15 < heldout < 0.25
+
+
+def test_emoji_dataset_is_built_once_and_split(tmp_path):
+    data = emoji_dataset("group", root=tmp_path)
+    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
+    assert len(data.labels) == 9 and not data.multilabel
+    assert not {r.id for r in train} & {r.id for r in heldout}
+    assert all(r.image.endswith(".png") for r in train[:20])
+    mtime = data.train.stat().st_mtime_ns
+    assert emoji_dataset("group", root=tmp_path).train.stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="task must be one of"):
+        emoji_dataset("colour", root=tmp_path)

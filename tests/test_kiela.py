@@ -1,0 +1,142 @@
+"""Paper 003 models (fastText, continuous fusions, PQ/RSPQ tokens), trainer, checkpoints."""
+
+import pytest
+import torch
+
+from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher, fnv1a_32
+from mmfast.nn.kiela import FUSIONS
+from mmfast.train import Examples, load_checkpoint, predict, save_checkpoint, train
+
+
+def test_fnv1a_is_the_standard_hash():
+    assert fnv1a_32("") == 0x811C9DC5 and fnv1a_32("a") == 0xE40C292C
+
+
+def test_text_hasher_words_and_ngrams():
+    hasher = TextHasher.build(["red apple", "green apple"], buckets=50, ngrams=2)
+    assert hasher.vocabulary[0] == "apple" and hasher.num_embeddings == 3 + 50
+    ids = hasher.ids("Red apple pie")
+    assert ids[:2] == [hasher.word_ids["red"], 0]  # "pie" is out of vocabulary
+    assert ids[2:] == [3 + fnv1a_32("red apple") % 50, 3 + fnv1a_32("apple pie") % 50]
+    words, offsets = hasher.encode(["red", "", "apple green"])
+    assert offsets.tolist() == [0, 1, 1] and words.numel() == 1 + 3
+
+
+def test_examples_batch_gathers_bags():
+    words = torch.tensor([1, 2, 3, 4, 5, 6])
+    data = Examples(words, torch.tensor([0, 2, 2, 5]), torch.arange(8.0).view(4, 2),
+                    torch.tensor([0, 1, 2, 3]))
+    w, o, image, targets = data.batch(torch.tensor([3, 0, 1]))
+    assert w.tolist() == [6, 1, 2] and o.tolist() == [0, 1, 3]
+    assert image[:, 0].tolist() == [6.0, 0.0, 2.0] and targets.tolist() == [3, 0, 1]
+
+
+def _inputs(batch=5, dim=7, vocab=30):
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([3, 0, 1, 4, 2])[:batch]
+    offsets = torch.cumsum(lengths, 0) - lengths
+    words = torch.randint(vocab, (int(lengths.sum()),), generator=generator)
+    return words, offsets, lengths, torch.randn(batch, dim, generator=generator)
+
+
+def _text_mean(model, words, lengths):
+    rows = model.embedding.weight[words].split(lengths.tolist())
+    return torch.stack([r.mean(0) if len(r) else torch.zeros(model.dim) for r in rows])
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("gate", ["text", "image"])
+def test_continuous_fusions_match_their_formulas(fusion, gate):
+    words, offsets, lengths, image = _inputs()
+    model = ContinuousFusion(30, 7, 4, 3, fusion=fusion, gate=gate)
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter)
+    u, v = _text_mean(model, words, lengths), image @ model.image_projection.weight.T
+    if fusion.startswith("bilinear"):
+        if fusion == "bilinear_gated":
+            u, v = (u.sigmoid(), v) if gate == "text" else (u, v.sigmoid())
+        expected = torch.nn.functional.bilinear(u, v, model.bilinear_weight, model.bilinear_bias)
+    else:
+        fused = {"image": v, "additive": u + v, "max": torch.maximum(u, v),
+                 "gated": u.sigmoid() * v if gate == "text" else u * v.sigmoid()}[fusion]
+        expected = model.classifier(fused)
+    torch.testing.assert_close(model(words, offsets, image), expected)
+
+
+def test_discretized_model_normalizes_words_and_tokens_separately():
+    words, offsets, lengths, _ = _inputs()
+    tokens = torch.randint(12, (5, 4), generator=torch.Generator().manual_seed(1))
+    model = DiscretizedFastText(30, 12, 6, 3, alpha=0.3)
+    torch.nn.init.normal_(model.classifier.weight)
+    table = model.embedding.weight
+    hidden = _text_mean(model, words, lengths) + 0.3 * table[tokens + 30].mean(1)
+    torch.testing.assert_close(model(words, offsets, tokens), model.classifier(hidden))
+
+
+def test_models_reject_bad_inputs():
+    words, offsets, _, image = _inputs()
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        ContinuousFusion(30, 7, 4, 3, fusion="concat")
+    with pytest.raises(ValueError, match=r"image must be a float tensor \[B, 7\]"):
+        ContinuousFusion(30, 7, 4, 3)(words, offsets, image[:, :3])
+    with pytest.raises(ValueError, match=r"words must be ids in \[0, 30\)"):
+        FastText(30, 4, 3)(words + 100, offsets)
+    with pytest.raises(TypeError, match="image must be int64 tokens"):
+        DiscretizedFastText(30, 12, 6, 3)(words, offsets, image)
+    with pytest.raises(TypeError, match="offsets must be a 1-d int64 tensor"):
+        FastText(30, 4, 3)(words, offsets.int())
+
+
+def _toy_task(n=240, classes=3, seed=0):
+    """Class c: words from its own block of the vocabulary; image = a noisy class direction."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randint(classes, (n,), generator=generator)
+    lengths = torch.randint(1, 4, (n,), generator=generator)
+    words = torch.cat([c * 10 + torch.randint(10, (int(k),), generator=generator)
+                       for c, k in zip(targets.tolist(), lengths)])
+    offsets = torch.cumsum(lengths, 0) - lengths
+    image = torch.nn.functional.one_hot(targets, 8).float() + 0.3 * torch.randn(n, 8,
+                                                                                generator=generator)
+    return Examples(words, offsets, image, targets)
+
+
+@pytest.mark.parametrize("fusion", ["image", "additive", "bilinear_gated"])
+def test_training_learns_and_checkpoints_round_trip(tmp_path, fusion):
+    data = _toy_task()
+    model = ContinuousFusion(30, 8, 10, 3, fusion=fusion)
+    stats = train(model, data, epochs=8, lr=1.0, batch_size=16)
+    assert stats["items_per_s"] > 0
+    logits = predict(model, data)
+    assert (logits.argmax(1) == data.targets).float().mean() > 0.9
+    save_checkpoint(tmp_path / "ckpt", model, {"labels": ["a", "b", "c"]})
+    loaded, config = load_checkpoint(tmp_path / "ckpt")
+    assert config["labels"] == ["a", "b", "c"] and config["args"]["fusion"] == fusion
+    torch.testing.assert_close(predict(loaded, data), logits)
+
+
+def test_one_vs_all_training_on_multilabel_targets():
+    data = _toy_task()
+    data.targets = torch.nn.functional.one_hot(data.targets, 3).float()
+    model = FastText(30, 10, 3)
+    train(model, data, epochs=8, lr=2.0, batch_size=16, loss="ova")
+    assert (predict(model, data).argmax(1) == data.targets.argmax(1)).float().mean() > 0.9
+
+
+def test_learning_rate_decays_linearly_to_zero(monkeypatch):
+    seen = []
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    train(FastText(30, 4, 3), _toy_task(n=40), epochs=2, lr=1.0, batch_size=10)
+    torch.testing.assert_close(torch.tensor(seen), 1.0 - torch.arange(8) / 8.0,
+                               check_dtype=False)
+
+
+def test_load_checkpoint_rejects_unknown_models(tmp_path):
+    (tmp_path / "config.json").write_text('{"model": "os.system", "args": {}}')
+    with pytest.raises(ValueError, match="model must be one of"):
+        load_checkpoint(tmp_path)
