@@ -15,25 +15,10 @@ import torch
 from torch import nn
 
 from mmfast.nn.fasttext import FastText, check_bags
+from mmfast.ops.bilinear_fusion import bilinear_fusion
 
 FUSIONS = ("image", "additive", "max", "gated", "bilinear", "bilinear_gated")
 GATES = ("text", "image")
-
-
-def _bilinear(u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None, gate: str) -> torch.Tensor:
-    """``o[b,k] = sum_pq u[b,p] W[k,p,q] v[b,q] + bias[k]`` with the sigmoid on u ("first") or
-    v ("second") for ``gate``, as DESIGN 2.2's ``bilinear_fusion``.
-
-    TODO(bilinear_fusion): switch to ``mmfast.ops.bilinear_fusion`` once it lands; this is the
-    reference math (contracted pairwise by einsum, never the [B, P, Q] outer product).
-    """
-    if gate == "first":
-        u = torch.sigmoid(u)
-    elif gate == "second":
-        v = torch.sigmoid(v)
-    out = torch.einsum("bp,kpq,bq->bk", u, weight, v)
-    return out if bias is None else out + bias
 
 
 class ContinuousFusion(FastText):
@@ -77,8 +62,8 @@ class ContinuousFusion(FastText):
             gate = "none"
             if self.fusion == "bilinear_gated":
                 gate = "first" if self.gate == "text" else "second"
-            return _bilinear(text_hidden, image_hidden, self.bilinear_weight,
-                             self.bilinear_bias, gate)
+            return bilinear_fusion(text_hidden, image_hidden, self.bilinear_weight,
+                                   self.bilinear_bias, gate)
         if self.fusion == "additive":
             fused = text_hidden + image_hidden
         elif self.fusion == "max":

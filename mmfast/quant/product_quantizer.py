@@ -8,13 +8,13 @@ gets R*M codes; decoding averages the R reconstructions. Codes become classifier
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmfast._io import atomic_path, write_text_atomic
 from mmfast.ops.pq_encode import pq_encode
 from mmfast.quant.kmeans import train_subspace_codebooks
 
@@ -158,9 +158,9 @@ class ProductQuantizer(nn.Module):
         tensors = {"codebooks": self.codebooks.detach().cpu().contiguous()}
         if self.perm is not None:
             tensors["perm"] = self.perm.cpu().contiguous()
-        _atomic_write(directory / _WEIGHTS, lambda path: save_file(tensors, path))
-        config = json.dumps(self.config(), indent=2) + "\n"
-        _atomic_write(directory / _CONFIG, lambda path: Path(path).write_text(config))
+        with atomic_path(directory / _WEIGHTS) as temporary:
+            save_file(tensors, temporary)
+        write_text_atomic(directory / _CONFIG, json.dumps(self.config(), indent=2) + "\n")
 
     @staticmethod
     def load(directory: str | os.PathLike, map_location="cpu") -> "ProductQuantizer":
@@ -239,16 +239,3 @@ class RSPQ(ProductQuantizer):
         return torch.stack(
             [torch.randperm(self.dim, generator=generator) for _ in range(self.repetitions)]
         )
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
