@@ -19,9 +19,12 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 from mmfast._backend import backend, get_backend, set_backend
 from mmfast._info import info
 from mmfast import metrics, ops, quant, reference
+from mmfast import nn
+from mmfast import train
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
     "backend", "get_backend", "set_backend", "info", "metrics", "ops", "quant", "reference",
+    "nn", "train",
 ]
