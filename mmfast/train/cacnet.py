@@ -158,11 +158,11 @@ class CACNetTrainer:
             )
             objective = cross_image.mean() + cross_text.mean()
             objective.backward()
-            cross_active_loss = float(objective)
+            cross_active_loss = float(objective.detach())
         optimizer.step()
         return {
-            "phase1_loss": float(phase1_loss),
-            "loss": float(full_loss.mean()),
+            "phase1_loss": float(phase1_loss.detach()),
+            "loss": float(full_loss.detach().mean()),
             "passive_image_loss": float(passive_image.mean()),
             "passive_text_loss": float(passive_text.mean()),
             "cross_active_loss": cross_active_loss,
