@@ -131,30 +131,12 @@ inline Shape check_args(const char* op, const at::Tensor& x_img, const at::Tenso
   return shape;
 }
 
-// Value checks that need the data: every row finite, targets in {0, 1}. One reduction each; the
-// failure path then names the first bad row.
-inline void check_values(const char* op, const char* name, const at::Tensor& t, bool binary) {
-  if (t.numel() == 0) return;
-  const at::Tensor ok = binary ? (t == 0) | (t == 1) : at::isfinite(t);
-  if (ok.all().item<bool>()) return;
-  const int64_t row = (~ok).any(1).nonzero()[0][0].item<int64_t>();
-  TORCH_CHECK_VALUE(false, op, ": ", name, " must ",
-                    binary ? "hold only 0 and 1" : "be finite", ", but row ", row, " has ",
-                    binary ? "another value" : "a NaN or infinite value");
-}
-
-inline void check_inputs(const char* op, const at::Tensor& x_img, const at::Tensor& x_txt,
-                         const at::Tensor* targets) {
-  check_values(op, "x_img", x_img, false);
-  check_values(op, "x_txt", x_txt, false);
-  if (targets) check_values(op, "targets", *targets, true);
-}
-
 // `Kernels` supplies a DeviceGuard type (constructed from x's device) and, for contiguous tensors
 // of x's dtype and device:
 //   bias_activation(out, pre, pre2, bias, act)  out = act(pre [+ pre2] + bias), rows of bias's
 //                                               width; pre2 may be undefined; out may alias pre
 //   activation_backward_(grad, out, act)        grad *= act'(out)
+//   all_valid(t, binary)                        every value finite (binary: 0 or 1); one pass
 //   bce_with_logits(logits, bias, targets, loss, grad, grad_scale)
 //       z = logits + bias (bias may be undefined; when defined, z is written back to logits);
 //       loss[b] = mean_c BCE(z[b, c], targets[b, c]) when loss is defined;
@@ -162,6 +144,23 @@ inline void check_inputs(const char* op, const at::Tensor& x_img, const at::Tens
 template <class Kernels>
 struct Schedule {
   using Tensor = at::Tensor;
+
+  // ---- value checks: one pass each; only the failure path looks for the first bad row
+  static void check_values(const char* op, const char* name, const Tensor& t, bool binary) {
+    if (t.numel() == 0 || Kernels::all_valid(t, binary)) return;
+    const Tensor ok = binary ? (t == 0) | (t == 1) : at::isfinite(t);
+    const int64_t row = (~ok).any(1).nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, op, ": ", name, " must ",
+                      binary ? "hold only 0 and 1" : "be finite", ", but row ", row, " has ",
+                      binary ? "another value" : "a NaN or infinite value");
+  }
+
+  static void check_inputs(const char* op, const Tensor& x_img, const Tensor& x_txt,
+                           const Tensor* targets) {
+    check_values(op, "x_img", x_img, false);
+    check_values(op, "x_txt", x_txt, false);
+    if (targets) check_values(op, "targets", *targets, true);
+  }
 
   // ---- shared pieces
   // out = a b into a view (at::mm_out wants an lvalue).

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/cacnet.h"
 #include "common/simd.h"
@@ -144,6 +145,30 @@ struct CpuKernels {
   struct DeviceGuard {
     explicit DeviceGuard(at::Device) {}
   };
+
+  // Branch-free so that the loop vectorizes: a reduction with early exit would not.
+  static bool all_valid(const at::Tensor& t, bool binary) {
+    const at::Tensor values = t.contiguous();
+    bool valid = true;
+    AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "cacnet_all_valid", [&] {
+      const scalar_t* v = values.const_data_ptr<scalar_t>();
+      const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+      valid = at::parallel_reduce(
+          0, values.numel(), kGrainElements, true,
+          [&](int64_t begin, int64_t end, bool ok) {
+            int bad = 0;
+            if (binary) {
+              for (int64_t i = begin; i < end; ++i) bad |= (v[i] != scalar_t(0)) & (v[i] != scalar_t(1));
+            } else {
+              // NaN fails both comparisons; +-inf fails the second.
+              for (int64_t i = begin; i < end; ++i) bad |= !((v[i] == v[i]) & (std::abs(v[i]) < inf));
+            }
+            return ok && !bad;
+          },
+          [](bool a, bool b) { return a && b; });
+    });
+    return valid;
+  }
 
   static void bias_activation(const at::Tensor& out, const at::Tensor& pre, const at::Tensor& pre2,
                               const at::Tensor& bias, Activation activation) {

@@ -78,6 +78,10 @@ __global__ void bce_with_logits_kernel(T* __restrict__ logits, const T* __restri
 struct CudaKernels {
   using DeviceGuard = c10::cuda::CUDAGuard;
 
+  static bool all_valid(const at::Tensor& t, bool binary) {
+    return (binary ? (t == 0) | (t == 1) : at::isfinite(t)).all().item<bool>();
+  }
+
   static void bias_activation(const at::Tensor& out, const at::Tensor& pre, const at::Tensor& pre2,
                               const at::Tensor& bias, Activation activation) {
     const int64_t numel = out.numel(), cols = bias.numel();
