@@ -21,6 +21,29 @@ TORCH_LIBRARY(mmfast, m) {
   // Gradients for u, v, weight and bias (the last is grad_out summed over the batch).
   m.def("_bilinear_fusion_backward(Tensor grad_out, Tensor u, Tensor v, Tensor weight, str gate)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
+
+  m.set_python_module("mmfast.ops.cacnet");
+  // DESIGN 2.4. params: the 15 CACNet tensors in mmfast.ops.cacnet.PARAM_NAMES order, weights
+  // [in, out]. hidden1, hidden2: [2, B, H] post-activation (image half first); layer1:
+  // [4, B, H] the layer-1 blocks x'w(x',h'), x''w(x'',h''), x'w(x',h''), x''w(x'',h') before
+  // bias; losses [B] (mean BCE over classes); beta a 0-dim tensor. Grad lists: see the ops file.
+  m.def("cacnet_forward(Tensor x_img, Tensor x_txt, Tensor[] params, str activation) -> "
+        "(Tensor logits, Tensor hidden1, Tensor hidden2)");
+  m.def("_cacnet_forward_backward(Tensor grad_logits, Tensor x_img, Tensor x_txt, "
+        "Tensor[] params, Tensor hidden1, Tensor hidden2, str activation, bool input_grads) -> "
+        "(Tensor grad_x_img, Tensor grad_x_txt, Tensor[] grad_params)");
+  m.def("cacnet_phase1(Tensor x_img, Tensor x_txt, Tensor targets, Tensor[] params, "
+        "str activation) -> (Tensor passive_image_loss, Tensor passive_text_loss, Tensor[] grads)");
+  m.def("cacnet_phase2_forward(Tensor x_img, Tensor x_txt, Tensor targets, Tensor[] params, "
+        "str activation) -> (Tensor full_loss, Tensor passive_image_loss, "
+        "Tensor passive_text_loss, Tensor beta, Tensor layer1, Tensor hidden1, Tensor hidden2, "
+        "Tensor logits)");
+  m.def("cacnet_phase2_full_backward(Tensor x_img, Tensor x_txt, Tensor targets, "
+        "Tensor[] params, Tensor hidden1, Tensor hidden2, Tensor logits, str activation) -> "
+        "Tensor[]");
+  m.def("cacnet_phase2_cross_active(Tensor x_img, Tensor x_txt, Tensor targets, "
+        "Tensor[] params, Tensor layer1, str activation, bool train_output) -> "
+        "(Tensor cross_image_loss, Tensor cross_text_loss, Tensor[] grads)");
 }
 
 namespace {

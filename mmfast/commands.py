@@ -1,6 +1,5 @@
 """The paper-003 commands of ``mmfast``: demo, features, train, classify, eval."""
 
-import argparse
 import csv
 import json
 import time

@@ -2,6 +2,7 @@
 ``torch.compile``) and, where differentiable, autograd; each follows ``mmfast.get_backend()``."""
 
 from mmfast.ops.bilinear_fusion import bilinear_fusion
+from mmfast.ops.cacnet import cacnet_forward
 from mmfast.ops.pq_encode import pq_encode
 
-__all__ = ["bilinear_fusion", "pq_encode"]
+__all__ = ["bilinear_fusion", "cacnet_forward", "pq_encode"]

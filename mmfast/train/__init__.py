@@ -1,6 +1,10 @@
 """Training loops, schedules and checkpoints."""
 
+from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
-__all__ = ["Examples", "predict", "train", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CACNetTrainer", "GammaSchedule", "Examples", "predict", "train", "load_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,288 @@
+"""CACNet's two-phase training (DESIGN 2.4): phase 1 trains the passive sub-networks; phase 2
+compares the full network with them (beta) and trains either the full network (beta < gamma,
+case 1) or the cross-active sub-networks (case 2). Each phase ends with an optimizer step."""
+
+import json
+import numbers
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from mmfast import _backend
+from mmfast import ops
+from mmfast.nn.cacnet import CONFIG_FILE, WEIGHTS_FILE, CACNet
+from mmfast.ops.cacnet import PARAM_NAMES
+from mmfast._io import atomic_path, write_text_atomic
+from mmfast.reference import cacnet as reference
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+class GammaSchedule:
+    """The paper's gamma: ``start`` until the last ``ramp_epochs`` epochs, then linear up to
+    ``end`` at the final epoch (0.4 -> 0.8 over the last 100 of 500 epochs)."""
+
+    def __init__(self, start: float = 0.4, end: float = 0.8, ramp_epochs: int = 100):
+        self.start, self.end, self.ramp_epochs = float(start), float(end), int(ramp_epochs)
+
+    def __call__(self, epoch: int, num_epochs: int | None) -> float:
+        """gamma of ``epoch`` (0-based) of a ``num_epochs`` run; None: not known yet."""
+        if num_epochs is None:
+            return self.start
+        ramp_begin = max(num_epochs - self.ramp_epochs, 0)
+        if epoch < ramp_begin:
+            return self.start
+        fraction = (epoch - ramp_begin + 1) / (num_epochs - ramp_begin)
+        return self.start + (self.end - self.start) * min(fraction, 1.0)
+
+    def __repr__(self) -> str:
+        return f"GammaSchedule(start={self.start}, end={self.end}, ramp_epochs={self.ramp_epochs})"
+
+
+class CACNetTrainer:
+    """Runs CACNet's two-phase iterations with ``optimizer`` (built over ``model.parameters()``).
+
+    ``gamma_schedule``: a number (constant gamma; 1 disables case 2, the paper's ablation) or a
+    callable ``(epoch, num_epochs) -> gamma`` (``num_epochs`` None before ``fit`` knows it).
+    ``train_output_in_cross_active``: whether case 2 also trains w(g',y), w(g'',y), b_y.
+    The fused ops or the literal reference run, following ``mmfast.get_backend()``.
+    """
+
+    def __init__(
+        self,
+        model: CACNet,
+        optimizer: torch.optim.Optimizer,
+        gamma_schedule: float | Callable[[int, int | None], float] = GammaSchedule(),
+        train_output_in_cross_active: bool = True,
+    ):
+        if not isinstance(model, CACNet):
+            raise TypeError(f"CACNetTrainer: model must be a CACNet, got {type(model).__name__}")
+        if isinstance(gamma_schedule, numbers.Real):
+            constant = float(gamma_schedule)
+            gamma_schedule = lambda epoch, num_epochs: constant  # noqa: E731
+        elif not callable(gamma_schedule):
+            raise TypeError("CACNetTrainer: gamma_schedule must be a number or a callable "
+                            f"(epoch, num_epochs) -> gamma, got {type(gamma_schedule).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.gamma_schedule = gamma_schedule
+        self.train_output_in_cross_active = train_output_in_cross_active
+        self.gamma = float(gamma_schedule(0, None))
+        self.epoch = 0  # epochs completed
+
+    # ---- one iteration
+    def step(self, x_img: torch.Tensor, x_txt: torch.Tensor, targets: torch.Tensor) -> dict:
+        """Phase 1 then phase 2 on one mini-batch. Returns the mean losses (``phase1_loss``:
+        E' + E'' before phase 1's update; ``loss``, ``passive_image_loss``,
+        ``passive_text_loss``: E, E', E'' in phase 2; ``cross_active_loss`` in case 2, else
+        None), ``beta``, ``gamma`` and ``case`` (1 or 2)."""
+        model = self.model
+        params = model.op_params()
+        ops.cacnet._check_args("CACNetTrainer.step", x_img, x_txt, targets, params,
+                               model.activation)
+        if _backend.use_reference():
+            return self._reference_step(x_img, x_txt, targets)
+        activation = model.activation
+        phase1 = ops.cacnet.cacnet_phase1(x_img, x_txt, targets, params, activation)
+        self._optimizer_step(params, phase1.grads)
+        forward = ops.cacnet.cacnet_phase2_forward(x_img, x_txt, targets, params, activation)
+        beta = float(forward.beta)
+        cross_active_loss = None
+        if beta < self.gamma:
+            case = 1
+            grads = ops.cacnet.cacnet_phase2_full_backward(
+                x_img, x_txt, targets, params, forward, activation
+            )
+        else:
+            case = 2
+            cross = ops.cacnet.cacnet_phase2_cross_active(
+                x_img, x_txt, targets, params, forward, activation,
+                self.train_output_in_cross_active,
+            )
+            grads = cross.grads
+            cross_active_loss = float(cross.image_loss.mean() + cross.text_loss.mean())
+        self._optimizer_step(params, grads)
+        return {
+            "phase1_loss": float(phase1.image_loss.mean() + phase1.text_loss.mean()),
+            "loss": float(forward.full_loss.mean()),
+            "passive_image_loss": float(forward.passive_image_loss.mean()),
+            "passive_text_loss": float(forward.passive_text_loss.mean()),
+            "cross_active_loss": cross_active_loss,
+            "beta": beta, "gamma": self.gamma, "case": case,
+        }
+
+    def _optimizer_step(self, params, grads: dict) -> None:
+        # A parameter the phase does not train gets no gradient at all (not a zero one), so
+        # optimizers with momentum or weight decay leave it alone, as autograd would.
+        for name, param in zip(PARAM_NAMES, params):
+            param.grad = grads.get(name)
+        self.optimizer.step()
+
+    def _reference_step(self, x_img, x_txt, targets) -> dict:
+        """The literal iteration: separate sub-network passes and autograd."""
+        _check_finite("x_img", x_img)
+        _check_finite("x_txt", x_txt)
+        _check_binary("targets", targets)
+        model, optimizer, activation = self.model, self.optimizer, self.model.activation
+        params = dict(zip(PARAM_NAMES, model.op_params()))
+
+        optimizer.zero_grad(set_to_none=True)
+        image_loss, text_loss = reference.pair_losses(
+            "passive", x_img, x_txt, targets, params, activation
+        )
+        phase1_loss = image_loss.mean() + text_loss.mean()
+        phase1_loss.backward()
+        optimizer.step()
+
+        optimizer.zero_grad(set_to_none=True)
+        full_loss = reference.per_sample_loss(
+            reference.full_logits(x_img, x_txt, params, activation), targets
+        )
+        with torch.no_grad():
+            passive_image, passive_text = reference.pair_losses(
+                "passive", x_img, x_txt, targets, params, activation
+            )
+        beta = float(reference.beta(full_loss.detach(), passive_image, passive_text))
+        cross_active_loss = None
+        if beta < self.gamma:
+            case = 1
+            full_loss.mean().backward()
+        else:
+            case = 2
+            cross_image, cross_text = reference.pair_losses(
+                "cross_active", x_img, x_txt, targets, params, activation,
+                self.train_output_in_cross_active,
+            )
+            objective = cross_image.mean() + cross_text.mean()
+            objective.backward()
+            cross_active_loss = float(objective.detach())
+        optimizer.step()
+        return {
+            "phase1_loss": float(phase1_loss.detach()),
+            "loss": float(full_loss.detach().mean()),
+            "passive_image_loss": float(passive_image.mean()),
+            "passive_text_loss": float(passive_text.mean()),
+            "cross_active_loss": cross_active_loss,
+            "beta": beta, "gamma": self.gamma, "case": case,
+        }
+
+    # ---- epochs
+    def fit(
+        self,
+        batches: Iterable,
+        num_epochs: int = 500,
+        checkpoint_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> list[dict]:
+        """Trains from epoch ``self.epoch`` (0, or where a loaded checkpoint stopped) to
+        ``num_epochs``; ``batches`` yields (x_img, x_txt, targets) anew each epoch (a
+        ``DataLoader``). Sets gamma per epoch from the schedule, checkpoints into
+        ``checkpoint_dir`` after every epoch, and returns one summary per epoch: mean losses,
+        mean beta, gamma and how many iterations took each case."""
+        history = []
+        total = None
+        if hasattr(batches, "__len__"):
+            total = len(batches) * max(num_epochs - self.epoch, 0)
+        with tqdm(total=total, disable=not progress, desc="CACNet", unit="batch") as bar:
+            for epoch in range(self.epoch, num_epochs):
+                self.gamma = float(self.gamma_schedule(epoch, num_epochs))
+                sums = {"phase1_loss": 0.0, "loss": 0.0, "beta": 0.0}
+                cases = {1: 0, 2: 0}
+                for x_img, x_txt, targets in batches:
+                    result = self.step(x_img, x_txt, targets)
+                    for key in sums:
+                        sums[key] += result[key]
+                    cases[result["case"]] += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{result['loss']:.4f}",
+                                    beta=f"{result['beta']:.3f}", gamma=f"{self.gamma:.3f}")
+                steps = max(sum(cases.values()), 1)
+                summary = {key: value / steps for key, value in sums.items()}
+                summary.update(epoch=epoch, gamma=self.gamma, case1_steps=cases[1],
+                               case2_steps=cases[2])
+                history.append(summary)
+                self.epoch = epoch + 1
+                if checkpoint_dir is not None:
+                    self.save_checkpoint(checkpoint_dir)
+        return history
+
+    # ---- checkpoints: safetensors tensors + JSON config, each file written atomically
+    def save_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Writes ``model.safetensors``, ``optimizer.safetensors`` (the optimizer's tensors) and
+        ``config.json`` (model config, epoch, gamma, the optimizer's other state). The config
+        goes last: a checkpoint with a config is complete."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_FILE) as temporary:
+            save_file(weights, temporary)
+        optimizer_tensors, optimizer_json = _split_optimizer_state(self.optimizer.state_dict())
+        with atomic_path(directory / OPTIMIZER_FILE) as temporary:
+            save_file(optimizer_tensors, temporary)
+        config = {
+            "model": self.model.config(),
+            "epoch": self.epoch,
+            "gamma": self.gamma,
+            "train_output_in_cross_active": self.train_output_in_cross_active,
+            "optimizer": optimizer_json,
+        }
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Restores the model, the optimizer and the epoch count from ``save_checkpoint``;
+        ``fit`` then resumes where it stopped. Never unpickles anything."""
+        directory = Path(directory)
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        if config["model"] != self.model.config():
+            raise ValueError(f"load_checkpoint: {directory / CONFIG_FILE} holds a model "
+                             f"{config['model']}, this trainer's is {self.model.config()}")
+        device = self.model.b_y.device
+        self.model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device)))
+        optimizer_tensors = load_file(str(directory / OPTIMIZER_FILE), device=str(device))
+        self.optimizer.load_state_dict(
+            _join_optimizer_state(optimizer_tensors, config["optimizer"])
+        )
+        self.epoch, self.gamma = config["epoch"], config["gamma"]
+        self.train_output_in_cross_active = config["train_output_in_cross_active"]
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
+    """An optimizer state dict as safetensors tensors ("state.<param>.<key>") and the JSON rest."""
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"state": scalars, "param_groups": state_dict["param_groups"]}
+
+
+def _join_optimizer_state(tensors: dict, rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in rest["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        row = int(bad.any(1).nonzero()[0, 0])
+        raise ValueError(f"CACNetTrainer.step: {name} must be finite, but row {row} has a NaN "
+                         "or infinite value")
+
+
+def _check_binary(name: str, t: torch.Tensor) -> None:
+    bad = (t != 0) & (t != 1)
+    if bad.any():
+        row = int(bad.any(1).nonzero()[0, 0])
+        raise ValueError(f"CACNetTrainer.step: {name} must hold only 0 and 1, but row {row} has "
+                         "another value")
+
