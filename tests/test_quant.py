@@ -119,7 +119,6 @@ def test_rspq_layout_tokens_and_decode():
     assert torch.equal(tokens, codes.long() + torch.arange(12) * 32)
     assert int(tokens.max()) < rspq.num_tokens
     # decode averages the R un-permuted reconstructions
-    per_rep = [ProductQuantizer(24, 3, 32) for _ in range(4)]
     expected = torch.zeros_like(x)
     for r in range(4):
         parts = rspq.codebooks[r * 3:(r + 1) * 3][torch.arange(3), codes[:, r * 3:(r + 1) * 3].long()]
