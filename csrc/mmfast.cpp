@@ -13,6 +13,13 @@ TORCH_LIBRARY(mmfast, m) {
   m.set_python_module("mmfast.ops.pq_encode");
   // DESIGN 2.1. codebooks [R*M, C, D/M]; perm [R, D] or None; codes [B, R*M] (uint8/int16/int32 by C).
   m.def("pq_encode(Tensor x, Tensor codebooks, Tensor? perm) -> Tensor");
+
+  m.set_python_module("mmfast.ops.cross_attention_cosine");
+  // DESIGN 2.3. V [B, Kr, d], T [B, N, d], t_lengths [B] int64 or None -> v_bar [B, Kr], t_bar [B, N].
+  m.def("cross_attention_cosine(Tensor V, Tensor T, Tensor? t_lengths, float scale) -> (Tensor, Tensor)");
+  // Gradients for V and T, recomputed from the inputs alone (nothing else is saved).
+  m.def("_cross_attention_cosine_backward(Tensor grad_v_bar, Tensor grad_t_bar, Tensor V, Tensor T, "
+        "Tensor? t_lengths, float scale) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -1,6 +1,7 @@
 """Fused operators: each wraps ``torch.ops.mmfast.<name>`` with checks, a fake kernel (for
 ``torch.compile``) and, where differentiable, autograd; each follows ``mmfast.get_backend()``."""
 
+from mmfast.ops.cross_attention_cosine import cross_attention_cosine
 from mmfast.ops.pq_encode import pq_encode
 
-__all__ = ["pq_encode"]
+__all__ = ["cross_attention_cosine", "pq_encode"]

@@ -1,6 +1,7 @@
 """The math of every mmfast op in plain PyTorch, written to be read. Tests hold the fused kernels
 to these; benchmarks time against them."""
 
+from mmfast.reference.cross_attention_cosine import cross_attention_cosine
 from mmfast.reference.pq_encode import pq_encode
 
-__all__ = ["pq_encode"]
+__all__ = ["cross_attention_cosine", "pq_encode"]
