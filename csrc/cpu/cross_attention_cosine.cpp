@@ -84,11 +84,18 @@ acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
   return sum;
 }
 
+// A row's squared norm is finite exactly when its values are, unless it overflows; only then is
+// the row read again, to tell which.
 template <typename acc_t>
-bool all_finite(const acc_t* values, int64_t n) {
+void check_row(const char* name, const acc_t* row, int64_t d, acc_t squared_norm,
+               int64_t batch_index, int64_t row_index, const char* what) {
+  if (std::isfinite(squared_norm)) return;
   bool finite = true;
-  for (int64_t k = 0; k < n; ++k) finite &= std::isfinite(values[k]);
-  return finite;
+  for (int64_t k = 0; k < d; ++k) finite &= std::isfinite(row[k]);
+  TORCH_CHECK_VALUE(!finite, kForward, ": ", name, " must be finite, but ", name, "[",
+                    batch_index, ", ", row_index, "]", what, " has a NaN or infinite value");
+  TORCH_CHECK_VALUE(false, kForward, ": the squared norm of ", name, "[", batch_index, ", ",
+                    row_index, "] overflows ", sizeof(acc_t) == 4 ? "float32" : "float64");
 }
 
 // Scratch of one thread, sized for the largest item; each matrix is viewed [rows, n] contiguous.
@@ -137,20 +144,20 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
   const acc_t* t = words.const_data_ptr<acc_t>();
   const int64_t v_stride = regions.stride(0), t_stride = words.stride(0);
   for (int64_t i = 0; i < kr; ++i) {
-    TORCH_CHECK_VALUE(all_finite(v + i * v_stride, d), kForward, ": V must be finite, but V[",
-                      batch_index, ", ", i, "] has a NaN or infinite value");
+    const acc_t squared_norm = dot(v + i * v_stride, v + i * v_stride, d);
+    check_row("V", v + i * v_stride, d, squared_norm, batch_index, i, "");
+    ws.v_norm[i] = std::sqrt(squared_norm);
   }
   for (int64_t j = 0; j < n; ++j) {
-    TORCH_CHECK_VALUE(all_finite(t + j * t_stride, d), kForward, ": T must be finite, but T[",
-                      batch_index, ", ", j, "] (a valid word) has a NaN or infinite value");
-    ws.t_norm[j] = std::sqrt(dot(t + j * t_stride, t + j * t_stride, d));
+    const acc_t squared_norm = dot(t + j * t_stride, t + j * t_stride, d);
+    check_row("T", t + j * t_stride, d, squared_norm, batch_index, j, " (a valid word)");
+    ws.t_norm[j] = std::sqrt(squared_norm);
   }
 
   at::Tensor gram_vt = matrix(ws.gram_vt, kr, n);  // [Kr, n]
   at::mm_out(gram_vt, regions, words.t());
   at::mm_out(ws.gram_vv, regions, regions.t());  // [Kr, Kr]
   const acc_t* g = gram_vt.const_data_ptr<acc_t>();
-  const acc_t* gvv = ws.gram_vv.template const_data_ptr<acc_t>();
   acc_t* a = ws.attn_words.template data_ptr<acc_t>();
   acc_t* p = ws.attn_regions.template data_ptr<acc_t>();
   acc_t* shift = ws.shift.data();
@@ -196,7 +203,6 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
   const acc_t* q = gram_vv_attn.const_data_ptr<acc_t>();
 
   for (int64_t i = 0; i < kr; ++i) {
-    ws.v_norm[i] = std::sqrt(std::max(gvv[i * kr + i], acc_t(0)));
     ws.v_hat_norm[i] = std::sqrt(dot(vh + i * d, vh + i * d, d));
     ws.v_dot[i] = dot(a + i * n, g + i * n, n);
   }
