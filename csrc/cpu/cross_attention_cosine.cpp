@@ -92,7 +92,7 @@ void check_row(const char* name, const acc_t* row, int64_t d, acc_t squared_norm
   if (std::isfinite(squared_norm)) return;
   bool finite = true;
   for (int64_t k = 0; k < d; ++k) finite &= std::isfinite(row[k]);
-  TORCH_CHECK_VALUE(!finite, kForward, ": ", name, " must be finite, but ", name, "[",
+  TORCH_CHECK_VALUE(finite, kForward, ": ", name, " must be finite, but ", name, "[",
                     batch_index, ", ", row_index, "]", what, " has a NaN or infinite value");
   TORCH_CHECK_VALUE(false, kForward, ": the squared norm of ", name, "[", batch_index, ", ",
                     row_index, "] overflows ", sizeof(acc_t) == 4 ? "float32" : "float64");
