@@ -19,9 +19,10 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 from mmfast._backend import backend, get_backend, set_backend
 from mmfast._info import info
 from mmfast import metrics, ops, quant, reference
+from mmfast import nn
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
-    "backend", "get_backend", "set_backend", "info", "metrics", "ops", "quant", "reference",
+    "backend", "get_backend", "set_backend", "info", "metrics", "nn", "ops", "quant", "reference",
 ]
