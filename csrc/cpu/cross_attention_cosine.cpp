@@ -108,7 +108,7 @@ struct Workspace {
   std::vector<acc_t> v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
 
   Workspace(const CrossAttentionShape& s, const at::TensorOptions& options)
-      : shift(std::max(s.regions, s.words)), v_norm(s.regions), v_hat_norm(s.regions),
+      : shift(s.words), v_norm(s.regions), v_hat_norm(s.regions),
         v_dot(s.regions), t_norm(s.words), t_hat_norm(s.words), t_dot(s.words) {
     const int64_t kn = s.regions * s.words;
     gram_vt = at::empty({kn}, options);
