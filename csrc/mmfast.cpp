@@ -44,6 +44,15 @@ TORCH_LIBRARY(mmfast, m) {
   m.def("cacnet_phase2_cross_active(Tensor x_img, Tensor x_txt, Tensor targets, "
         "Tensor[] params, Tensor layer1, str activation, bool train_output) -> "
         "(Tensor cross_image_loss, Tensor cross_text_loss, Tensor[] grads)");
+
+  m.set_python_module("mmfast.ops.cross_attention_cosine");
+  // DESIGN 2.3. V [B, Kr, d], T [B, N, d], t_lengths [B] int64 or None
+  // -> v_bar [B, Kr], t_bar [B, N].
+  m.def("cross_attention_cosine(Tensor V, Tensor T, Tensor? t_lengths, float scale) -> "
+        "(Tensor, Tensor)");
+  // Gradients for V and T, recomputed from the inputs alone (nothing else is saved).
+  m.def("_cross_attention_cosine_backward(Tensor grad_v_bar, Tensor grad_t_bar, Tensor V, "
+        "Tensor T, Tensor? t_lengths, float scale) -> (Tensor, Tensor)");
 }
 
 namespace {

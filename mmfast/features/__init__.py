@@ -1,9 +1,0 @@
-"""Image and text feature extraction."""
-
-from mmfast.features.image import BACKBONES, ImageFeatureExtractor, build_backbone, load_image
-from mmfast.features.text import SentenceEncoder, WordVectors, weighted_average, word_probabilities
-
-__all__ = [
-    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image", "SentenceEncoder",
-    "WordVectors", "weighted_average", "word_probabilities",
-]

@@ -1,6 +1,7 @@
 """Modules users import, by paper; each computes with the fused ops and follows
 ``mmfast.get_backend()``."""
 
+from mmfast.nn.ananet import AlignmentNet, AnANet, AssociationNet
 from mmfast.nn.cacnet import CACNet
 from mmfast.nn.fasttext import FastText, TextHasher, fnv1a_32, tokenize
 from mmfast.nn.fusion import Bilinear, BilinearFusion
@@ -10,6 +11,7 @@ from mmfast.nn.kiela import ContinuousFusion, DiscretizedFastText
 MODELS = {cls.__name__: cls for cls in (FastText, ContinuousFusion, DiscretizedFastText)}
 
 __all__ = [
-    "Bilinear", "BilinearFusion", "CACNet", "FastText", "TextHasher", "fnv1a_32", "tokenize",
-    "ContinuousFusion", "DiscretizedFastText", "MODELS",
+    "AlignmentNet", "AnANet", "AssociationNet", "Bilinear", "BilinearFusion", "CACNet",
+    "FastText", "TextHasher", "fnv1a_32", "tokenize", "ContinuousFusion", "DiscretizedFastText",
+    "MODELS",
 ]

@@ -3,6 +3,7 @@
 
 from mmfast.ops.bilinear_fusion import bilinear_fusion
 from mmfast.ops.cacnet import cacnet_forward
+from mmfast.ops.cross_attention_cosine import cross_attention_cosine
 from mmfast.ops.pq_encode import pq_encode
 
-__all__ = ["bilinear_fusion", "cacnet_forward", "pq_encode"]
+__all__ = ["bilinear_fusion", "cacnet_forward", "cross_attention_cosine", "pq_encode"]

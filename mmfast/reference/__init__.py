@@ -2,6 +2,7 @@
 to these; benchmarks time against them."""
 
 from mmfast.reference.bilinear_fusion import bilinear_fusion
+from mmfast.reference.cross_attention_cosine import cross_attention_cosine
 from mmfast.reference.pq_encode import pq_encode
 
-__all__ = ["bilinear_fusion", "pq_encode"]
+__all__ = ["bilinear_fusion", "cross_attention_cosine", "pq_encode"]

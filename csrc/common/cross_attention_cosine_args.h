@@ -1,0 +1,85 @@
+// Argument checks of cross_attention_cosine and its backward, shared by the CPU and CUDA kernels.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common/checks.h"
+
+#if defined(__CUDACC__)
+#define MMFAST_HOST_DEVICE __host__ __device__
+#else
+#define MMFAST_HOST_DEVICE
+#endif
+
+namespace mmfast {
+
+inline constexpr double kCosineEps = 1e-8;  // cos(a, b) = a.b / (max(|a|, eps) max(|b|, eps))
+
+struct CrossAttentionShape {
+  int64_t batch, regions, words, dim;
+};
+
+inline CrossAttentionShape check_cross_attention_cosine_args(
+    const char* op, const at::Tensor& V, const at::Tensor& T,
+    const std::optional<at::Tensor>& t_lengths) {
+  MMFAST_CHECK_DIM(op, "V", V, 3);
+  MMFAST_CHECK_DIM(op, "T", T, 3);
+  MMFAST_CHECK_FLOATING(op, "V", V);
+  TORCH_CHECK_TYPE(T.scalar_type() == V.scalar_type(), op, ": T must have the dtype of V (",
+                   V.scalar_type(), "), got ", T.scalar_type());
+  TORCH_CHECK_VALUE(T.device() == V.device(), op, ": T must be on ", V.device(),
+                    " like V, got ", T.device());
+  TORCH_CHECK_VALUE(T.size(0) == V.size(0) && T.size(2) == V.size(2), op,
+                    ": T must have shape [", V.size(0), ", N, ", V.size(2),
+                    "] to match V, got ", T.sizes());
+  if (t_lengths) {
+    MMFAST_CHECK_DIM(op, "t_lengths", *t_lengths, 1);
+    TORCH_CHECK_TYPE(t_lengths->scalar_type() == at::kLong, op, ": t_lengths must be int64, got ",
+                     t_lengths->scalar_type());
+    TORCH_CHECK_VALUE(t_lengths->device() == V.device(), op, ": t_lengths must be on ",
+                      V.device(), " like V, got ", t_lengths->device());
+    TORCH_CHECK_VALUE(t_lengths->size(0) == V.size(0), op, ": t_lengths must have shape [",
+                      V.size(0), "], got ", t_lengths->sizes());
+  }
+  return {V.size(0), V.size(1), T.size(1), V.size(2)};
+}
+
+// Word counts as a contiguous int64 tensor on the input's device, every value checked to lie in
+// [0, N]; None means every word is valid.
+inline at::Tensor checked_word_counts(const char* op, const std::optional<at::Tensor>& t_lengths,
+                                      const CrossAttentionShape& shape, const at::Tensor& like) {
+  if (!t_lengths) return at::full({shape.batch}, shape.words, like.options().dtype(at::kLong));
+  at::Tensor counts = t_lengths->contiguous();
+  if (shape.batch > 0) {
+    const int64_t low = counts.min().item<int64_t>(), high = counts.max().item<int64_t>();
+    TORCH_CHECK_VALUE(low >= 0 && high <= shape.words, op, ": t_lengths values must be in [0, ",
+                      shape.words, "] (N = T.size(1)), got values from ", low, " to ", high);
+  }
+  return counts;
+}
+
+// The gradient of c = a.b / (max(|a|, eps) max(|b|, eps)) times g is
+// `alpha * b + self * a` for a and `alpha * a + other * b` for b (a norm at or below eps is a
+// constant of the clamp and contributes no term).
+template <typename acc_t>
+struct CosineGrad {
+  acc_t alpha, self, other;
+};
+
+template <typename acc_t>
+MMFAST_HOST_DEVICE inline CosineGrad<acc_t> cosine_grad(acc_t g, acc_t dot, acc_t norm_a, acc_t norm_b) {
+  const acc_t eps = static_cast<acc_t>(kCosineEps);
+  const acc_t na = norm_a > eps ? norm_a : eps, nb = norm_b > eps ? norm_b : eps;
+  const acc_t alpha = g / (na * nb);
+  return {alpha, norm_a > eps ? -alpha * dot / (na * na) : acc_t(0),
+          norm_b > eps ? -alpha * dot / (nb * nb) : acc_t(0)};
+}
+
+template <typename acc_t>
+MMFAST_HOST_DEVICE inline acc_t cosine(acc_t dot, acc_t norm_a, acc_t norm_b) {
+  const acc_t eps = static_cast<acc_t>(kCosineEps);
+  return dot / ((norm_a > eps ? norm_a : eps) * (norm_b > eps ? norm_b : eps));
+}
+
+}  // namespace mmfast

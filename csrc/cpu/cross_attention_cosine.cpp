@@ -1,0 +1,421 @@
+// cross_attention_cosine on the CPU (DESIGN 2.3), forward and backward, one batch item at a time.
+//
+// Per item (Kr regions, n valid words, d dims) everything lives in a per-thread workspace that
+// fits in L2, and the only d-long products are GEMMs:
+//   G = V T^T [Kr, n], Gv = V V^T [Kr, Kr], A = softmax_words(scale G), P = softmax_regions(scale G),
+//   Vhat = A T [Kr, d].
+// That = P^T V is never formed: T_j.That_j = sum_i P_ij G_ij and |That_j|^2 = sum_i P_ij (Gv P)_ij
+// (Kr < N at the paper's shapes, so the region Gram is cheaper than That). V_i.Vhat_i is
+// sum_j A_ij G_ij. The backward recomputes these from V and T (nothing but the inputs is saved)
+// and folds every gradient term into two GEMM pairs (see backward_item).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/cross_attention_cosine_args.h"
+#include "common/simd.h"
+
+namespace mmfast {
+namespace {
+
+using simd::kLanes;
+using simd::vfloat;
+using simd::vint;
+
+constexpr const char* kForward = "cross_attention_cosine";
+constexpr const char* kBackward = "cross_attention_cosine_backward";
+
+// exp(x) for a whole vector: 2^n * p(r), n = round(x / ln 2), Cephes' degree-6 polynomial on
+// |r| <= ln(2)/2 (1 ulp-ish). Inputs are clamped to [-87.3, 88.3], the normal float range;
+// softmax only ever passes x <= 0, where the clamp turns underflow into ~1e-38.
+inline vfloat exp_vector(vfloat x) {
+  x = x < -87.3f ? simd::broadcast(-87.3f) : x;
+  x = x > 88.3f ? simd::broadcast(88.3f) : x;
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
+  const vfloat n = (x * 1.44269504088896341f + kRound) - kRound;
+  const vfloat r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  vfloat p = simd::broadcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vfloat two_to_n;
+  __builtin_memcpy(&two_to_n, &bits, sizeof(two_to_n));
+  return p * two_to_n;
+}
+
+// values[k] = exp(scale * values[k] - shift[k]): the numerators of a softmax.
+template <typename acc_t>
+void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, acc_t scale, int64_t n) {
+  int64_t k = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    for (; k + kLanes <= n; k += kLanes) {
+      const vfloat v = exp_vector(simd::load(values + k) * scale - simd::load(shift + k));
+      __builtin_memcpy(values + k, &v, sizeof(v));
+    }
+  }
+  for (; k < n; ++k) values[k] = std::exp(scale * values[k] - shift[k]);
+}
+
+template <typename acc_t>
+acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
+  int64_t k = 0;
+  acc_t sum = 0;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    vfloat acc0{}, acc1{};  // two chains hide the FMA latency
+    for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
+      acc0 += simd::load(a + k) * simd::load(b + k);
+      acc1 += simd::load(a + k + kLanes) * simd::load(b + k + kLanes);
+    }
+    acc0 += acc1;
+    for (int lane = 0; lane < kLanes; ++lane) sum += acc0[lane];
+  }
+  for (; k < n; ++k) sum += a[k] * b[k];
+  return sum;
+}
+
+// A row's squared norm is finite exactly when its values are, unless it overflows; only then is
+// the row read again, to tell which.
+template <typename acc_t>
+void check_row(const char* name, const acc_t* row, int64_t d, acc_t squared_norm,
+               int64_t batch_index, int64_t row_index, const char* what) {
+  if (std::isfinite(squared_norm)) return;
+  bool finite = true;
+  for (int64_t k = 0; k < d; ++k) finite &= std::isfinite(row[k]);
+  TORCH_CHECK_VALUE(finite, kForward, ": ", name, " must be finite, but ", name, "[",
+                    batch_index, ", ", row_index, "]", what, " has a NaN or infinite value");
+  TORCH_CHECK_VALUE(false, kForward, ": the squared norm of ", name, "[", batch_index, ", ",
+                    row_index, "] overflows ", sizeof(acc_t) == 4 ? "float32" : "float64");
+}
+
+// Scratch of one thread, sized for the largest item; each matrix is viewed [rows, n] contiguous.
+template <typename acc_t>
+struct Workspace {
+  at::Tensor gram_vt, gram_vv, attn_words, attn_regions, gram_vv_attn, v_hat;
+  at::Tensor regions_acc, words_acc;  // V and T items cast to acc_t (when they are not already)
+  std::vector<acc_t> shift;           // softmax maxima (per region, then per word)
+  // Per region: |V_i|, |Vhat_i|, V_i.Vhat_i. Per word: |T_j|, |That_j|, T_j.That_j.
+  std::vector<acc_t> v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
+
+  Workspace(const CrossAttentionShape& s, const at::TensorOptions& options)
+      : shift(s.words), v_norm(s.regions), v_hat_norm(s.regions),
+        v_dot(s.regions), t_norm(s.words), t_hat_norm(s.words), t_dot(s.words) {
+    const int64_t kn = s.regions * s.words;
+    gram_vt = at::empty({kn}, options);
+    gram_vv = at::empty({s.regions, s.regions}, options);
+    attn_words = at::empty({kn}, options);
+    attn_regions = at::empty({kn}, options);
+    gram_vv_attn = at::empty({kn}, options);
+    v_hat = at::empty({s.regions, s.dim}, options);
+    regions_acc = at::empty({s.regions, s.dim}, options);
+    words_acc = at::empty({s.words, s.dim}, options);
+  }
+};
+
+inline at::Tensor matrix(const at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// The item as acc_t rows of unit stride: a view when it already is, else a copy into scratch.
+inline at::Tensor as_acc(const at::Tensor& item, at::Tensor& scratch) {
+  if (item.scalar_type() == scratch.scalar_type() && item.stride(-1) == 1) return item;
+  at::Tensor out = scratch.narrow(0, 0, item.size(0));
+  out.copy_(item);
+  return out;
+}
+
+// Everything both directions need for one item: G, Gv, A, P, Gv P, Vhat and the norms and dots.
+// `regions` [Kr, d] and `words` [n, d] (valid words only) have unit-stride rows.
+template <typename acc_t>
+void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
+            acc_t scale, int64_t batch_index) {
+  const int64_t kr = regions.size(0), n = words.size(0), d = regions.size(1);
+  const acc_t* v = regions.const_data_ptr<acc_t>();
+  const acc_t* t = words.const_data_ptr<acc_t>();
+  const int64_t v_stride = regions.stride(0), t_stride = words.stride(0);
+  for (int64_t i = 0; i < kr; ++i) {
+    const acc_t squared_norm = dot(v + i * v_stride, v + i * v_stride, d);
+    check_row("V", v + i * v_stride, d, squared_norm, batch_index, i, "");
+    ws.v_norm[i] = std::sqrt(squared_norm);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t squared_norm = dot(t + j * t_stride, t + j * t_stride, d);
+    check_row("T", t + j * t_stride, d, squared_norm, batch_index, j, " (a valid word)");
+    ws.t_norm[j] = std::sqrt(squared_norm);
+  }
+
+  at::Tensor gram_vt = matrix(ws.gram_vt, kr, n);  // [Kr, n]
+  at::mm_out(gram_vt, regions, words.t());
+  at::mm_out(ws.gram_vv, regions, regions.t());  // [Kr, Kr]
+  const acc_t* g = gram_vt.const_data_ptr<acc_t>();
+  acc_t* a = ws.attn_words.template data_ptr<acc_t>();
+  acc_t* p = ws.attn_regions.template data_ptr<acc_t>();
+  acc_t* shift = ws.shift.data();
+
+  // A: each region's softmax over the words (rows of G).
+  for (int64_t i = 0; i < kr; ++i) {
+    const acc_t* row = g + i * n;
+    acc_t top = -std::numeric_limits<acc_t>::infinity();
+    for (int64_t j = 0; j < n; ++j) top = std::max(top, scale * row[j]);
+    for (int64_t j = 0; j < n; ++j) shift[j] = top;
+    acc_t* out = a + i * n;
+    std::copy(row, row + n, out);
+    exp_shifted(out, shift, scale, n);
+    acc_t total = 0;
+    for (int64_t j = 0; j < n; ++j) total += out[j];
+    const acc_t inverse = acc_t(1) / total;
+    for (int64_t j = 0; j < n; ++j) out[j] *= inverse;
+  }
+  // P: each word's softmax over the regions (columns of G), computed row by row so the inner
+  // loops run along contiguous words.
+  std::fill(shift, shift + n, -std::numeric_limits<acc_t>::infinity());
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) shift[j] = std::max(shift[j], scale * g[i * n + j]);
+  }
+  acc_t* column_sum = ws.t_dot.data();  // reused: t_dot is filled only after P is final
+  std::fill(column_sum, column_sum + n, acc_t(0));
+  for (int64_t i = 0; i < kr; ++i) {
+    acc_t* out = p + i * n;
+    std::copy(g + i * n, g + (i + 1) * n, out);
+    exp_shifted(out, shift, scale, n);
+    for (int64_t j = 0; j < n; ++j) column_sum[j] += out[j];
+  }
+  for (int64_t j = 0; j < n; ++j) column_sum[j] = acc_t(1) / column_sum[j];
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) p[i * n + j] *= column_sum[j];
+  }
+
+  at::Tensor v_hat = ws.v_hat;  // [Kr, d]
+  at::mm_out(v_hat, matrix(ws.attn_words, kr, n), words);
+  at::Tensor gram_vv_attn = matrix(ws.gram_vv_attn, kr, n);  // Gv P [Kr, n]
+  at::mm_out(gram_vv_attn, ws.gram_vv, matrix(ws.attn_regions, kr, n));
+  const acc_t* vh = v_hat.const_data_ptr<acc_t>();
+  const acc_t* q = gram_vv_attn.const_data_ptr<acc_t>();
+
+  for (int64_t i = 0; i < kr; ++i) {
+    ws.v_hat_norm[i] = std::sqrt(dot(vh + i * d, vh + i * d, d));
+    ws.v_dot[i] = dot(a + i * n, g + i * n, n);
+  }
+  std::fill(ws.t_dot.begin(), ws.t_dot.begin() + n, acc_t(0));
+  std::fill(ws.t_hat_norm.begin(), ws.t_hat_norm.begin() + n, acc_t(0));
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      ws.t_dot[j] += p[i * n + j] * g[i * n + j];
+      ws.t_hat_norm[j] += p[i * n + j] * q[i * n + j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) ws.t_hat_norm[j] = std::sqrt(std::max(ws.t_hat_norm[j], acc_t(0)));
+}
+
+template <typename scalar_t, typename acc_t>
+void forward_cpu(const at::Tensor& V, const at::Tensor& T, const int64_t* counts, double scale,
+                 at::Tensor& v_bar, at::Tensor& t_bar) {
+  const CrossAttentionShape shape{V.size(0), V.size(1), T.size(1), V.size(2)};
+  const auto options = V.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  acc_t* v_bar_data = v_bar.data_ptr<acc_t>();
+  acc_t* t_bar_data = t_bar.data_ptr<acc_t>();
+  at::parallel_for(0, shape.batch, 1, [&](int64_t begin, int64_t end) {
+    // The GEMMs below go through the dispatcher on views of the inputs; below autograd (set in
+    // each worker thread, the guard is thread-local) they neither record nor refuse out=.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Workspace<acc_t> ws(shape, options);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = counts[b];
+      acc_t* v_out = v_bar_data + b * shape.regions;
+      acc_t* t_out = t_bar_data + b * shape.words;
+      std::fill(t_out, t_out + shape.words, acc_t(0));
+      if (n == 0) {  // no word to attend to: Vhat = 0, so every cosine is 0
+        std::fill(v_out, v_out + shape.regions, acc_t(0));
+        continue;
+      }
+      const at::Tensor regions = as_acc(V.select(0, b), ws.regions_acc);
+      const at::Tensor words = as_acc(T.select(0, b).narrow(0, 0, n), ws.words_acc);
+      attend(ws, regions, words, static_cast<acc_t>(scale), b);
+      for (int64_t i = 0; i < shape.regions; ++i) {
+        v_out[i] = cosine(ws.v_dot[i], ws.v_norm[i], ws.v_hat_norm[i]);
+      }
+      for (int64_t j = 0; j < n; ++j) t_out[j] = cosine(ws.t_dot[j], ws.t_norm[j], ws.t_hat_norm[j]);
+    }
+  });
+}
+
+// Gradients of one item. With the cosine coefficients of CosineGrad (alpha, self, other per
+// region for (V, Vhat) and per word for (T, That)):
+//   gA = alpha_i G + other_i (Vhat T^T),  gP = alpha'_j G + other'_j (Gv P),
+//   gS = A (gA - rowsum(gA A)) + P (gP - colsum(gP P)),
+//   C = scale gS + P diag(alpha') + diag(alpha) A,   M = P diag(other') P^T + diag(self),
+//   dV = C T + M V,   dT = C^T V + (diag(other) A)^T Vhat + diag(self') T.
+// (P diag(alpha') T and diag(alpha) A T are the direct terms alpha'_j That_j and alpha_i Vhat_i
+// folded into the GEMM with T; likewise on the other side.)
+template <typename acc_t>
+void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
+                   acc_t scale, const acc_t* grad_v, const acc_t* grad_t, at::Tensor& scratch,
+                   at::Tensor& grad_regions, at::Tensor& grad_words) {
+  const int64_t kr = regions.size(0), n = words.size(0);
+  const acc_t* g = ws.gram_vt.template const_data_ptr<acc_t>();
+  const acc_t* a = ws.attn_words.template const_data_ptr<acc_t>();
+  const acc_t* p = ws.attn_regions.template const_data_ptr<acc_t>();
+  const acc_t* q = ws.gram_vv_attn.template const_data_ptr<acc_t>();
+
+  std::vector<CosineGrad<acc_t>> region_grad(kr), word_grad(n);
+  for (int64_t i = 0; i < kr; ++i) {
+    region_grad[i] = cosine_grad(grad_v[i], ws.v_dot[i], ws.v_norm[i], ws.v_hat_norm[i]);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    word_grad[j] = cosine_grad(grad_t[j], ws.t_dot[j], ws.t_norm[j], ws.t_hat_norm[j]);
+  }
+
+  // scratch rows: [0, Kr) Vhat T^T, then C; [Kr, 2Kr) P diag(other'), then diag(other) A.
+  at::Tensor v_hat_words = matrix(scratch, kr, n);
+  at::mm_out(v_hat_words, ws.v_hat, words.t());
+  acc_t* c = v_hat_words.template data_ptr<acc_t>();  // becomes C in place
+  acc_t* weighted = c + kr * n;
+
+  // Softmax backward: the row sums of gA A and the column sums of gP P first.
+  std::vector<acc_t> row_sum(kr, acc_t(0)), column_sum(n, acc_t(0));
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t k = i * n + j;
+      const acc_t grad_a = region_grad[i].alpha * g[k] + region_grad[i].other * c[k];
+      const acc_t grad_p = word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
+      row_sum[i] += grad_a * a[k];
+      column_sum[j] += grad_p * p[k];
+    }
+  }
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t k = i * n + j;
+      const acc_t grad_a = region_grad[i].alpha * g[k] + region_grad[i].other * c[k];
+      const acc_t grad_p = word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
+      const acc_t grad_s = a[k] * (grad_a - row_sum[i]) + p[k] * (grad_p - column_sum[j]);
+      c[k] = scale * grad_s + p[k] * word_grad[j].alpha + region_grad[i].alpha * a[k];
+      weighted[k] = p[k] * word_grad[j].other;
+    }
+  }
+  // M = P diag(other') P^T + diag(self), in place of Gv (no longer needed).
+  at::Tensor m = ws.gram_vv;
+  at::mm_out(m, matrix(scratch.narrow(0, kr * n, kr * n), kr, n),
+             matrix(ws.attn_regions, kr, n).t());
+  acc_t* m_data = m.template data_ptr<acc_t>();
+  for (int64_t i = 0; i < kr; ++i) m_data[i * kr + i] += region_grad[i].self;
+  const at::Tensor c_matrix = matrix(scratch, kr, n);
+  at::mm_out(grad_regions, c_matrix, words);
+  grad_regions.addmm_(m, regions);
+
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t j = 0; j < n; ++j) weighted[i * n + j] = region_grad[i].other * a[i * n + j];
+  }
+  const acc_t* t = words.const_data_ptr<acc_t>();
+  acc_t* gw = grad_words.template data_ptr<acc_t>();
+  const int64_t d = words.size(1), t_stride = words.stride(0);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t k = 0; k < d; ++k) gw[j * d + k] = word_grad[j].self * t[j * t_stride + k];
+  }
+  grad_words.addmm_(c_matrix.t(), regions);
+  grad_words.addmm_(matrix(scratch.narrow(0, kr * n, kr * n), kr, n).t(), ws.v_hat);
+}
+
+template <typename scalar_t, typename acc_t>
+void backward_cpu(const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, const at::Tensor& V,
+                  const at::Tensor& T, const int64_t* counts, double scale, at::Tensor& grad_V,
+                  at::Tensor& grad_T) {
+  const CrossAttentionShape shape{V.size(0), V.size(1), T.size(1), V.size(2)};
+  const auto options = V.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const acc_t* grad_v_data = grad_v_bar.const_data_ptr<acc_t>();
+  const acc_t* grad_t_data = grad_t_bar.const_data_ptr<acc_t>();
+  constexpr bool kWriteInPlace = std::is_same_v<scalar_t, acc_t>;
+  at::parallel_for(0, shape.batch, 1, [&](int64_t begin, int64_t end) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;  // as in forward_cpu
+    Workspace<acc_t> ws(shape, options);
+    at::Tensor scratch = at::empty({2 * shape.regions * shape.words}, options);
+    at::Tensor grad_regions_acc, grad_words_acc;
+    if constexpr (!kWriteInPlace) {
+      grad_regions_acc = at::empty({shape.regions, shape.dim}, options);
+      grad_words_acc = at::empty({shape.words, shape.dim}, options);
+    }
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = counts[b];
+      at::Tensor grad_regions = grad_V.select(0, b);
+      at::Tensor grad_words = grad_T.select(0, b);
+      grad_words.narrow(0, n, shape.words - n).zero_();  // padding gets no gradient
+      if (n == 0) {  // the outputs are constant 0
+        grad_regions.zero_();
+        continue;
+      }
+      const at::Tensor regions = as_acc(V.select(0, b), ws.regions_acc);
+      const at::Tensor words = as_acc(T.select(0, b).narrow(0, 0, n), ws.words_acc);
+      attend(ws, regions, words, static_cast<acc_t>(scale), b);
+      at::Tensor region_out = kWriteInPlace ? grad_regions : grad_regions_acc;
+      at::Tensor word_out = (kWriteInPlace ? grad_words : grad_words_acc).narrow(0, 0, n);
+      backward_item(ws, regions, words, static_cast<acc_t>(scale), grad_v_data + b * shape.regions,
+                    grad_t_data + b * shape.words, scratch, region_out, word_out);
+      if constexpr (!kWriteInPlace) {
+        grad_regions.copy_(region_out);
+        grad_words.narrow(0, 0, n).copy_(word_out);
+      }
+    }
+  });
+}
+
+// float64 runs in float64 (gradcheck); every other dtype accumulates in float32.
+at::ScalarType acc_type(at::ScalarType type) {
+  return type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_cpu(
+    const at::Tensor& V, const at::Tensor& T, const std::optional<at::Tensor>& t_lengths,
+    double scale) {
+  const CrossAttentionShape shape = check_cross_attention_cosine_args(kForward, V, T, t_lengths);
+  const auto acc_options = V.options().dtype(acc_type(V.scalar_type()));
+  at::Tensor v_bar = at::empty({shape.batch, shape.regions}, acc_options);
+  at::Tensor t_bar = at::empty({shape.batch, shape.words}, acc_options);
+  const at::Tensor counts = checked_word_counts(kForward, t_lengths, shape, V);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, V.scalar_type(), kForward, [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    forward_cpu<scalar_t, acc_t>(V, T, counts.const_data_ptr<int64_t>(), scale, v_bar, t_bar);
+  });
+  return {v_bar.to(V.scalar_type()), t_bar.to(V.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cpu(
+    const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, const at::Tensor& V,
+    const at::Tensor& T, const std::optional<at::Tensor>& t_lengths, double scale) {
+  const CrossAttentionShape shape = check_cross_attention_cosine_args(kBackward, V, T, t_lengths);
+  TORCH_CHECK_VALUE(grad_v_bar.sizes() == at::IntArrayRef({shape.batch, shape.regions}), kBackward,
+                    ": grad_v_bar must have shape [", shape.batch, ", ", shape.regions, "], got ",
+                    grad_v_bar.sizes());
+  TORCH_CHECK_VALUE(grad_t_bar.sizes() == at::IntArrayRef({shape.batch, shape.words}), kBackward,
+                    ": grad_t_bar must have shape [", shape.batch, ", ", shape.words, "], got ",
+                    grad_t_bar.sizes());
+  const at::ScalarType acc = acc_type(V.scalar_type());
+  const at::Tensor grad_v = grad_v_bar.to(acc).contiguous();
+  const at::Tensor grad_t = grad_t_bar.to(acc).contiguous();
+  at::Tensor grad_V = at::empty({shape.batch, shape.regions, shape.dim}, V.options());
+  at::Tensor grad_T = at::empty({shape.batch, shape.words, shape.dim}, T.options());
+  const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, V.scalar_type(), kBackward, [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    backward_cpu<scalar_t, acc_t>(grad_v, grad_t, V, T, counts.const_data_ptr<int64_t>(), scale,
+                                  grad_V, grad_T);
+  });
+  return {grad_V, grad_T};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+  m.impl("cross_attention_cosine", &cross_attention_cosine_cpu);
+  m.impl("_cross_attention_cosine_backward", &cross_attention_cosine_backward_cpu);
+}
+
+}  // namespace mmfast

@@ -1,0 +1,65 @@
+"""Region features for AnANet (paper 004, DESIGN 3.4): the 1024-d box-head features of the
+regions a torchvision Faster R-CNN (``fasterrcnn_resnet50_fpn``) detects, Kr = 36 per image.
+
+The regions are the detections, best first, topped up with the best remaining RPN proposals when
+fewer than Kr survive the detector's NMS, and with the whole image when even those run out, so
+every image yields exactly Kr rows.
+"""
+
+import os
+
+import torch
+import torchvision
+from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+
+class RegionFeatureExtractor(torch.nn.Module):
+    """``extractor(images) -> (features [B, Kr, 1024], boxes [B, Kr, 4])``.
+
+    images: a float tensor [B, 3, H, W] or a list of [3, H, W], values in [0, 1]. ``weights``:
+    a local state-dict file of ``fasterrcnn_resnet50_fpn`` (a ``.pth`` read with
+    ``weights_only=True``, or ``.safetensors``), or None for random weights (tests). Images are
+    resized so the shorter side is ``image_size`` (the paper resizes to 224).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, num_regions: int = 36,
+                 image_size: int = 224):
+        super().__init__()
+        self.num_regions = num_regions
+        self.detector = fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, min_size=image_size, max_size=image_size * 2,
+            box_detections_per_img=num_regions, box_score_thresh=0.0)
+        if weights is not None:
+            path = os.fspath(weights)
+            if path.endswith(".safetensors"):
+                from safetensors.torch import load_file
+                state = load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            self.detector.load_state_dict(state)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, images) -> tuple[torch.Tensor, torch.Tensor]:
+        images = list(images)
+        original_sizes = [tuple(image.shape[-2:]) for image in images]
+        batch, _ = self.detector.transform(images)
+        feature_maps = self.detector.backbone(batch.tensors)
+        proposals, _ = self.detector.rpn(batch, feature_maps)
+        detections, _ = self.detector.roi_heads(feature_maps, proposals, batch.image_sizes)
+        boxes = [self._pick_regions(d["boxes"], p, size)
+                 for d, p, size in zip(detections, proposals, batch.image_sizes)]
+        pooled = self.detector.roi_heads.box_roi_pool(feature_maps, boxes, batch.image_sizes)
+        features = self.detector.roi_heads.box_head(pooled)  # [B * Kr, 1024]
+        # Boxes back in the coordinates of the images as given.
+        scaled = [
+            torchvision.models.detection.transform.resize_boxes(b, size, original)
+            for b, size, original in zip(boxes, batch.image_sizes, original_sizes)
+        ]
+        return features.view(len(images), self.num_regions, -1), torch.stack(scaled)
+
+    def _pick_regions(self, detected: torch.Tensor, proposals: torch.Tensor, image_size):
+        height, width = image_size
+        whole_image = detected.new_tensor([[0.0, 0.0, width, height]])
+        candidates = torch.cat([detected, proposals, whole_image.expand(self.num_regions, 4)])
+        return candidates[: self.num_regions]
