@@ -62,24 +62,44 @@ def test_models_trade_off(emoji, tmp_path):
     print(f"plot: {out}")
 
 
-def test_pq_training_throughput_vs_fasttext(emoji):
+def _fasttext_lines(records, tokens):
+    """fastText's input format, the image tokens as special words."""
+    for record, row in zip(records, tokens):
+        label = record.labels[0].replace(" ", "_") if record.labels else "none"
+        yield f"__label__{label} {record.text} {' '.join(f'img{t}' for t in row)}"
+
+
+@pytest.mark.parametrize("threads", [1, THREADS])
+def test_pq_training_throughput_vs_fasttext(emoji, threads):
     fasttext = pytest.importorskip("fasttext")
-    torch.set_num_threads(THREADS)
-    data, train, _, train_image, _ = emoji
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    data, train, heldout, train_image, heldout_image = emoji
     recipe = Recipe(model="pq", **DEMO_RECIPES["pq"])
-    start = time.perf_counter()
-    trained = fit(recipe, train, train_image, data.labels, False)
+    try:
+        trained = fit(recipe, train, train_image, data.labels, False)
+    finally:
+        torch.set_num_threads(previous)
     ours = recipe.epochs * len(train) / trained.stats["seconds"]
-    tokens = trained.quantizer.tokens(torch.from_numpy(train_image)).tolist()
+    examples = trained.examples(heldout, heldout_image)
+    our_accuracy = float((predict(trained.model, examples).argmax(1) == examples.targets)
+                         .float().mean())
+
+    def tokens(image):
+        return trained.quantizer.tokens(torch.from_numpy(image)).tolist()
+
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        for record, row in zip(train, tokens):
-            label = record.labels[0].replace(" ", "_")
-            handle.write(f"__label__{label} {record.text} {' '.join(f'img{t}' for t in row)}\n")
+        handle.write("\n".join(_fasttext_lines(train, tokens(train_image))) + "\n")
     start = time.perf_counter()
-    fasttext.train_supervised(handle.name, dim=recipe.dim, epoch=recipe.epochs, lr=recipe.lr,
-                              wordNgrams=recipe.ngrams, bucket=recipe.buckets,
-                              thread=THREADS, verbose=0)
+    model = fasttext.train_supervised(handle.name, dim=recipe.dim, epoch=recipe.epochs,
+                                      lr=recipe.lr, wordNgrams=recipe.ngrams,
+                                      bucket=recipe.buckets, thread=threads, verbose=0)
     theirs = recipe.epochs * len(train) / (time.perf_counter() - start)
     os.unlink(handle.name)
-    print(f"\nPQ model training, items/s on {THREADS} threads: mmfast {ours:,.0f}, "
-          f"fasttext {theirs:,.0f} (fasttext / mmfast = {theirs / ours:.2f}x)")
+    lines = [line.split(" ", 1)[1] for line in _fasttext_lines(heldout, tokens(heldout_image))]
+    predicted = [labels[0].removeprefix("__label__") for labels in model.predict(lines)[0]]
+    their_accuracy = float(np.mean([bool(r.labels) and p == r.labels[0].replace(" ", "_")
+                                    for p, r in zip(predicted, heldout)]))
+    print(f"\nPQ model training on {threads} thread(s), items/s (held-out accuracy): "
+          f"mmfast {ours:,.0f} ({our_accuracy:.3f}), fasttext {theirs:,.0f} "
+          f"({their_accuracy:.3f}); mmfast / fasttext = {ours / theirs:.2f}x")

@@ -53,6 +53,16 @@ TORCH_LIBRARY(mmfast, m) {
   // Gradients for V and T, recomputed from the inputs alone (nothing else is saved).
   m.def("_cross_attention_cosine_backward(Tensor grad_v_bar, Tensor grad_t_bar, Tensor V, "
         "Tensor T, Tensor? t_lengths, float scale) -> (Tensor, Tensor)");
+
+  m.set_python_module("mmfast.ops.fasttext_sgd");
+  // DESIGN 3.1. A training step, not a differentiable function: per-example SGD on softmax
+  // cross-entropy over the bags indices[offsets[b]:offsets[b+1]], updating embedding [V, H],
+  // weight [K, H] and bias [K] in place; per_sample_weights [nnz] or None (bag mean); labels [B];
+  // the learning rate falls linearly from lr_start to lr_end; threads None: all intra-op threads.
+  // Returns losses [B], each example's loss before its own step.
+  m.def("fasttext_sgd_(Tensor(a!) embedding, Tensor(b!) weight, Tensor(c!)? bias, "
+        "Tensor indices, Tensor offsets, Tensor? per_sample_weights, Tensor labels, "
+        "float lr_start, float lr_end, int? threads=None) -> Tensor");
 }
 
 namespace {

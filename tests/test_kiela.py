@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import mmfast
 from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher, fnv1a_32
 from mmfast.nn.kiela import FUSIONS
 from mmfast.train import Examples, load_checkpoint, predict, save_checkpoint, train
@@ -131,9 +132,35 @@ def test_learning_rate_decays_linearly_to_zero(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
-    train(FastText(30, 4, 3), _toy_task(n=40), epochs=2, lr=1.0, batch_size=10)
+    with mmfast.backend("reference"):  # the minibatch path; the fused one has no optimizer
+        train(FastText(30, 4, 3), _toy_task(n=40), epochs=2, lr=1.0, batch_size=10)
     torch.testing.assert_close(torch.tensor(seen), 1.0 - torch.arange(8) / 8.0,
                                check_dtype=False)
+
+
+@pytest.mark.parametrize("model", ["text", "pq"])
+def test_fused_training_is_per_example_sgd_decaying_to_zero(monkeypatch, model):
+    calls = []
+    original = mmfast.train.fasttext.fasttext_sgd_
+
+    def fasttext_sgd_(*args, **kwargs):
+        calls.append(args[7:9])  # lr_start, lr_end
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mmfast.train.fasttext, "fasttext_sgd_", fasttext_sgd_)
+    data = _toy_task()
+    data.targets[:5] = -100  # unknown labels take no step, as cross_entropy ignores them
+    if model == "text":
+        net = FastText(30, 10, 3)
+    else:
+        data.image = data.image.argmax(1, keepdim=True)  # one image token per item
+        net = DiscretizedFastText(30, 8, 10, 3, alpha=0.5)
+    stats = train(net, data, epochs=4, lr=0.5)
+    assert calls == [(0.5, 0.375), (0.375, 0.25), (0.25, 0.125), (0.125, 0.0)]
+    assert stats["final_loss"] < 0.5
+    keep = data.targets >= 0
+    accuracy = (predict(net, data).argmax(1)[keep] == data.targets[keep]).float().mean()
+    assert accuracy > 0.9
 
 
 def test_load_checkpoint_rejects_unknown_models(tmp_path):

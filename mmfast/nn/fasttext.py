@@ -114,6 +114,14 @@ class FastText(nn.Module):
         check_bags(type(self).__name__, words, offsets, self.num_embeddings)
         return self.embedding(words, offsets)
 
+    def bags(self, words: torch.Tensor, offsets: torch.Tensor, image: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The embedding-bag inputs of the hidden layer, checked: ``(ids, offsets,
+        per_sample_weights)``, the weights None for the bag mean. The fused trainer
+        (``mmfast.ops.fasttext_sgd_``) feeds the model through these."""
+        check_bags(type(self).__name__, words, offsets, self.num_embeddings)
+        return words, offsets, None
+
     def forward(self, words: torch.Tensor, offsets: torch.Tensor,
                 image: torch.Tensor | None = None) -> torch.Tensor:
         return self.classifier(self.text_hidden(words, offsets))

@@ -99,6 +99,13 @@ class DiscretizedFastText(FastText):
 
     def forward(self, words: torch.Tensor, offsets: torch.Tensor,
                 image: torch.Tensor) -> torch.Tensor:
+        ids, starts, weights = self.bags(words, offsets, image)
+        return self.classifier(self.embedding(ids, starts, per_sample_weights=weights))
+
+    def bags(self, words: torch.Tensor, offsets: torch.Tensor, image: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each sample's words and image tokens as one weighted bag: ``(ids, offsets,
+        per_sample_weights)`` for the embedding table."""
         name = type(self).__name__
         check_bags(name, words, offsets, self.num_text_embeddings)
         if not isinstance(image, torch.Tensor) or image.dim() != 2 or image.dtype != torch.long:
@@ -127,8 +134,7 @@ class DiscretizedFastText(FastText):
         weights = torch.empty(ids.numel(), dtype=weight_dtype, device=ids.device)
         weights[word_positions] = 1.0 / text_lengths.clamp(min=1)[sample].to(weight_dtype)
         weights[image_positions] = self.alpha / max(tokens, 1)
-        hidden = self.embedding(ids, starts, per_sample_weights=weights)
-        return self.classifier(hidden)
+        return ids, starts, weights
 
     def config(self) -> dict:
         return {"num_embeddings": self.num_text_embeddings,

@@ -4,6 +4,8 @@
 from mmfast.ops.bilinear_fusion import bilinear_fusion
 from mmfast.ops.cacnet import cacnet_forward
 from mmfast.ops.cross_attention_cosine import cross_attention_cosine
+from mmfast.ops.fasttext_sgd import fasttext_sgd_
 from mmfast.ops.pq_encode import pq_encode
 
-__all__ = ["bilinear_fusion", "cacnet_forward", "cross_attention_cosine", "pq_encode"]
+__all__ = ["bilinear_fusion", "cacnet_forward", "cross_attention_cosine", "fasttext_sgd_",
+           "pq_encode"]

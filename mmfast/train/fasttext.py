@@ -7,6 +7,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mmfast import _backend
+from mmfast.nn.fasttext import FastText
+from mmfast.nn.kiela import DiscretizedFastText
+from mmfast.ops.fasttext_sgd import fasttext_sgd_
+
 LOSSES = ("softmax", "ova")
 
 
@@ -57,8 +62,12 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
           progress: bool = False) -> dict:
     """Train ``model`` in place; returns ``{"seconds", "items_per_s", "final_loss"}``.
 
-    The learning rate falls linearly from ``lr`` to 0 over all steps (fastText's schedule);
-    embedding tables with sparse gradients get sparse SGD updates.
+    The learning rate falls linearly from ``lr`` to 0 over all steps (fastText's schedule).
+    On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` with the softmax
+    loss trains as fastText does, one SGD step per example with ``torch.get_num_threads()``
+    Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
+    (the reference backend, other models, losses or devices) minibatches of ``batch_size`` take
+    autograd SGD steps, embedding tables with sparse gradients getting sparse updates.
     """
     if examples.targets is None:
         raise ValueError("train: examples must have targets")
@@ -67,6 +76,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
+    if _fused_sgd_applies(model, loss):
+        return _train_fused(model, examples, epochs, lr, generator, progress)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(examples) // batch_size)
     total_steps = epochs * steps_per_epoch
@@ -89,6 +100,40 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "items_per_s": epochs * len(examples) / seconds,
             "final_loss": running}
+
+
+def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
+    weight = model.embedding.weight if isinstance(model, FastText) else None
+    # Exact types: subclasses such as ContinuousFusion have more than the one embedding bag.
+    return (not _backend.use_reference() and loss == "softmax"
+            and type(model) in (FastText, DiscretizedFastText)
+            and weight.device.type == "cpu" and weight.dtype == torch.float32)
+
+
+@torch.no_grad()
+def _train_fused(model: FastText, examples: Examples, epochs: int, lr: float,
+                 generator: torch.Generator, progress: bool) -> dict:
+    """One ``fasttext_sgd_`` call per epoch over a fresh shuffle, each taking its share of the
+    run's linear decay."""
+    model.train()
+    kept = (examples.targets >= 0).nonzero().flatten()  # items without a known label take no step
+    parameters = (model.embedding.weight.detach(), model.classifier.weight.detach(),
+                  model.classifier.bias.detach())
+    start = time.perf_counter()
+    epoch_loss = 0.0
+    for epoch in tqdm(range(epochs), desc=f"train {type(model).__name__}", disable=not progress,
+                      leave=False):
+        words, offsets, image, targets = examples.batch(
+            kept[torch.randperm(len(kept), generator=generator)])
+        ids, starts, weights = model.bags(words, offsets, image)
+        bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
+        losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
+                               lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs),
+                               threads=torch.get_num_threads())
+        epoch_loss = float(losses.mean()) if losses.numel() else 0.0
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "items_per_s": epochs * len(examples) / seconds,
+            "final_loss": epoch_loss}
 
 
 @torch.no_grad()

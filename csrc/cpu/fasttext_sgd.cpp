@@ -1,0 +1,227 @@
+// fasttext_sgd_ on the CPU (DESIGN 3.1): fastText's training loop as one op. Each example is one
+// SGD step on softmax cross-entropy, applied at once to the embedding rows of its bag, the
+// classifier and the bias, with the learning rate falling linearly over the examples.
+//
+// Threads run Hogwild, as fastText does: the examples are cut into one contiguous chunk per
+// thread, and every thread reads and writes the shared parameters without locks. Two threads may
+// update the same embedding row or classifier row at once, and then one update can be lost or a
+// read can see a half-applied one. These races are benign for sparse SGD (Recht et al., "Hogwild!",
+// 2011): the bags rarely overlap and a lost update is a little noise in the gradient. With one
+// thread the op is exactly sequential SGD and matches mmfast/reference/fasttext_sgd.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/simd.h"
+
+namespace mmfast {
+namespace {
+
+using simd::kLanes;
+using simd::vfloat;
+
+constexpr const char* kOp = "fasttext_sgd_";
+
+inline void store(float* p, const vfloat& v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// y += a * x over n floats.
+inline void axpy(int64_t n, float a, const float* __restrict x, float* __restrict y) {
+  const vfloat av = simd::broadcast(a);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(y + i, simd::load(y + i) + av * simd::load(x + i));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+inline float dot(int64_t n, const float* __restrict x, const float* __restrict y) {
+  vfloat acc{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) acc += simd::load(x + i) * simd::load(y + i);
+  float sum = 0.f;
+  for (int lane = 0; lane < kLanes; ++lane) sum += acc[lane];
+  for (; i < n; ++i) sum += x[i] * y[i];
+  return sum;
+}
+
+// One pass over a classifier row: grad_hidden += g * row with the row as it was, then
+// row -= lr * g * hidden, so the row is read and written once.
+inline void classifier_row_step(int64_t n, float g, float lr, const float* __restrict hidden,
+                                float* __restrict row, float* __restrict grad_hidden) {
+  const vfloat gv = simd::broadcast(g), step = simd::broadcast(-lr * g);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const vfloat w = simd::load(row + i);
+    store(grad_hidden + i, simd::load(grad_hidden + i) + gv * w);
+    store(row + i, w + step * simd::load(hidden + i));
+  }
+  for (; i < n; ++i) {
+    const float w = row[i];
+    grad_hidden[i] += g * w;
+    row[i] = w - lr * g * hidden[i];
+  }
+}
+
+struct Problem {
+  float* embedding;           // [V, H]
+  float* weight;              // [K, H]
+  float* bias;                // [K] or nullptr
+  const int64_t* indices;     // [nnz]
+  const int64_t* offsets;     // [B + 1]
+  const float* bag_weights;   // [nnz] or nullptr: 1 / bag size
+  const int64_t* labels;      // [B]
+  float* losses;              // [B]
+  int64_t dim, classes;
+};
+
+// SGD over the examples [begin, end), the learning rate going from lr_start at `begin` to
+// lr_end at `end` (excluded) in equal steps. losses[b] is the loss of example b before its own
+// update.
+void train_chunk(const Problem& p, int64_t begin, int64_t end, double lr_start, double lr_end) {
+  const int64_t dim = p.dim, classes = p.classes;
+  std::vector<float> hidden(dim), grad_hidden(dim), logits(classes);
+  const double lr_slope = (lr_end - lr_start) / double(std::max<int64_t>(end - begin, 1));
+  for (int64_t b = begin; b < end; ++b) {
+    const float lr = static_cast<float>(lr_start + lr_slope * double(b - begin));
+    const int64_t first = p.offsets[b], last = p.offsets[b + 1];
+    const float mean_weight = last > first ? 1.f / float(last - first) : 0.f;
+
+    std::fill(hidden.begin(), hidden.end(), 0.f);
+    for (int64_t j = first; j < last; ++j) {
+      const float w = p.bag_weights ? p.bag_weights[j] : mean_weight;
+      axpy(dim, w, p.embedding + p.indices[j] * dim, hidden.data());
+    }
+
+    float max_logit = -INFINITY;
+    for (int64_t k = 0; k < classes; ++k) {
+      logits[k] = dot(dim, p.weight + k * dim, hidden.data()) + (p.bias ? p.bias[k] : 0.f);
+      max_logit = std::max(max_logit, logits[k]);
+    }
+    float sum = 0.f;
+    for (int64_t k = 0; k < classes; ++k) sum += std::exp(logits[k] - max_logit);
+    const float log_sum = max_logit + std::log(sum);
+    const int64_t label = p.labels[b];
+    p.losses[b] = log_sum - logits[label];
+
+    // d loss / d logit k = softmax_k - [k == label]
+    std::fill(grad_hidden.begin(), grad_hidden.end(), 0.f);
+    for (int64_t k = 0; k < classes; ++k) {
+      const float g = std::exp(logits[k] - log_sum) - (k == label ? 1.f : 0.f);
+      classifier_row_step(dim, g, lr, hidden.data(), p.weight + k * dim, grad_hidden.data());
+      if (p.bias) p.bias[k] -= lr * g;
+    }
+    for (int64_t j = first; j < last; ++j) {
+      const float w = p.bag_weights ? p.bag_weights[j] : mean_weight;
+      axpy(dim, -lr * w, grad_hidden.data(), p.embedding + p.indices[j] * dim);
+    }
+  }
+}
+
+void check_parameter(const char* name, const at::Tensor& t, int64_t ndim) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ",
+                    t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, kOp, ": ", name, " must be float32, got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == ndim, kOp, ": ", name, " must have ", ndim,
+                    " dimensions, got shape ", t.sizes());
+  // Updated in place: a contiguous copy would leave the caller's tensor untouched.
+  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous (it is updated in "
+                    "place), got strides ", t.strides());
+}
+
+void check_input(const char* name, const at::Tensor& t, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ",
+                    t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, kOp, ": ", name, " must be ", dtype, ", got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1, kOp, ": ", name, " must have 1 dimension, got shape ",
+                    t.sizes());
+}
+
+// Range checks over whole tensors, so a bad id is an error before any parameter changes.
+void check_range(const char* name, const at::Tensor& values, int64_t limit) {
+  if (values.numel() == 0) return;
+  const int64_t low = values.min().item<int64_t>(), high = values.max().item<int64_t>();
+  TORCH_CHECK_INDEX(low >= 0 && high < limit, kOp, ": ", name, " must be in [0, ", limit,
+                    "), got values in [", low, ", ", high, "]");
+}
+
+at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& indices,
+                            const at::Tensor& offsets,
+                            const std::optional<at::Tensor>& per_sample_weights,
+                            const at::Tensor& labels, double lr_start, double lr_end,
+                            std::optional<int64_t> threads) {
+  check_parameter("embedding", embedding, 2);
+  check_parameter("weight", weight, 2);
+  const int64_t vocabulary = embedding.size(0), dim = embedding.size(1), classes = weight.size(0);
+  TORCH_CHECK_VALUE(weight.size(1) == dim, kOp, ": weight must have shape [K, ", dim,
+                    "] to match embedding, got ", weight.sizes());
+  TORCH_CHECK_VALUE(classes > 0, kOp, ": weight must have at least one class, got shape ",
+                    weight.sizes());
+  if (bias) {
+    check_parameter("bias", *bias, 1);
+    TORCH_CHECK_VALUE(bias->size(0) == classes, kOp, ": bias must have shape [", classes,
+                      "], got ", bias->sizes());
+  }
+  check_input("indices", indices, at::kLong);
+  check_input("offsets", offsets, at::kLong);
+  check_input("labels", labels, at::kLong);
+  const int64_t batch = labels.size(0), nnz = indices.size(0);
+  TORCH_CHECK_VALUE(offsets.size(0) == batch + 1, kOp, ": offsets must have B + 1 = ", batch + 1,
+                    " entries (B = labels.size(0)), got ", offsets.size(0));
+  if (per_sample_weights) {
+    check_input("per_sample_weights", *per_sample_weights, at::kFloat);
+    TORCH_CHECK_VALUE(per_sample_weights->size(0) == nnz, kOp,
+                      ": per_sample_weights must have shape [", nnz, "] like indices, got ",
+                      per_sample_weights->sizes());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(lr_start) && std::isfinite(lr_end), kOp,
+                    ": lr_start and lr_end must be finite, got ", lr_start, " and ", lr_end);
+  TORCH_CHECK_VALUE(!threads || *threads >= 1, kOp, ": threads must be >= 1 or None, got ",
+                    threads.value_or(0));
+
+  const at::Tensor indices_c = indices.contiguous(), offsets_c = offsets.contiguous();
+  const at::Tensor labels_c = labels.contiguous();
+  const at::Tensor bag_weights =
+      per_sample_weights ? per_sample_weights->contiguous() : at::Tensor();
+  const int64_t* offset_data = offsets_c.const_data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(offset_data[0] == 0 && offset_data[batch] == nnz, kOp,
+                    ": offsets must run from 0 to indices.size(0) = ", nnz, ", got ",
+                    offset_data[0], " to ", offset_data[batch]);
+  TORCH_CHECK_VALUE(batch == 0 || (offsets_c.diff() >= 0).all().item<bool>(), kOp,
+                    ": offsets must be non-decreasing");
+  check_range("indices", indices_c, vocabulary);
+  check_range("labels", labels_c, classes);
+
+  at::Tensor losses = at::empty({batch}, embedding.options());  // [B]
+  if (batch == 0) return losses;
+  const Problem problem{embedding.data_ptr<float>(),
+                        weight.data_ptr<float>(),
+                        bias ? bias->data_ptr<float>() : nullptr,
+                        indices_c.const_data_ptr<int64_t>(),
+                        offset_data,
+                        per_sample_weights ? bag_weights.const_data_ptr<float>() : nullptr,
+                        labels_c.const_data_ptr<int64_t>(),
+                        losses.data_ptr<float>(),
+                        dim,
+                        classes};
+
+  // One chunk per thread, each with the whole learning-rate decay over its own examples: the
+  // threads progress together, as fastText's do through their parts of the file.
+  const int64_t chunks = std::min<int64_t>(threads.value_or(at::get_num_threads()), batch);
+  at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      train_chunk(problem, batch * chunk / chunks, batch * (chunk + 1) / chunks, lr_start, lr_end);
+    }
+  });
+  return losses;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) { m.impl("fasttext_sgd_", &fasttext_sgd_cpu); }
+
+}  // namespace mmfast

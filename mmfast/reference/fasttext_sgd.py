@@ -1,0 +1,50 @@
+import torch
+
+
+def fasttext_sgd_(
+    embedding: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    indices: torch.Tensor,
+    offsets: torch.Tensor,
+    per_sample_weights: torch.Tensor | None,
+    labels: torch.Tensor,
+    lr_start: float,
+    lr_end: float,
+) -> torch.Tensor:
+    """fastText's training loop, one example at a time: for example b with the bag
+    ``indices[offsets[b]:offsets[b+1]]`` (weights ``per_sample_weights``, or 1/bag size),
+
+        hidden = sum_j w_j embedding[i_j]            logits = weight @ hidden + bias
+        g = softmax(logits) - onehot(labels[b])      grad_hidden = weight^T g
+        weight -= lr g hidden^T,  bias -= lr g,  embedding[i_j] -= lr w_j grad_hidden
+
+    with ``lr = lr_start + (lr_end - lr_start) * b / B``. Updates the parameters in place and
+    returns each example's loss before its own step [B]. Sequential: the fused op with one
+    thread computes exactly this.
+    """
+    batch = labels.shape[0]
+    losses = embedding.new_empty(batch)
+    with torch.no_grad():
+        for b in range(batch):
+            lr = lr_start + (lr_end - lr_start) * b / batch
+            bag = indices[offsets[b] : offsets[b + 1]]
+            if per_sample_weights is None:
+                bag_weights = embedding.new_full((len(bag),), 1.0 / max(len(bag), 1))
+            else:
+                bag_weights = per_sample_weights[offsets[b] : offsets[b + 1]]
+            hidden = bag_weights @ embedding[bag]  # [H]
+            logits = weight @ hidden  # [K]
+            if bias is not None:
+                logits = logits + bias
+            log_probs = torch.log_softmax(logits, 0)
+            losses[b] = -log_probs[labels[b]]
+            grad_logits = log_probs.exp()
+            grad_logits[labels[b]] -= 1.0
+            grad_hidden = weight.T @ grad_logits  # with the classifier before its step
+            weight -= lr * torch.outer(grad_logits, hidden)
+            if bias is not None:
+                bias -= lr * grad_logits
+            # index_add_ accumulates a repeated id once per occurrence, as the loop over the bag does
+            embedding.index_add_(0, bag, torch.outer(bag_weights, grad_hidden), alpha=-lr)
+    return losses
