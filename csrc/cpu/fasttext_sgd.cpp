@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <vector>
 
 #include "common/simd.h"
@@ -25,6 +26,7 @@ using simd::kLanes;
 using simd::vfloat;
 
 constexpr const char* kOp = "fasttext_sgd_";
+constexpr int64_t kPublishEvery = 32;  // examples between merges of a thread's classifier
 
 inline void store(float* p, const vfloat& v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
@@ -76,11 +78,57 @@ struct Problem {
   int64_t dim, classes;
 };
 
+// A thread's private copy of the shared classifier (weight, then bias), and the shared values as
+// of the last merge, so that publish() adds exactly this thread's change since then.
+class PrivateClassifier {
+ public:
+  PrivateClassifier(float* shared_weight, float* shared_bias, int64_t weight_size, int64_t classes)
+      : shared_weight_(shared_weight), shared_bias_(shared_bias), weight_size_(weight_size),
+        bias_size_(shared_bias ? classes : 0), local_(weight_size_ + bias_size_),
+        snapshot_(local_.size()) {
+    refresh();
+  }
+  float* weight() { return local_.data(); }
+  float* bias() { return shared_bias_ ? local_.data() + weight_size_ : nullptr; }
+
+  void publish() {
+    merge(shared_weight_, 0, weight_size_);
+    if (shared_bias_) merge(shared_bias_, weight_size_, bias_size_);
+  }
+
+ private:
+  void merge(float* shared, int64_t at, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) shared[i] += local_[at + i] - snapshot_[at + i];
+    std::copy(shared, shared + n, local_.begin() + at);
+    std::copy(shared, shared + n, snapshot_.begin() + at);
+  }
+  void refresh() {
+    std::copy(shared_weight_, shared_weight_ + weight_size_, local_.begin());
+    if (shared_bias_) {
+      std::copy(shared_bias_, shared_bias_ + bias_size_, local_.begin() + weight_size_);
+    }
+    snapshot_ = local_;
+  }
+
+  float* shared_weight_;
+  float* shared_bias_;
+  int64_t weight_size_, bias_size_;
+  std::vector<float> local_, snapshot_;
+};
+
 // SGD over the examples [begin, end), the learning rate going from lr_start at `begin` to
 // lr_end at `end` (excluded) in equal steps. losses[b] is the loss of example b before its own
-// update.
-void train_chunk(const Problem& p, int64_t begin, int64_t end, double lr_start, double lr_end) {
+// update. With `private_classifier` the classifier updates go to a thread-local copy merged
+// into the shared one every kPublishEvery examples and at the end.
+void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double lr_end,
+                 bool private_classifier) {
   const int64_t dim = p.dim, classes = p.classes;
+  std::optional<PrivateClassifier> classifier;
+  if (private_classifier) {
+    classifier.emplace(p.weight, p.bias, classes * dim, classes);
+    p.weight = classifier->weight();
+    p.bias = classifier->bias();
+  }
   std::vector<float> hidden(dim), grad_hidden(dim), logits(classes);
   const double lr_slope = (lr_end - lr_start) / double(std::max<int64_t>(end - begin, 1));
   for (int64_t b = begin; b < end; ++b) {
@@ -116,7 +164,9 @@ void train_chunk(const Problem& p, int64_t begin, int64_t end, double lr_start, 
       const float w = p.bag_weights ? p.bag_weights[j] : mean_weight;
       axpy(dim, -lr * w, grad_hidden.data(), p.embedding + p.indices[j] * dim);
     }
+    if (classifier && (b - begin + 1) % kPublishEvery == 0) classifier->publish();
   }
+  if (classifier) classifier->publish();
 }
 
 void check_parameter(const char* name, const at::Tensor& t, int64_t ndim) {
@@ -214,7 +264,8 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
   const int64_t chunks = std::min<int64_t>(threads.value_or(at::get_num_threads()), batch);
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      train_chunk(problem, batch * chunk / chunks, batch * (chunk + 1) / chunks, lr_start, lr_end);
+      train_chunk(problem, batch * chunk / chunks, batch * (chunk + 1) / chunks, lr_start, lr_end,
+                  /*private_classifier=*/chunks > 1);
     }
   });
   return losses;
