@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmfast.data import emoji_dataset, read_manifest
-from mmfast.features.pca import PCA
+from mmfast.features import PCA
 from mmfast.train.cacnet_demo import HASHTAG_METRICS, cacnet_features, table4
 
 

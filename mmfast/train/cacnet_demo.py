@@ -21,8 +21,7 @@ from torch import nn
 
 from mmfast import metrics
 from mmfast.data import Record
-from mmfast.features import WordVectors, weighted_average, word_probabilities
-from mmfast.features.pca import PCA
+from mmfast.features import PCA, WordVectors, weighted_average, word_probabilities
 from mmfast.nn import CACNet
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
 from mmfast.train.kiela import targets as multilabel_targets
