@@ -1,0 +1,44 @@
+"""PCA: reduce features to their leading principal components (DESIGN 3.2 reduces CNN image
+features to CACNet's 300-d input this way). Fit on the training split only, then apply the same
+map to every split, so no held-out statistics leak into training."""
+
+import numpy as np
+
+
+class PCA:
+    """``pca(x)`` -> ``(x - mean) @ components.T`` [N, dim]; ``components`` [dim, D] are the
+    orthonormal directions of largest variance, the first one first."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray):
+        if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
+            raise ValueError(f"PCA: mean must have shape [D] and components [dim, D], got "
+                             f"{mean.shape} and {components.shape}")
+        self.mean, self.components = mean, components
+
+    @property
+    def dim(self) -> int:
+        return self.components.shape[0]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int) -> "PCA":
+        """The ``dim`` leading principal components of ``x`` [N, D]; dim <= min(N, D)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"PCA.fit: x must have shape [N, D], got {x.shape}")
+        if not 1 <= dim <= min(x.shape):
+            raise ValueError(f"PCA.fit: dim must be in [1, min(N, D) = {min(x.shape)}] for x of "
+                             f"shape {x.shape}, got {dim}")
+        mean = x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        components = vt[:dim]
+        # A component's sign is arbitrary and LAPACK builds may differ: make each one's largest
+        # loading positive so the projection is reproducible.
+        largest = np.abs(components).argmax(axis=1)
+        components *= np.sign(components[np.arange(dim), largest])[:, None]
+        return cls(mean.astype(np.float32), components.astype(np.float32))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"PCA: x must have shape [N, {self.mean.shape[0]}], got {x.shape}")
+        return (x - self.mean) @ self.components.T
