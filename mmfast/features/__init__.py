@@ -1,10 +1,12 @@
 """Image, region and text feature extraction."""
 
 from mmfast.features.image import BACKBONES, ImageFeatureExtractor, build_backbone, load_image
-from mmfast.features.regions import RegionFeatureExtractor
-from mmfast.features.text import SentenceEncoder, WordVectors, weighted_average, word_probabilities
+from mmfast.features.regions import GridRegionFeatureExtractor, RegionFeatureExtractor
+from mmfast.features.text import (SentenceEncoder, WordVectors, token_vectors, weighted_average,
+                                  word_probabilities)
 
 __all__ = [
-    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image", "RegionFeatureExtractor",
-    "SentenceEncoder", "WordVectors", "weighted_average", "word_probabilities",
+    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image", "GridRegionFeatureExtractor",
+    "RegionFeatureExtractor",
+    "SentenceEncoder", "WordVectors", "token_vectors", "weighted_average", "word_probabilities",
 ]
