@@ -13,6 +13,11 @@ Inputs (the paper's Faster R-CNN and BERT cannot be had offline):
   comparable rows of Table IV are the "-BERT" ones (2, 4, 6, 8).
 Every variant has the same encoders, seeds, epochs and data order; there is no validation split,
 so the epoch count is fixed in advance rather than tuned on the held-out pairs.
+
+What to expect: the captions are 1-3 words, and about a third of the held-out captions share no
+word with the train vocabulary (the run prints the count), so many held-out pairs carry no text
+at all; and since every image is paired with all three classes, only a variant that compares the
+two sides (the alignment net) has a signal to learn. The ordering differs from the paper's.
 """
 
 import time
@@ -23,7 +28,7 @@ import torch
 
 from mmfast._io import cache_dir
 from mmfast.data import RELEVANCE_LABELS, emoji_dataset, read_manifest, relevance_pairs
-from mmfast.features import GridRegionFeatureExtractor, WordVectors
+from mmfast.features import GridRegionFeatureExtractor, WordVectors, token_vectors
 from mmfast.nn.ananet import VARIANTS, AnANet
 from mmfast.train import AnANetTrainer, relevance_features
 from mmfast.train.kiela import image_store
@@ -52,6 +57,9 @@ def relevance():
     store = image_store(train + heldout,
                         cache_dir() / "emoji-v1" / f"regions-grid-lite0-{IMAGE_SIZE}", extractor)
     vectors = WordVectors.train([record.text for record in train], dim=WORD_DIM, seed=SEED)
+    _, lengths, oov = token_vectors([record.text for record in heldout], vectors, NUM_WORDS)
+    print(f"\nheld-out captions: {oov} word occurrences out of the train vocabulary, "
+          f"{int((lengths == 0).sum())} of {len(heldout)} captions left without any word")
     features = {split: relevance_features(relevance_pairs(records, SEED), store, vectors,
                                           NUM_WORDS)
                 for split, records in (("train", train), ("heldout", heldout))}
@@ -61,7 +69,7 @@ def relevance():
 def test_ananet_ablation_table(relevance):
     features, num_regions = relevance
     counts = np.bincount(features["heldout"]["labels"].numpy(), minlength=len(RELEVANCE_LABELS))
-    print(f"\nheld-out pairs: {len(features['heldout']['labels'])} "
+    print(f"held-out pairs: {len(features['heldout']['labels'])} "
           f"({', '.join(f'{n} {c}' for n, c in zip(RELEVANCE_LABELS, counts))}); "
           f"train pairs: {len(features['train']['labels'])}; {EPOCHS} epochs, {THREADS} threads")
     print(f"{'method':<18} {'Acc':>6} {'F1':>6} {'dAcc':>6} {'dF1':>6} "

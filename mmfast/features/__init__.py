@@ -6,7 +6,7 @@ from mmfast.features.text import (SentenceEncoder, WordVectors, token_vectors, w
                                   word_probabilities)
 
 __all__ = [
-    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image", "GridRegionFeatureExtractor",
-    "RegionFeatureExtractor",
+    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image",
+    "GridRegionFeatureExtractor", "RegionFeatureExtractor",
     "SentenceEncoder", "WordVectors", "token_vectors", "weighted_average", "word_probabilities",
 ]
