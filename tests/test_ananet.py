@@ -1,4 +1,5 @@
-"""AnANet (paper 004, DESIGN 3.4): modules, losses, trainer, checkpoints, region features."""
+"""AnANet (paper 004, DESIGN 3.4): modules, ablation variants, losses, trainer, checkpoints,
+region features, and the emoji image-text relevance task."""
 
 import json
 
@@ -7,8 +8,12 @@ import torch
 
 import mmfast
 from mmfast import reference
+from mmfast.data import Record, emoji_dataset, read_manifest, relevance_pairs
+from mmfast.features import GridRegionFeatureExtractor, WordVectors
 from mmfast.nn import AlignmentNet, AnANet, AssociationNet
-from mmfast.train import AnANetTrainer, load_features
+from mmfast.nn.ananet import VARIANTS, mean_pool
+from mmfast.train import AnANetTrainer, load_features, relevance_features
+from mmfast.train.kiela import image_store
 
 SMALL = dict(num_classes=3, num_regions=5, num_words=7, region_dim=24, word_dim=6,
              context_dim=10, hidden_dim=16, inv_dim=8)
@@ -132,3 +137,93 @@ def test_region_features_random_weights_tiny_images(tmp_path):
     save_file(state, tmp_path / "frcnn.safetensors")
     reloaded = RegionFeatureExtractor(tmp_path / "frcnn.safetensors", image_size=64)
     torch.testing.assert_close(reloaded(images)[0], features)
+
+
+def test_variants_keep_only_their_branches():
+    torch.manual_seed(0)
+    features = _features(6)
+    inputs = [features[k] for k in ("regions", "word_vectors", "context_vectors", "t_lengths")]
+    heads = {}
+    for variant in VARIANTS:
+        model = AnANet(**SMALL, variant=variant)
+        heads[variant] = (model.association is not None, model.alignment is not None)
+        output = model(*inputs)
+        assert output.logits.shape == (6, 3)
+        model.loss(output, features["labels"]).backward()
+        assert all(p.grad is not None for p in model.parameters())
+        if model.association is None:  # L_c alone
+            assert output.invariant_loss.item() == output.orthogonality_loss.item() == 0.0
+    assert heads == {"full": (True, True), "association": (True, False),
+                     "alignment": (False, True), "concat": (False, False)}
+
+    # Concatenation: one linear head on [mean regions, mean valid words] of the encoders.
+    model = AnANet(**SMALL, variant="concat")
+    V = model.region_encoder(inputs[0])
+    T = model.encode_words(*inputs[1:])
+    expected = model.global_head(torch.cat(mean_pool(V, T, inputs[3]), dim=1))
+    torch.testing.assert_close(model(*inputs).logits, expected)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        AnANet(**SMALL, variant="global")
+
+
+def _records(groups):
+    return [Record(f"{group}{i}", f"{group}{i}.png", f"caption {group} {i}", (group,))
+            for group, count in groups.items() for i in range(count)]
+
+
+def test_relevance_pairs_labels_and_determinism():
+    records = _records({"a": 4, "b": 3, "c": 1})
+    pairs = relevance_pairs(records, seed=3)
+    assert pairs == relevance_pairs(records, seed=3)
+    assert pairs != relevance_pairs(records, seed=4)
+    for pair in pairs:
+        group, caption_group = pair.image.labels[0], pair.caption.labels[0]
+        if pair.label == 0:
+            assert pair.caption == pair.image
+        elif pair.label == 1:
+            assert caption_group == group and pair.caption.id != pair.image.id
+        else:
+            assert caption_group != group
+    # Three pairs per image, except "c0", alone in its group: no same-group caption exists.
+    per_image = {record.id: [p.label for p in pairs if p.image.id == record.id]
+                 for record in records}
+    assert per_image["c0"] == [0, 2]
+    assert all(labels == [0, 1, 2] for item, labels in per_image.items() if item != "c0")
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        relevance_pairs(_records({"a": 3}))
+    with pytest.raises(ValueError, match="exactly one group label"):
+        relevance_pairs(records + [Record("x", "x.png", "x", ())])
+
+
+def test_relevance_pairs_on_the_demo_split_never_cross_it():
+    data = emoji_dataset("group")
+    splits = {name: read_manifest(path) for name, path in (("train", data.train),
+                                                           ("heldout", data.heldout))}
+    for name, records in splits.items():
+        ids = {record.id for record in records}
+        pairs = relevance_pairs(records, seed=0)
+        assert all(p.image.id in ids and p.caption.id in ids for p in pairs), name
+        # Every group has several items on each side of the split: three pairs per image.
+        counts = torch.bincount(torch.tensor([p.label for p in pairs]), minlength=3)
+        assert counts.tolist() == [len(records)] * 3, name
+
+
+def test_relevance_training_end_to_end_on_demo_items(tmp_path):
+    """A few demo items through grid regions, Word2Vec tokens, pairs, training and metrics."""
+    torch.manual_seed(0)
+    data = emoji_dataset("group")
+    train, heldout = read_manifest(data.train)[::25], read_manifest(data.heldout)[::20]
+    extractor = GridRegionFeatureExtractor(image_size=64)  # 2 x 2 cells
+    store = image_store(train + heldout, tmp_path / "regions", extractor, progress=False)
+    assert store["image"].shape == (len(train) + len(heldout), 4, 1280)
+    vectors = WordVectors.train([record.text for record in train], dim=8, epochs=2)
+    features = {name: relevance_features(relevance_pairs(records), store, vectors, num_words=4)
+                for name, records in (("train", train), ("heldout", heldout))}
+    assert features["heldout"]["regions"].shape[1:] == (4, 1280)
+    model = AnANet(num_regions=4, num_words=4, region_dim=1280, word_dim=8, context_dim=0,
+                   hidden_dim=16, inv_dim=8)
+    trainer = AnANetTrainer(model, batch_size=32)
+    history = trainer.fit(features["train"], epochs=3, generator=torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(torch.tensor(history)))
+    scores = trainer.evaluate(features["heldout"])
+    assert 0.0 <= scores["accuracy"] <= 1.0 and len(scores["f1_per_class"]) == 3

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmfast.features import ImageFeatureExtractor, WordVectors, weighted_average
+from mmfast.features import ImageFeatureExtractor, WordVectors, token_vectors, weighted_average
 from mmfast.features import word_probabilities
 from mmfast.features.image import build_backbone
 
@@ -61,6 +61,18 @@ def test_word_vectors_from_gensim_and_from_a_glove_file(tmp_path):
     (tmp_path / "glove.txt").write_text("the 0.1 0.2 0.3\ncat 1 2 3\n")
     glove = WordVectors.load(tmp_path / "glove.txt", no_header=True)
     np.testing.assert_allclose(glove.vectors[glove.index["cat"]], [1, 2, 3])
+
+
+def test_token_vectors_pad_truncate_and_skip_unknown_words():
+    vectors = WordVectors(["red", "apple", "car"], np.arange(6, dtype=np.float32).reshape(3, 2))
+    tokens, lengths, oov = token_vectors(["red pear apple", "", "car red apple car"], vectors,
+                                         num_words=3)
+    assert tokens.shape == (3, 3, 2) and lengths.tolist() == [2, 0, 3] and oov == 1
+    np.testing.assert_array_equal(tokens[0], [[0, 1], [2, 3], [0, 0]])  # pear skipped, padded
+    np.testing.assert_array_equal(tokens[2], [[4, 5], [0, 1], [2, 3]])  # truncated to 3
+    assert not tokens[1].any()
+    with pytest.raises(ValueError, match="num_words must be >= 1"):
+        token_vectors(["red"], vectors, num_words=0)
 
 
 def test_sentence_encoder_from_a_local_directory(tmp_path):

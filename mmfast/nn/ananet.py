@@ -14,8 +14,24 @@ from torch import nn
 from mmfast.ops import cross_attention_cosine
 
 
+VARIANTS = ("full", "association", "alignment", "concat")
+"""AnANet and its ablations (paper 004, Table IV): both branches, the association net alone, the
+alignment net alone, or neither (mean-pooled regions and words, concatenated, one linear head)."""
+
+
 def _word_mask(t_lengths: torch.Tensor, num_words: int) -> torch.Tensor:
     return torch.arange(num_words, device=t_lengths.device) < t_lengths[:, None]  # [B, N]
+
+
+def mean_pool(regions: torch.Tensor, words: torch.Tensor, t_lengths: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f_img, f_txt)``: the mean over regions and over each sample's valid words."""
+    if t_lengths is None:
+        return regions.mean(dim=1), words.mean(dim=1)
+    mask = _word_mask(t_lengths, words.shape[1]).to(words.dtype)
+    # A sample without words pools to 0 rather than 0/0.
+    f_txt = (words * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    return regions.mean(dim=1), f_txt
 
 
 class AlignmentNet(nn.Module):
@@ -62,13 +78,7 @@ class AssociationNet(nn.Module):
 
     def forward(self, regions: torch.Tensor, words: torch.Tensor,
                 t_lengths: torch.Tensor | None = None) -> Association:
-        f_img = regions.mean(dim=1)
-        if t_lengths is None:
-            f_txt = words.mean(dim=1)
-        else:
-            mask = _word_mask(t_lengths, words.shape[1]).to(words.dtype)
-            # A sample without words pools to 0 rather than 0/0.
-            f_txt = (words * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        f_img, f_txt = mean_pool(regions, words, t_lengths)
         f_inv_img, f_inv_txt = self.shared(f_img), self.shared(f_txt)
         return Association(
             torch.cat([f_inv_img, f_inv_txt], dim=1), f_inv_img, f_inv_txt,
@@ -101,25 +111,36 @@ class AnANet(nn.Module):
     """The full model: encoders, association net, alignment net and the late-fused classifier.
 
     Region encoder: FC + ReLU from ``region_dim``; word encoder: [word vector, contextual vector]
-    through a BiGRU of ``hidden_dim`` outputs (hidden_dim / 2 per direction).
+    through a BiGRU of ``hidden_dim`` outputs (hidden_dim / 2 per direction); ``context_dim=0``
+    drops the contextual vectors (the paper's "-BERT" rows). ``variant`` (one of ``VARIANTS``)
+    keeps both branches, one of them, or replaces both by concatenation; the encoders and the
+    kept branches are the same modules in every variant, so the ablations differ only there.
     """
 
     def __init__(self, num_classes: int = 3, num_regions: int = 36, num_words: int = 100,
                  region_dim: int = 1024, word_dim: int = 200, context_dim: int = 768,
                  hidden_dim: int = 1024, inv_dim: int = 200, attention_scale: float = 1.0,
                  global_weight: float = 0.7, local_weight: float = 1.3,
-                 invariant_weight: float = 0.1, orthogonality_weight: float = 2.0):
+                 invariant_weight: float = 0.1, orthogonality_weight: float = 2.0,
+                 variant: str = "full"):
         super().__init__()
         if hidden_dim % 2:
             raise ValueError(f"AnANet: hidden_dim must be even (two GRU directions), got {hidden_dim}")
+        if variant not in VARIANTS:
+            raise ValueError(f"AnANet: variant must be one of {VARIANTS}, got {variant!r}")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.region_encoder = nn.Sequential(nn.Linear(region_dim, hidden_dim), nn.ReLU())
         self.word_encoder = nn.GRU(word_dim + context_dim, hidden_dim // 2, batch_first=True,
                                    bidirectional=True)
-        self.association = AssociationNet(hidden_dim, inv_dim)
-        self.alignment = AlignmentNet(num_regions, num_words, attention_scale)
-        self.global_head = nn.Linear(2 * inv_dim, num_classes)
-        self.local_head = nn.Linear(num_regions + num_words, num_classes)
+        self.association = self.alignment = self.global_head = self.local_head = None
+        if variant in ("full", "association"):
+            self.association = AssociationNet(hidden_dim, inv_dim)
+            self.global_head = nn.Linear(2 * inv_dim, num_classes)
+        if variant in ("full", "alignment"):
+            self.alignment = AlignmentNet(num_regions, num_words, attention_scale)
+            self.local_head = nn.Linear(num_regions + num_words, num_classes)
+        if variant == "concat":  # the global head reads [f_img, f_txt] unprojected
+            self.global_head = nn.Linear(2 * hidden_dim, num_classes)
 
     def encode_words(self, word_vectors: torch.Tensor, context_vectors: torch.Tensor,
                      t_lengths: torch.Tensor) -> torch.Tensor:
@@ -137,12 +158,20 @@ class AnANet(nn.Module):
                 context_vectors: torch.Tensor, t_lengths: torch.Tensor) -> AnANetOutput:
         V = self.region_encoder(regions)  # [B, Kr, d]
         T = self.encode_words(word_vectors, context_vectors, t_lengths)  # [B, N, d]
-        association = self.association(V, T, t_lengths)
-        r_l = self.alignment(V, T, t_lengths)
-        logits = (self.config["global_weight"] * self.global_head(association.r_g)
-                  + self.config["local_weight"] * self.local_head(r_l))
-        return AnANetOutput(logits, AssociationNet.invariant_loss(association),
-                            self.association.orthogonality_loss())
+        # Without an association net its two losses are 0, so ``loss`` is L_c alone.
+        invariant_loss = orthogonality_loss = V.new_zeros(())
+        terms = []
+        if self.association is not None:
+            association = self.association(V, T, t_lengths)
+            terms.append(self.config["global_weight"] * self.global_head(association.r_g))
+            invariant_loss = AssociationNet.invariant_loss(association)
+            orthogonality_loss = self.association.orthogonality_loss()
+        elif self.global_head is not None:  # concat
+            terms.append(self.global_head(torch.cat(mean_pool(V, T, t_lengths), dim=1)))
+        if self.alignment is not None:
+            r_l = self.alignment(V, T, t_lengths)
+            terms.append(self.config["local_weight"] * self.local_head(r_l))
+        return AnANetOutput(sum(terms), invariant_loss, orthogonality_loss)
 
     def loss(self, output: AnANetOutput, targets: torch.Tensor) -> torch.Tensor:
         """``L_c + a L_inv + b L_orth`` (paper eq. 22), L_c the mean cross-entropy."""

@@ -1,11 +1,11 @@
 """Training loops, schedules and checkpoints."""
 
-from mmfast.train.ananet import AnANetTrainer, load_features
+from mmfast.train.ananet import AnANetTrainer, load_features, relevance_features
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
 __all__ = [
-    "AnANetTrainer", "load_features", "CACNetTrainer", "GammaSchedule", "Examples", "predict",
-    "train", "load_checkpoint", "save_checkpoint",
+    "AnANetTrainer", "load_features", "relevance_features", "CACNetTrainer", "GammaSchedule",
+    "Examples", "predict", "train", "load_checkpoint", "save_checkpoint",
 ]

@@ -7,14 +7,17 @@ Features are a mapping of tensors (in memory, or a safetensors feature store on 
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from mmfast import metrics
 from mmfast._io import atomic_path, write_text_atomic
+from mmfast.data import FeatureStore, Pair
+from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
@@ -25,6 +28,22 @@ def load_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     features = load_file(str(path))
     _check_features(features, need_labels=False, source=str(path))
     return features
+
+
+def relevance_features(pairs: Sequence[Pair], regions: FeatureStore, vectors: WordVectors,
+                       num_words: int) -> dict[str, torch.Tensor]:
+    """AnANet's inputs for image-text ``pairs`` (``mmfast.data.relevance_pairs``): each pair's
+    image regions from the store's ``image`` feature [items, Kr, d], its caption's word vectors
+    padded to ``num_words``, and no contextual vectors (width 0: ``AnANet(context_dim=0)``)."""
+    rows = regions.rows([pair.image.id for pair in pairs])
+    words, lengths, _ = token_vectors([pair.caption.text for pair in pairs], vectors, num_words)
+    return {
+        "regions": torch.from_numpy(np.asarray(regions["image"])[rows]),
+        "word_vectors": torch.from_numpy(words),
+        "context_vectors": torch.zeros(len(pairs), num_words, 0),
+        "t_lengths": torch.from_numpy(lengths),
+        "labels": torch.tensor([pair.label for pair in pairs], dtype=torch.long),
+    }
 
 
 def _check_features(features: Mapping[str, torch.Tensor], need_labels: bool, source: str) -> int:
