@@ -20,14 +20,6 @@ from mmfast.train import CACNetTrainer
 DIM, HIDDEN, CLASSES = 300, 600, 300
 
 
-@pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
-def threads(request):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 def _batch(batch):
     g = torch.Generator().manual_seed(0)
     x_img = torch.randn(batch, DIM, generator=g).relu()

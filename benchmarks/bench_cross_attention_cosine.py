@@ -34,14 +34,6 @@ def inputs(request):
     return V, T, t_lengths, 1.0 / DIM**0.5
 
 
-@pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
-def threads(request):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 def _peak_bytes(fn) -> int:
     """Peak bytes held during ``fn()`` beyond what was held before it, replayed from the
     profiler's per-op net allocations (the CPU allocator keeps no peak statistic). Scratch an op

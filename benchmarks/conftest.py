@@ -5,6 +5,7 @@ then reads ``min`` times from the same run, so ratios never mix machines or sess
 """
 
 import pytest
+import torch
 
 _TIMINGS: dict[str, dict[str, float]] = {}
 
@@ -18,6 +19,15 @@ def record():
         _TIMINGS.setdefault(group, {})[impl] = benchmark
 
     return _record
+
+
+@pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
+def threads(request):
+    """Runs the benchmark at 1 and at 2 intra-op threads, restoring the count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -59,6 +59,18 @@ inline at::Tensor checked_word_counts(const char* op, const std::optional<at::Te
   return counts;
 }
 
+// Incoming gradients of the backward op: one per output, shaped like it.
+inline void check_cross_attention_cosine_grads(const char* op, const at::Tensor& grad_v_bar,
+                                               const at::Tensor& grad_t_bar,
+                                               const CrossAttentionShape& shape) {
+  TORCH_CHECK_VALUE(grad_v_bar.sizes() == at::IntArrayRef({shape.batch, shape.regions}), op,
+                    ": grad_v_bar must have shape [", shape.batch, ", ", shape.regions, "], got ",
+                    grad_v_bar.sizes());
+  TORCH_CHECK_VALUE(grad_t_bar.sizes() == at::IntArrayRef({shape.batch, shape.words}), op,
+                    ": grad_t_bar must have shape [", shape.batch, ", ", shape.words, "], got ",
+                    grad_t_bar.sizes());
+}
+
 // The gradient of c = a.b / (max(|a|, eps) max(|b|, eps)) times g is
 // `alpha * b + self * a` for a and `alpha * a + other * b` for b (a norm at or below eps is a
 // constant of the clamp and contributes no term).

@@ -33,4 +33,26 @@ inline vint iota(int32_t start) {
   return v;
 }
 
+// e^x lane by lane (Cephes expf): 2^n p(r) with n = round(x / ln 2) and r = x - n ln 2 (ln 2 in
+// two parts for precision), p of degree 6 on |r| <= ln(2)/2, about 1 ulp. x is clamped to
+// [-87.3, 88.3] so that 2^n stays a normal float: underflow gives ~1e-38 instead of 0.
+inline vfloat exp(vfloat x) {
+  x = x < -87.3f ? broadcast(-87.3f) : x;
+  x = x > 88.3f ? broadcast(88.3f) : x;
+  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
+  const vfloat n = (x * 1.44269504088896341f + kRound) - kRound;
+  const vfloat r = x - n * 0.693359375f - n * -2.12194440e-4f;
+  vfloat p = broadcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
+  vfloat two_to_n;
+  __builtin_memcpy(&two_to_n, &bits, sizeof(two_to_n));
+  return p * two_to_n;
+}
+
 }  // namespace mmfast::simd

@@ -34,31 +34,6 @@ inline T activate(T v) {
   if constexpr (A == Activation::kSigmoid) return T(1) / (T(1) + std::exp(-v));
 }
 
-// e^x for x <= 0 (Cephes expf): 2^n p(r) with n = floor(x log2(e) + 1/2), r = x - n ln 2.
-inline vfloat exp_nonpositive(vfloat x) {
-  const vfloat lowest = simd::broadcast(-87.0f);  // keeps 2^n a normal float
-  x = x < lowest ? lowest : x;
-  const vfloat scaled = x * 1.44269504088896341f + 0.5f;
-  vint n = __builtin_convertvector(scaled, vint);  // truncation; floor for the negatives below
-  vfloat nf = __builtin_convertvector(n, vfloat);
-  const vint above = nf > scaled;
-  n += above;  // a true comparison is -1
-  nf = __builtin_convertvector(n, vfloat);
-  const vfloat r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
-  const vfloat r2 = r * r;
-  vfloat p = simd::broadcast(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  const vint bits = (n + 127) << 23;
-  vfloat two_to_n;
-  __builtin_memcpy(&two_to_n, &bits, sizeof(bits));
-  return p * two_to_n;
-}
-
 // log(1 + e) for e in [0, 1] (Cephes logf polynomial for log(1 + m), |m| <= sqrt(2) - 1).
 // Below sqrt(2) - 1 the polynomial takes e itself, which keeps full relative precision for tiny
 // e (log(1 + e) would round 1 + e first); above, 1 + e = 2 (1 + (e - 1) / 2).
@@ -84,7 +59,7 @@ inline vfloat log1p_unit(vfloat e) {
 inline void bce_lanes(vfloat z, vfloat t, vfloat& loss, vfloat& sigmoid) {
   const vfloat zero = vfloat{};
   const vint positive = z >= zero;
-  const vfloat e = exp_nonpositive(positive ? -z : z);
+  const vfloat e = simd::exp(positive ? -z : z);
   loss = (positive ? z : zero) - z * t + log1p_unit(e);
   sigmoid = (positive ? simd::broadcast(1.0f) : e) / (1.0f + e);
 }

@@ -27,32 +27,9 @@ namespace {
 
 using simd::kLanes;
 using simd::vfloat;
-using simd::vint;
 
 constexpr const char* kForward = "cross_attention_cosine";
 constexpr const char* kBackward = "cross_attention_cosine_backward";
-
-// exp(x) for a whole vector: 2^n * p(r), n = round(x / ln 2), Cephes' degree-6 polynomial on
-// |r| <= ln(2)/2 (1 ulp-ish). Inputs are clamped to [-87.3, 88.3], the normal float range;
-// softmax only ever passes x <= 0, where the clamp turns underflow into ~1e-38.
-inline vfloat exp_vector(vfloat x) {
-  x = x < -87.3f ? simd::broadcast(-87.3f) : x;
-  x = x > 88.3f ? simd::broadcast(88.3f) : x;
-  constexpr float kRound = 12582912.f;  // 1.5 * 2^23: adding and subtracting it rounds to integer
-  const vfloat n = (x * 1.44269504088896341f + kRound) - kRound;
-  const vfloat r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  vfloat p = simd::broadcast(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  const vint bits = (__builtin_convertvector(n, vint) + 127) << 23;
-  vfloat two_to_n;
-  __builtin_memcpy(&two_to_n, &bits, sizeof(two_to_n));
-  return p * two_to_n;
-}
 
 // values[k] = exp(scale * values[k] - shift[k]): the numerators of a softmax.
 template <typename acc_t>
@@ -60,7 +37,7 @@ void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, acc_t 
   int64_t k = 0;
   if constexpr (std::is_same_v<acc_t, float>) {
     for (; k + kLanes <= n; k += kLanes) {
-      const vfloat v = exp_vector(simd::load(values + k) * scale - simd::load(shift + k));
+      const vfloat v = simd::exp(simd::load(values + k) * scale - simd::load(shift + k));
       __builtin_memcpy(values + k, &v, sizeof(v));
     }
   }
@@ -391,12 +368,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cpu(
     const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, const at::Tensor& V,
     const at::Tensor& T, const std::optional<at::Tensor>& t_lengths, double scale) {
   const CrossAttentionShape shape = check_cross_attention_cosine_args(kBackward, V, T, t_lengths);
-  TORCH_CHECK_VALUE(grad_v_bar.sizes() == at::IntArrayRef({shape.batch, shape.regions}), kBackward,
-                    ": grad_v_bar must have shape [", shape.batch, ", ", shape.regions, "], got ",
-                    grad_v_bar.sizes());
-  TORCH_CHECK_VALUE(grad_t_bar.sizes() == at::IntArrayRef({shape.batch, shape.words}), kBackward,
-                    ": grad_t_bar must have shape [", shape.batch, ", ", shape.words, "], got ",
-                    grad_t_bar.sizes());
+  check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, shape);
   const at::ScalarType acc = acc_type(V.scalar_type());
   const at::Tensor grad_v = grad_v_bar.to(acc).contiguous();
   const at::Tensor grad_t = grad_t_bar.to(acc).contiguous();
