@@ -18,12 +18,7 @@
 #include <vector>
 
 #include "common/checks.h"
-
-#if defined(__CUDACC__)
-#define MMFAST_HOST_DEVICE __host__ __device__
-#else
-#define MMFAST_HOST_DEVICE
-#endif
+#include "common/host_device.h"
 
 namespace mmfast::cacnet {
 
