@@ -16,8 +16,6 @@ import math
 import os
 
 import torch
-import torchvision
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
 from mmfast.features.image import PACKAGED, ImageFeatureExtractor
 
@@ -34,6 +32,10 @@ class RegionFeatureExtractor(torch.nn.Module):
     def __init__(self, weights: str | os.PathLike | None = None, num_regions: int = 36,
                  image_size: int = 224):
         super().__init__()
+        # torchvision is imported here, not at module level: `import mmfast` reaches this module
+        # and would otherwise pay torchvision's ~2 s import for users who never extract regions.
+        from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
         self.num_regions = num_regions
         self.detector = fasterrcnn_resnet50_fpn(
             weights=None, weights_backbone=None, min_size=image_size, max_size=image_size * 2,
@@ -61,8 +63,10 @@ class RegionFeatureExtractor(torch.nn.Module):
         pooled = self.detector.roi_heads.box_roi_pool(feature_maps, boxes, batch.image_sizes)
         features = self.detector.roi_heads.box_head(pooled)  # [B * Kr, 1024]
         # Boxes back in the coordinates of the images as given.
+        from torchvision.models.detection.transform import resize_boxes
+
         scaled = [
-            torchvision.models.detection.transform.resize_boxes(b, size, original)
+            resize_boxes(b, size, original)
             for b, size, original in zip(boxes, batch.image_sizes, original_sizes)
         ]
         return features.view(len(images), self.num_regions, -1), torch.stack(scaled)
