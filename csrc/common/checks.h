@@ -3,6 +3,20 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <utility>
+
+namespace mmfast {
+
+// The smallest and largest value of a non-empty integer tensor, read back in one device-to-host
+// copy (two .item() calls would synchronize a CUDA stream twice).
+inline std::pair<int64_t, int64_t> min_max(const at::Tensor& values) {
+  const auto [low, high] = at::aminmax(values);
+  const at::Tensor both = at::stack({low, high}).to(at::kLong).cpu();
+  return {both.const_data_ptr<int64_t>()[0], both.const_data_ptr<int64_t>()[1]};
+}
+
+}  // namespace mmfast
+
 #define MMFAST_CHECK_DIM(op, name, tensor, ndim)                                           \
   TORCH_CHECK_VALUE((tensor).dim() == (ndim), op, ": ", name, " must have ", ndim,         \
                     " dimensions, got shape ", (tensor).sizes())

@@ -47,7 +47,7 @@ inline at::Tensor checked_word_counts(const char* op, const std::optional<at::Te
   if (!t_lengths) return at::full({shape.batch}, shape.words, like.options().dtype(at::kLong));
   at::Tensor counts = t_lengths->contiguous();
   if (shape.batch > 0) {
-    const int64_t low = counts.min().item<int64_t>(), high = counts.max().item<int64_t>();
+    const auto [low, high] = min_max(counts);
     TORCH_CHECK_VALUE(low >= 0 && high <= shape.words, op, ": t_lengths values must be in [0, ",
                       shape.words, "] (N = T.size(1)), got values from ", low, " to ", high);
   }

@@ -59,9 +59,9 @@ inline void check_pq_encode_values(const at::Tensor& codebooks, const at::Tensor
                                    int64_t dim) {
   TORCH_CHECK_VALUE(at::isfinite(codebooks).all().item<bool>(),
                     "pq_encode: codebooks must be finite, found a NaN or infinite value");
-  if (perm_contiguous.defined()) {
-    TORCH_CHECK_VALUE(perm_contiguous.min().item<int64_t>() >= 0 &&
-                          perm_contiguous.max().item<int64_t>() < dim,
+  if (perm_contiguous.defined() && perm_contiguous.numel() > 0) {
+    const auto [low, high] = min_max(perm_contiguous);
+    TORCH_CHECK_VALUE(low >= 0 && high < dim,
                       "pq_encode: perm values must be column indices in [0, ", dim, ")");
   }
 }

@@ -25,6 +25,14 @@ inline vfloat load(const float* p) {
 // Subtracting +0.0f is exact for every x (-0.0f included), so the compiler drops it and emits one
 // broadcast; `x + vfloat{}` would cost a real addition (x + 0.0f is not x for x = -0.0f), and a
 // lane-by-lane fill compiles to a masked broadcast per lane.
+inline void store(float* p, const vfloat& v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+inline float sum(const vfloat& v) {
+  float total = 0.f;
+  for (int lane = 0; lane < kLanes; ++lane) total += v[lane];
+  return total;
+}
+
 inline vfloat broadcast(float x) { return x - vfloat{}; }
 
 inline vint iota(int32_t start) {
@@ -53,6 +61,19 @@ inline vfloat exp(vfloat x) {
   vfloat two_to_n;
   __builtin_memcpy(&two_to_n, &bits, sizeof(two_to_n));
   return p * two_to_n;
+}
+
+// a . b over n floats; two accumulator chains hide the FMA latency.
+inline float dot(const float* __restrict a, const float* __restrict b, int64_t n) {
+  vfloat acc0{}, acc1{};
+  int64_t k = 0;
+  for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
+    acc0 += load(a + k) * load(b + k);
+    acc1 += load(a + k + kLanes) * load(b + k + kLanes);
+  }
+  float total = sum(acc0 + acc1);
+  for (; k < n; ++k) total += a[k] * b[k];
+  return total;
 }
 
 }  // namespace mmfast::simd

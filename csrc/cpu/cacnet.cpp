@@ -97,9 +97,7 @@ float bce_row(float* logits, const float* bias, const float* targets, float* gra
       __builtin_memcpy(grad + c, &g, bytes);
     }
   }
-  float total = 0.f;
-  for (int lane = 0; lane < kLanes; ++lane) total += loss_sum[lane];
-  return total;
+  return simd::sum(loss_sum);
 }
 
 template <bool kBias, bool kGrad>

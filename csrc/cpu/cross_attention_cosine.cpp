@@ -37,8 +37,7 @@ void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, acc_t 
   int64_t k = 0;
   if constexpr (std::is_same_v<acc_t, float>) {
     for (; k + kLanes <= n; k += kLanes) {
-      const vfloat v = simd::exp(simd::load(values + k) * scale - simd::load(shift + k));
-      __builtin_memcpy(values + k, &v, sizeof(v));
+      simd::store(values + k, simd::exp(simd::load(values + k) * scale - simd::load(shift + k)));
     }
   }
   for (; k < n; ++k) values[k] = std::exp(scale * values[k] - shift[k]);
@@ -46,18 +45,9 @@ void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, acc_t 
 
 template <typename acc_t>
 acc_t dot(const acc_t* __restrict a, const acc_t* __restrict b, int64_t n) {
-  int64_t k = 0;
+  if constexpr (std::is_same_v<acc_t, float>) return simd::dot(a, b, n);
   acc_t sum = 0;
-  if constexpr (std::is_same_v<acc_t, float>) {
-    vfloat acc0{}, acc1{};  // two chains hide the FMA latency
-    for (; k + 2 * kLanes <= n; k += 2 * kLanes) {
-      acc0 += simd::load(a + k) * simd::load(b + k);
-      acc1 += simd::load(a + k + kLanes) * simd::load(b + k + kLanes);
-    }
-    acc0 += acc1;
-    for (int lane = 0; lane < kLanes; ++lane) sum += acc0[lane];
-  }
-  for (; k < n; ++k) sum += a[k] * b[k];
+  for (int64_t k = 0; k < n; ++k) sum += a[k] * b[k];
   return sum;
 }
 

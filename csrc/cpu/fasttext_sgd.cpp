@@ -17,6 +17,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/simd.h"
 
 namespace mmfast {
@@ -28,24 +29,14 @@ using simd::vfloat;
 constexpr const char* kOp = "fasttext_sgd_";
 constexpr int64_t kPublishEvery = 32;  // examples between merges of a thread's classifier
 
-inline void store(float* p, const vfloat& v) { __builtin_memcpy(p, &v, sizeof(v)); }
-
 // y += a * x over n floats.
 inline void axpy(int64_t n, float a, const float* __restrict x, float* __restrict y) {
   const vfloat av = simd::broadcast(a);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) store(y + i, simd::load(y + i) + av * simd::load(x + i));
+  for (; i + kLanes <= n; i += kLanes) {
+    simd::store(y + i, simd::load(y + i) + av * simd::load(x + i));
+  }
   for (; i < n; ++i) y[i] += a * x[i];
-}
-
-inline float dot(int64_t n, const float* __restrict x, const float* __restrict y) {
-  vfloat acc{};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) acc += simd::load(x + i) * simd::load(y + i);
-  float sum = 0.f;
-  for (int lane = 0; lane < kLanes; ++lane) sum += acc[lane];
-  for (; i < n; ++i) sum += x[i] * y[i];
-  return sum;
 }
 
 // One pass over a classifier row: grad_hidden += g * row with the row as it was, then
@@ -56,8 +47,8 @@ inline void classifier_row_step(int64_t n, float g, float lr, const float* __res
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     const vfloat w = simd::load(row + i);
-    store(grad_hidden + i, simd::load(grad_hidden + i) + gv * w);
-    store(row + i, w + step * simd::load(hidden + i));
+    simd::store(grad_hidden + i, simd::load(grad_hidden + i) + gv * w);
+    simd::store(row + i, w + step * simd::load(hidden + i));
   }
   for (; i < n; ++i) {
     const float w = row[i];
@@ -144,7 +135,8 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
 
     float max_logit = -INFINITY;
     for (int64_t k = 0; k < classes; ++k) {
-      logits[k] = dot(dim, p.weight + k * dim, hidden.data()) + (p.bias ? p.bias[k] : 0.f);
+      logits[k] = simd::dot(p.weight + k * dim, hidden.data(), dim);
+      if (p.bias) logits[k] += p.bias[k];
       max_logit = std::max(max_logit, logits[k]);
     }
     float sum = 0.f;
@@ -193,7 +185,7 @@ void check_input(const char* name, const at::Tensor& t, at::ScalarType dtype) {
 // Range checks over whole tensors, so a bad id is an error before any parameter changes.
 void check_range(const char* name, const at::Tensor& values, int64_t limit) {
   if (values.numel() == 0) return;
-  const int64_t low = values.min().item<int64_t>(), high = values.max().item<int64_t>();
+  const auto [low, high] = min_max(values);
   TORCH_CHECK_INDEX(low >= 0 && high < limit, kOp, ": ", name, " must be in [0, ", limit,
                     "), got values in [", low, ", ", high, "]");
 }

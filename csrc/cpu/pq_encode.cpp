@@ -120,7 +120,7 @@ inline void panel_tile(const float* __restrict xs, int64_t dsub, int64_t depth,
         best[r] = closer ? acc[r][v] : best[r];
         best_index[r] = closer ? index : best_index[r];
       } else {
-        __builtin_memcpy(partial + r * kPanel + v * kLanes, &acc[r][v], sizeof(vfloat));
+        simd::store(partial + r * kPanel + v * kLanes, acc[r][v]);
       }
     }
   }
