@@ -44,6 +44,7 @@ from typing import NamedTuple
 import torch
 
 from mmfast import _backend
+from mmfast.reference import cacnet as reference_cacnet
 from mmfast.ops._checks import check_same_device, check_tensor
 
 # w_<from>_<to>: xi/xt image/text input, hi/ht image/text half of hidden layer 1 (h', h''),
@@ -142,9 +143,8 @@ def cacnet_forward(x_img, x_txt, params, activation: str = "relu") -> torch.Tens
     """Logits [B, C] of the full network; differentiable in every input and parameter."""
     _check_args("cacnet_forward", x_img, x_txt, None, params, activation)
     if _backend.use_reference():
-        from mmfast.reference import cacnet as ref
-
-        return ref.full_logits(x_img, x_txt, dict(zip(PARAM_NAMES, params)), activation)
+        named = dict(zip(PARAM_NAMES, params))
+        return reference_cacnet.full_logits(x_img, x_txt, named, activation)
     return torch.ops.mmfast.cacnet_forward(x_img, x_txt, list(params), activation)[0]
 
 

@@ -101,9 +101,11 @@ def _check_values(embedding, weight, indices, offsets, labels) -> None:
         raise ValueError(f"{_OP}: offsets must be non-decreasing")
     for name, values, limit in (("indices", indices, embedding.shape[0]),
                                 ("labels", labels, weight.shape[0])):
-        if values.numel() and (int(values.min()) < 0 or int(values.max()) >= limit):
-            raise IndexError(f"{_OP}: {name} must be in [0, {limit}), got values in "
-                             f"[{int(values.min())}, {int(values.max())}]")
+        if values.numel():
+            low, high = (int(value) for value in values.aminmax())
+            if low < 0 or high >= limit:
+                raise IndexError(f"{_OP}: {name} must be in [0, {limit}), got values in "
+                                 f"[{low}, {high}]")
 
 
 @torch.library.register_fake("mmfast::fasttext_sgd_")

@@ -214,9 +214,11 @@ class ProductQuantizer(nn.Module):
             raise ValueError(f"{cls}: codes must have shape [B, {self.num_subspaces}], got {shape}")
         if codes.is_floating_point() or codes.is_complex():
             raise TypeError(f"{cls}: codes must be an integer tensor, got {codes.dtype}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_centroids):
-            raise ValueError(f"{cls}: codes must be in [0, {self.num_centroids}), got values "
-                             f"in [{int(codes.min())}, {int(codes.max())}]")
+        if codes.numel():
+            low, high = (int(value) for value in codes.aminmax())
+            if low < 0 or high >= self.num_centroids:
+                raise ValueError(f"{cls}: codes must be in [0, {self.num_centroids}), got values "
+                                 f"in [{low}, {high}]")
 
 
 class RSPQ(ProductQuantizer):

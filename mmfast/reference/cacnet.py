@@ -14,7 +14,6 @@ SUBNETWORKS = {
     "cross_active_image": ("image", "w_xi_ht", "b_ht", "w_ht_gi", "b_gi", "w_gi_y"),
     "cross_active_text": ("text", "w_xt_hi", "b_hi", "w_hi_gt", "b_gt", "w_gt_y"),
 }
-OUTPUT_NAMES = ("w_gi_y", "w_gt_y", "b_y")
 
 
 def full_logits(x_img, x_txt, params, activation="relu"):
