@@ -140,6 +140,12 @@ def check_bags(name: str, words, offsets, num_embeddings: int) -> None:
             raise TypeError(f"{name}: {arg} must be a 1-d int64 tensor, got {got}")
     if offsets.numel() and int(offsets[0]) != 0:
         raise ValueError(f"{name}: offsets must start at 0, got {int(offsets[0])}")
-    if words.numel() and (int(words.min()) < 0 or int(words.max()) >= num_embeddings):
-        raise ValueError(f"{name}: words must be ids in [0, {num_embeddings}), got values in "
-                         f"[{int(words.min())}, {int(words.max())}]")
+    check_ids(name, "words must be ids", words, num_embeddings)
+
+
+def check_ids(name: str, rule: str, ids: torch.Tensor, limit: int) -> None:
+    """ids in [0, limit), read back with one aminmax (one sync on a GPU, not four)."""
+    if ids.numel():
+        low, high = (int(value) for value in ids.aminmax())
+        if low < 0 or high >= limit:
+            raise ValueError(f"{name}: {rule} in [0, {limit}), got values in [{low}, {high}]")

@@ -14,7 +14,7 @@ Every model is called ``model(words, offsets, image)`` (``image``: [B, D] float 
 import torch
 from torch import nn
 
-from mmfast.nn.fasttext import FastText, check_bags
+from mmfast.nn.fasttext import FastText, check_bags, check_ids
 from mmfast.ops.bilinear_fusion import bilinear_fusion
 
 FUSIONS = ("image", "additive", "max", "gated", "bilinear", "bilinear_gated")
@@ -113,9 +113,7 @@ class DiscretizedFastText(FastText):
                    if isinstance(image, torch.Tensor) else type(image).__name__)
             raise TypeError(f"{name}: image must be int64 tokens [B, T] (ProductQuantizer.tokens),"
                             f" got {got}")
-        if image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.num_image_tokens):
-            raise ValueError(f"{name}: image tokens must be in [0, {self.num_image_tokens}), got "
-                             f"values in [{int(image.min())}, {int(image.max())}]")
+        check_ids(name, "image tokens must be", image, self.num_image_tokens)
         batch, tokens = image.shape
         if offsets.numel() != batch:
             raise ValueError(f"{name}: {offsets.numel()} texts (offsets) but {batch} images")
