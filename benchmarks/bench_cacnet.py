@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import mmfast
 from mmfast.nn import CACNet
 from mmfast.train import CACNetTrainer
+from mmfast.train.cacnet_demo import dense_mlp
 
 DIM, HIDDEN, CLASSES = 300, 600, 300
 
@@ -30,11 +31,7 @@ def _batch(batch):
 
 def _dense_mlp_step(batch):
     torch.manual_seed(0)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(2 * DIM, HIDDEN), torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(),
-        torch.nn.Linear(HIDDEN, CLASSES),
-    )
+    mlp = dense_mlp(2 * DIM, HIDDEN, CLASSES)
     optimizer = torch.optim.SGD(mlp.parameters(), lr=0.05)
     x_img, x_txt, targets = _batch(batch)
     x = torch.cat([x_img, x_txt], 1)  # given the concatenated input for free

@@ -110,9 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
-        build_parser().error("--num-train must be smaller than --num-vectors")
+        parser.error("--num-train must be smaller than --num-vectors")
     return args.run(args)
 
 

