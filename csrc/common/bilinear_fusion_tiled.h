@@ -12,11 +12,15 @@
 // enough for each element of W to be reused across many rows. The B x P x Q outer product is never
 // materialized.
 //
-// A backend supplies `Kernels` with two static members working on compute-dtype tensors:
+// A backend supplies `Kernels` with static members working on compute-dtype tensors:
 //   outer_product(u_block [rows, pb], v [rows, Q], outer [rows, pb*Q])       writes a T slice
 //   contract(grad_outer [rows, pb*Q], u_block, v, grad_u_block [rows, pb], grad_v [rows, Q])
 //       writes grad_u_block and adds into grad_v
+//   workers(batch)            how many workers split the rows, each a contiguous share
+//   run_workers(n, fn)        calls fn(worker) for every worker in [0, n), concurrently if it can
 // and the constants kTileRows (rows per tile) and kSliceBytes (the size a slice aims for).
+// Workers own disjoint rows of out, grad_u and grad_v; grad_W sums over all rows, so every worker
+// but the first accumulates into a private copy, added in at the end.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -24,6 +28,7 @@
 #include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "common/bilinear_fusion_args.h"
 
@@ -35,18 +40,25 @@ inline at::ScalarType bilinear_compute_dtype(at::ScalarType dtype) {
 }
 
 struct BilinearTiling {
+  int64_t workers;  // contiguous shares of the rows, run concurrently
   int64_t rows;     // rows of a tile
   int64_t p_block;  // values of p in a slice
+
+  int64_t share_begin(int64_t worker, int64_t batch) const {
+    return std::min(worker * ((batch + workers - 1) / workers), batch);
+  }
 };
 
 template <typename Kernels>
 BilinearTiling bilinear_tiling(const BilinearShape& shape, at::ScalarType compute_dtype) {
-  const int64_t rows = std::max<int64_t>(1, std::min(Kernels::kTileRows, shape.batch));
+  const int64_t workers = std::max<int64_t>(1, Kernels::workers(shape.batch));
+  const int64_t share = (shape.batch + workers - 1) / workers;
+  const int64_t rows = std::max<int64_t>(1, std::min(Kernels::kTileRows, share));
   const int64_t slice_row_bytes =
       rows * std::max<int64_t>(1, shape.in2) * static_cast<int64_t>(c10::elementSize(compute_dtype));
   const int64_t p_block = std::clamp<int64_t>(Kernels::kSliceBytes / slice_row_bytes, 1,
                                               std::max<int64_t>(1, shape.in1));
-  return {rows, p_block};
+  return {workers, rows, p_block};
 }
 
 // The inputs in the compute dtype, through the sigmoid where gated: [B, P] and [B, Q] are tiny next
@@ -60,6 +72,56 @@ inline std::pair<at::Tensor, at::Tensor> bilinear_gated_inputs(const at::Tensor&
   if (gate == BilinearGate::kFirst) u_gated = at::sigmoid(u_gated);
   if (gate == BilinearGate::kSecond) v_gated = at::sigmoid(v_gated);
   return {u_gated, v_gated};
+}
+
+// out[begin:end] += T[begin:end] @ W^T, one tile of rows and one p block at a time.
+template <typename Kernels>
+void bilinear_forward_rows(const at::Tensor& u_gated, const at::Tensor& v_gated,
+                           const at::Tensor& weight_flat, const BilinearTiling& tiling,
+                           int64_t begin, int64_t end, at::Tensor& out) {
+  const int64_t in1 = u_gated.size(1), in2 = v_gated.size(1);
+  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, u_gated.options());  // T slice
+  for (int64_t row0 = begin; row0 < end; row0 += tiling.rows) {
+    const int64_t rows = std::min(tiling.rows, end - row0);
+    const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
+    at::Tensor out_tile = out.narrow(0, row0, rows);  // [rows, K]
+    for (int64_t p0 = 0; p0 < in1; p0 += tiling.p_block) {
+      const int64_t p_block = std::min(tiling.p_block, in1 - p0);
+      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+      Kernels::outer_product(u_gated.narrow(0, row0, rows).narrow(1, p0, p_block), v_tile,
+                             outer_slice);
+      out_tile.addmm_(outer_slice, weight_flat.narrow(1, p0 * in2, p_block * in2).t());
+    }
+  }
+}
+
+// Rows [begin, end) of the backward: grad_u, grad_v rows and their share of grad_W (added in).
+template <typename Kernels>
+void bilinear_backward_rows(const at::Tensor& grad_out, const at::Tensor& u_gated,
+                            const at::Tensor& v_gated, const at::Tensor& weight_flat,
+                            const BilinearTiling& tiling, int64_t begin, int64_t end,
+                            at::Tensor& grad_u, at::Tensor& grad_v, at::Tensor& grad_weight_flat) {
+  const int64_t in1 = u_gated.size(1), in2 = v_gated.size(1);
+  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, u_gated.options());  // T slice
+  at::Tensor grad_outer = at::empty_like(outer);                                          // G slice
+  for (int64_t row0 = begin; row0 < end; row0 += tiling.rows) {
+    const int64_t rows = std::min(tiling.rows, end - row0);
+    const at::Tensor grad_out_tile = grad_out.narrow(0, row0, rows);  // [rows, K]
+    const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
+    at::Tensor grad_v_tile = grad_v.narrow(0, row0, rows);
+    for (int64_t p0 = 0; p0 < in1; p0 += tiling.p_block) {
+      const int64_t p_block = std::min(tiling.p_block, in1 - p0);
+      const at::Tensor u_block = u_gated.narrow(0, row0, rows).narrow(1, p0, p_block);
+      const at::Tensor weight_slice = weight_flat.narrow(1, p0 * in2, p_block * in2);
+      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+      at::Tensor grad_outer_slice = grad_outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+      Kernels::outer_product(u_block, v_tile, outer_slice);
+      grad_weight_flat.narrow(1, p0 * in2, p_block * in2).addmm_(grad_out_tile.t(), outer_slice);
+      at::mm_out(grad_outer_slice, grad_out_tile, weight_slice);
+      at::Tensor grad_u_block = grad_u.narrow(0, row0, rows).narrow(1, p0, p_block);
+      Kernels::contract(grad_outer_slice, u_block, v_tile, grad_u_block, grad_v_tile);
+    }
+  }
 }
 
 template <typename Kernels>
@@ -85,19 +147,11 @@ at::Tensor bilinear_fusion_tiled(const at::Tensor& u, const at::Tensor& v, const
   }
 
   const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
-  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);  // T slice
-  for (int64_t row0 = 0; row0 < shape.batch; row0 += tiling.rows) {
-    const int64_t rows = std::min(tiling.rows, shape.batch - row0);
-    const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
-    at::Tensor out_tile = out.narrow(0, row0, rows);  // [rows, K]
-    for (int64_t p0 = 0; p0 < shape.in1; p0 += tiling.p_block) {
-      const int64_t p_block = std::min(tiling.p_block, shape.in1 - p0);
-      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
-      Kernels::outer_product(u_gated.narrow(0, row0, rows).narrow(1, p0, p_block), v_tile,
-                             outer_slice);
-      out_tile.addmm_(outer_slice, weight_flat.narrow(1, p0 * in2, p_block * in2).t());
-    }
-  }
+  Kernels::run_workers(tiling.workers, [&](int64_t worker) {
+    bilinear_forward_rows<Kernels>(u_gated, v_gated, weight_flat, tiling,
+                                   tiling.share_begin(worker, shape.batch),
+                                   tiling.share_begin(worker + 1, shape.batch), out);
+  });
   return out.to(u.scalar_type());
 }
 
@@ -123,25 +177,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backw
     const at::Tensor weight_flat =
         weight.to(compute_dtype).contiguous().view({shape.out, features});  // [K, P*Q]
     const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
-    at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);       // T slice
-    at::Tensor grad_outer = at::empty({tiling.rows, tiling.p_block * in2}, compute);  // G slice
-    for (int64_t row0 = 0; row0 < shape.batch; row0 += tiling.rows) {
-      const int64_t rows = std::min(tiling.rows, shape.batch - row0);
-      const at::Tensor grad_out_tile = grad_out_compute.narrow(0, row0, rows);  // [rows, K]
-      const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
-      at::Tensor grad_v_tile = grad_v.narrow(0, row0, rows);
-      for (int64_t p0 = 0; p0 < shape.in1; p0 += tiling.p_block) {
-        const int64_t p_block = std::min(tiling.p_block, shape.in1 - p0);
-        const at::Tensor u_block = u_gated.narrow(0, row0, rows).narrow(1, p0, p_block);
-        const at::Tensor weight_slice = weight_flat.narrow(1, p0 * in2, p_block * in2);
-        at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
-        at::Tensor grad_outer_slice = grad_outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
-        Kernels::outer_product(u_block, v_tile, outer_slice);
-        grad_weight_flat.narrow(1, p0 * in2, p_block * in2).addmm_(grad_out_tile.t(), outer_slice);
-        at::mm_out(grad_outer_slice, grad_out_tile, weight_slice);
-        at::Tensor grad_u_block = grad_u.narrow(0, row0, rows).narrow(1, p0, p_block);
-        Kernels::contract(grad_outer_slice, u_block, v_tile, grad_u_block, grad_v_tile);
-      }
+    std::vector<at::Tensor> grad_weight_shares(tiling.workers);
+    grad_weight_shares[0] = grad_weight_flat;
+    for (int64_t worker = 1; worker < tiling.workers; ++worker) {
+      grad_weight_shares[worker] = at::zeros_like(grad_weight_flat);
+    }
+    Kernels::run_workers(tiling.workers, [&](int64_t worker) {
+      bilinear_backward_rows<Kernels>(grad_out_compute, u_gated, v_gated, weight_flat, tiling,
+                                      tiling.share_begin(worker, shape.batch),
+                                      tiling.share_begin(worker + 1, shape.batch), grad_u, grad_v,
+                                      grad_weight_shares[worker]);
+    });
+    for (int64_t worker = 1; worker < tiling.workers; ++worker) {
+      grad_weight_flat.add_(grad_weight_shares[worker]);
     }
     // Chain rule through the gate: d sigmoid(x) / dx = s (1 - s).
     if (gate == BilinearGate::kFirst) grad_u.mul_(u_gated * (1 - u_gated));

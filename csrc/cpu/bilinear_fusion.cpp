@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -78,6 +79,31 @@ struct CpuKernels {
   // (measured best of 256/512 rows x 1/2 MiB on an AVX-512 Xeon with 2 MiB L2 per core).
   static constexpr int64_t kTileRows = 512;
   static constexpr int64_t kSliceBytes = int64_t(2) << 20;
+  // Below this many rows per thread a worker's GEMMs get too short to reuse W; one worker then
+  // leaves the threads to the BLAS inside each GEMM instead.
+  static constexpr int64_t kMinWorkerRows = 128;
+
+  // One worker per thread, each on its own rows with single-threaded GEMMs: no BLAS fork-join
+  // per slice, and each thread's slices stay in its own core's L2.
+  static int64_t workers(int64_t batch) {
+    if (at::in_parallel_region()) return 1;
+    return std::clamp<int64_t>(batch / kMinWorkerRows, 1, at::get_num_threads());
+  }
+
+  template <typename Fn>
+  static void run_workers(int64_t workers, const Fn& fn) {
+    if (workers == 1) {
+      fn(0);
+      return;
+    }
+    // Pool threads start without the caller's dispatch state (autograd already handled, grad
+    // mode): without it the GEMMs on views of a requires-grad W would refuse out=.
+    const at::ThreadLocalState caller_state;
+    at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+      const at::ThreadLocalStateGuard guard(caller_state);
+      for (int64_t worker = begin; worker < end; ++worker) fn(worker);
+    });
+  }
 
   static void outer_product(const at::Tensor& u_block, const at::Tensor& v, at::Tensor& outer) {
     AT_DISPATCH_FLOATING_TYPES(outer.scalar_type(), "bilinear_fusion_outer_product_cpu",

@@ -81,6 +81,12 @@ struct CudaKernels {
   static constexpr int64_t kTileRows = 8192;
   static constexpr int64_t kSliceBytes = int64_t(64) << 20;
 
+  // One stream of work: the GPU's parallelism is inside each kernel and GEMM.
+  static int64_t workers(int64_t) { return 1; }
+
+  template <typename Fn>
+  static void run_workers(int64_t, const Fn& fn) { fn(0); }
+
   static void outer_product(const at::Tensor& u_block, const at::Tensor& v, at::Tensor& outer) {
     const int64_t rows = u_block.size(0), p_block = u_block.size(1), in2 = v.size(1);
     if (outer.numel() == 0) return;
