@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmfast._io import cache_dir
-from mmfast.data import RELEVANCE_LABELS, emoji_dataset, read_manifest, relevance_pairs
+from mmfast.data import (RELEVANCE_LABELS, demo_cache_dir, emoji_dataset, read_manifest,
+                         relevance_pairs)
 from mmfast.features import GridRegionFeatureExtractor, WordVectors, token_vectors
 from mmfast.nn.ananet import VARIANTS, AnANet
 from mmfast.train import AnANetTrainer, relevance_features
@@ -54,8 +54,8 @@ def relevance():
     data = emoji_dataset("group")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
     extractor = GridRegionFeatureExtractor(IMAGE_SIZE)
-    store = image_store(train + heldout,
-                        cache_dir() / "emoji-v1" / f"regions-grid-lite0-{IMAGE_SIZE}", extractor)
+    store = image_store(train + heldout, demo_cache_dir() / f"regions-grid-lite0-{IMAGE_SIZE}",
+                        extractor)
     vectors = WordVectors.train([record.text for record in train], dim=WORD_DIM, seed=SEED)
     _, lengths, oov = token_vectors([record.text for record in heldout], vectors, NUM_WORDS)
     print(f"\nheld-out captions: {oov} word occurrences out of the train vocabulary, "

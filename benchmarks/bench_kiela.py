@@ -16,8 +16,7 @@ import torch
 from mmfast.commands import DEMO_RECIPES
 from mmfast.data import emoji_dataset, read_manifest
 from mmfast.train import predict
-from mmfast.train.kiela import MODELS, Recipe, fit, image_store
-from mmfast._io import cache_dir
+from mmfast.train.kiela import MODELS, Recipe, demo_image_store, fit
 
 THREADS = 2
 
@@ -26,7 +25,7 @@ THREADS = 2
 def emoji():
     data = emoji_dataset("group")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    store = image_store(train + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    store = demo_image_store(train + heldout)
     image = np.asarray(store["image"])
     return data, train, heldout, image[store.rows([r.id for r in train])], \
         image[store.rows([r.id for r in heldout])]
