@@ -31,19 +31,10 @@ IMPLEMENTATIONS = {
 }
 
 
-@pytest.fixture
-def num_threads(request):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
-@pytest.mark.parametrize("num_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("direction", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("hidden,classes", CASES)
 @pytest.mark.parametrize("name", list(IMPLEMENTATIONS))
-def test_bilinear_fusion(benchmark, name, hidden, classes, direction, num_threads):
+def test_bilinear_fusion(benchmark, name, hidden, classes, direction, threads):
     function = IMPLEMENTATIONS[name]
     g = torch.Generator().manual_seed(0)
     backward = direction == "fwd+bwd"
@@ -58,7 +49,7 @@ def test_bilinear_fusion(benchmark, name, hidden, classes, direction, num_thread
         if backward:
             torch.autograd.grad(out, (u, v, weight, bias), grad_out)
 
-    benchmark.group = f"H={hidden} K={classes} B={BATCH} {direction} threads={num_threads}"
+    benchmark.group = f"H={hidden} K={classes} B={BATCH} {direction} threads={threads}"
     # F.bilinear's fwd+bwd at H=100, K=1000 takes seconds: few rounds keep the suite bearable.
     benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
     if benchmark.disabled:  # a plain `pytest` run: the call above was a smoke test
