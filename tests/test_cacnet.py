@@ -449,3 +449,31 @@ def test_bad_values(backend):
             trainer.step(inf_img, x_txt, targets)
     with pytest.raises(ValueError, match="cacnet_forward: x_img must be finite, but row 2"):
         model(inf_img, x_txt)
+
+
+def test_fused_step_rejects_what_the_reference_step_rejects():
+    """Both paths of CACNetTrainer.step refuse the same inputs with the same message (after the
+    name of what checked: the step itself, or the fused kernel), before any parameter moves."""
+    model, x_img, x_txt, targets = _problem()
+    trainer = CACNetTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    nan_img, inf_txt, bad_targets = x_img.clone(), x_txt.clone(), targets.clone()
+    nan_img[5, 1] = float("nan")
+    inf_txt[9, 0] = -float("inf")
+    bad_targets[12, 3] = 2.0
+    cases = [
+        ((nan_img, x_txt, targets), "x_img must be finite, but row 5 has a NaN or infinite value"),
+        ((x_img, inf_txt, targets), "x_txt must be finite, but row 9 has a NaN or infinite value"),
+        ((x_img, x_txt, bad_targets),
+         "targets must hold only 0 and 1, but row 12 has another value"),
+        ((x_img, x_txt, targets[:, :10]), "targets must have shape (13, 11), got (13, 10)"),
+        ((x_img, x_txt[:12], targets), "x_txt must have 13 rows like x_img, got 12"),
+        ((x_img, x_txt.double(), targets), "x_txt must be one of float32, got torch.float64"),
+    ]
+    for args, expected in cases:
+        for backend in ("fused", "reference"):
+            with mmfast.backend(backend), pytest.raises((ValueError, TypeError)) as error:
+                trainer.step(*args)
+            assert str(error.value).split(": ", 1)[1] == expected, backend
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]), name
