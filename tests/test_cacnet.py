@@ -11,7 +11,8 @@ import mmfast
 from mmfast.nn import CACNet
 from mmfast.ops import cacnet as ops
 from mmfast.reference import cacnet as reference
-from mmfast.train import CACNetTrainer, GammaSchedule
+from mmfast.train import (CACNetTrainer, GammaSchedule, load_checkpoint, load_optimizer_state,
+                          save_checkpoint)
 
 PASSIVE = {"w_xi_hi", "w_xt_ht", "w_hi_gi", "w_ht_gt"}
 CROSS_ACTIVE = {"w_xi_ht", "w_xt_hi", "w_ht_gi", "w_hi_gt"}
@@ -347,11 +348,32 @@ def test_fit_checkpoints_and_resumes(tmp_path):
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, straight.model.state_dict()[name], rtol=0, atol=0)
 
-    loaded = CACNet.load(tmp_path)
+    loaded, _ = load_checkpoint(tmp_path)
     torch.testing.assert_close(loaded(x_img, x_txt), interrupted.model(x_img, x_txt))
     with pytest.raises(ValueError, match="holds a model"):
         CACNetTrainer(CACNet(21, 17, 20, 11), torch.optim.SGD(CACNet().parameters(), lr=1)) \
             .load_checkpoint(tmp_path)
+
+
+def test_optimizer_state_round_trips_through_checkpoints(tmp_path):
+    model, x_img, x_txt, _ = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    model(x_img, x_txt).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, model, {"epoch": 1}, optimizer=optimizer)
+    loaded, config = load_checkpoint(tmp_path)
+    resumed = torch.optim.Adam(loaded.parameters(), lr=1.0)
+    load_optimizer_state(tmp_path, resumed)
+    assert config["epoch"] == 1 and resumed.param_groups[0]["lr"] == 0.01
+    saved_state, resumed_state = optimizer.state_dict()["state"], resumed.state_dict()["state"]
+    assert saved_state.keys() == resumed_state.keys()
+    for index, values in saved_state.items():
+        assert values.keys() == resumed_state[index].keys()
+        for key, value in values.items():
+            torch.testing.assert_close(resumed_state[index][key], value, rtol=0, atol=0)
+    save_checkpoint(tmp_path, model)  # rewritten without: the stale optimizer file is not read
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        load_optimizer_state(tmp_path, resumed)
 
 
 # ---- registration: opcheck, torch.compile
