@@ -26,14 +26,13 @@ import numpy as np
 import pytest
 import torch
 
-from mmfast._io import cache_dir
-from mmfast.data import RELEVANCE_LABELS, emoji_dataset, read_manifest, relevance_pairs
+from mmfast.data import (RELEVANCE_LABELS, demo_cache_dir, emoji_dataset, read_manifest,
+                         relevance_pairs)
 from mmfast.features import GridRegionFeatureExtractor, WordVectors, token_vectors
 from mmfast.nn.ananet import VARIANTS, AnANet
 from mmfast.train import AnANetTrainer, relevance_features
 from mmfast.train.kiela import image_store
 
-THREADS = 2
 SEED = 0
 IMAGE_SIZE = 128  # the emoji are 72 x 72; 128 px gives a 4 x 4 grid of cells
 NUM_WORDS = 8  # longer than 99% of the captions
@@ -50,12 +49,11 @@ NAMES = {"full": "AnANet", "association": "association only", "alignment": "alig
 
 @pytest.fixture(scope="module")
 def relevance():
-    torch.set_num_threads(THREADS)
     data = emoji_dataset("group")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
     extractor = GridRegionFeatureExtractor(IMAGE_SIZE)
-    store = image_store(train + heldout,
-                        cache_dir() / "emoji-v1" / f"regions-grid-lite0-{IMAGE_SIZE}", extractor)
+    store = image_store(train + heldout, demo_cache_dir() / f"regions-grid-lite0-{IMAGE_SIZE}",
+                        extractor)
     vectors = WordVectors.train([record.text for record in train], dim=WORD_DIM, seed=SEED)
     _, lengths, oov = token_vectors([record.text for record in heldout], vectors, NUM_WORDS)
     print(f"\nheld-out captions: {oov} word occurrences out of the train vocabulary, "
@@ -66,12 +64,13 @@ def relevance():
     return features, extractor.num_regions
 
 
-def test_ananet_ablation_table(relevance):
+def test_ananet_ablation_table(relevance, two_threads):
     features, num_regions = relevance
     counts = np.bincount(features["heldout"]["labels"].numpy(), minlength=len(RELEVANCE_LABELS))
     print(f"held-out pairs: {len(features['heldout']['labels'])} "
           f"({', '.join(f'{n} {c}' for n, c in zip(RELEVANCE_LABELS, counts))}); "
-          f"train pairs: {len(features['train']['labels'])}; {EPOCHS} epochs, {THREADS} threads")
+          f"train pairs: {len(features['train']['labels'])}; {EPOCHS} epochs, "
+          f"{two_threads} threads")
     print(f"{'method':<18} {'Acc':>6} {'F1':>6} {'dAcc':>6} {'dF1':>6} "
           f"{'F1 per class (' + ' / '.join(RELEVANCE_LABELS) + ')':>44} {'train s':>8} | "
           f"{'paper Acc':>9} {'F1':>6}")

@@ -13,32 +13,20 @@ of 500 epochs) scaled to ``EPOCHS``: the ramp is the last fifth.
 
 import time
 
-import pytest
-import torch
-
-from mmfast._io import cache_dir
 from mmfast.data import emoji_dataset, read_manifest
 from mmfast.train.cacnet_demo import HASHTAG_METRICS, cacnet_features, table4
-from mmfast.train.kiela import image_store
+from mmfast.train.kiela import demo_image_store
 
 EPOCHS = 100
 LR = 0.1
 
 
-@pytest.fixture
-def one_thread():
-    # Batch-20 GEMMs gain nothing from a second thread; one leaves the other core free.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
+# One thread: batch-20 GEMMs gain nothing from a second one, and it leaves the other core free.
 def test_table4_on_emoji_tags(one_thread):
     start = time.perf_counter()
     data = emoji_dataset("tags")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    store = image_store(train + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    store = demo_image_store(train + heldout)
     image = store["image"]
     features = cacnet_features(train, heldout, image[store.rows([r.id for r in train])],
                                image[store.rows([r.id for r in heldout])], data.labels)

@@ -16,24 +16,20 @@ import torch
 from mmfast.commands import DEMO_RECIPES
 from mmfast.data import emoji_dataset, read_manifest
 from mmfast.train import predict
-from mmfast.train.kiela import MODELS, Recipe, fit, image_store
-from mmfast._io import cache_dir
-
-THREADS = 2
+from mmfast.train.kiela import MODELS, Recipe, demo_image_store, fit
 
 
 @pytest.fixture(scope="module")
 def emoji():
     data = emoji_dataset("group")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    store = image_store(train + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    store = demo_image_store(train + heldout)
     image = np.asarray(store["image"])
     return data, train, heldout, image[store.rows([r.id for r in train])], \
         image[store.rows([r.id for r in heldout])]
 
 
-def test_models_trade_off(emoji, tmp_path):
-    torch.set_num_threads(THREADS)
+def test_models_trade_off(emoji, two_threads, tmp_path):
     data, train, heldout, train_image, heldout_image = emoji
     rows = []
     for name in MODELS:
@@ -55,7 +51,7 @@ def test_models_trade_off(emoji, tmp_path):
     for name, seconds, accuracy in rows:
         axes.scatter(seconds, accuracy)
         axes.annotate(name, (seconds, accuracy))
-    axes.set_xlabel("train seconds (2 threads)")
+    axes.set_xlabel(f"train seconds ({two_threads} threads)")
     axes.set_ylabel("held-out accuracy (emoji group)")
     out = os.environ.get("MMFAST_BENCH_PLOT", str(tmp_path / "bench_kiela.png"))
     figure.savefig(out, dpi=120)
@@ -69,17 +65,11 @@ def _fasttext_lines(records, tokens):
         yield f"__label__{label} {record.text} {' '.join(f'img{t}' for t in row)}"
 
 
-@pytest.mark.parametrize("threads", [1, THREADS])
 def test_pq_training_throughput_vs_fasttext(emoji, threads):
     fasttext = pytest.importorskip("fasttext")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     data, train, heldout, train_image, heldout_image = emoji
     recipe = Recipe(model="pq", **DEMO_RECIPES["pq"])
-    try:
-        trained = fit(recipe, train, train_image, data.labels, False)
-    finally:
-        torch.set_num_threads(previous)
+    trained = fit(recipe, train, train_image, data.labels, False)
     ours = recipe.epochs * len(train) / trained.stats["seconds"]
     examples = trained.examples(heldout, heldout_image)
     our_accuracy = float((predict(trained.model, examples).argmax(1) == examples.targets)

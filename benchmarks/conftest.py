@@ -21,13 +21,29 @@ def record():
     return _record
 
 
+def _pinned_threads(count: int):
+    """The body of a fixture that sets torch's intra-op thread count to ``count`` for one test
+    (pytest resumes it after the test, failed or not, and the count is restored)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield count
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
 def threads(request):
-    """Runs the benchmark at 1 and at 2 intra-op threads, restoring the count afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
+    """Runs the benchmark at 1 and at 2 intra-op threads."""
+    yield from _pinned_threads(request.param)
+
+
+@pytest.fixture
+def one_thread():
+    yield from _pinned_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    yield from _pinned_threads(2)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -12,12 +12,13 @@ import torch
 from tqdm import tqdm
 
 from mmfast import metrics
-from mmfast._io import atomic_path, cache_dir
+from mmfast._io import atomic_path
 from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest
 from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
 from mmfast.train.fasttext import predict
-from mmfast.train.kiela import DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, fit, image_store
+from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, demo_image_store, fit,
+                                image_store)
 
 # Per-model settings of the demo (chosen on the emoji group task; paper 003's grid).
 DEMO_RECIPES = {
@@ -55,7 +56,7 @@ def run_demo(args) -> int:
           f"({len(data.labels)} {'tags' if data.multilabel else 'classes'}), "
           f"{torch.get_num_threads()} threads")
     start = time.perf_counter()
-    store = image_store(train_records + heldout, cache_dir() / "emoji-v1" / "features-lite0-96")
+    store = demo_image_store(train_records + heldout)
     print(f"image features: EfficientNet-Lite0 (ImageNet), {DEMO_IMAGE_SIZE}px, pooled 1280-d, "
           f"store {store.directory} ({time.perf_counter() - start:.1f} s)")
     train_image, heldout_image = (_store_features(store, train_records),

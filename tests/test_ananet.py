@@ -12,7 +12,7 @@ from mmfast.data import Record, emoji_dataset, read_manifest, relevance_pairs
 from mmfast.features import GridRegionFeatureExtractor, WordVectors
 from mmfast.nn import AlignmentNet, AnANet, AssociationNet
 from mmfast.nn.ananet import VARIANTS, mean_pool
-from mmfast.train import AnANetTrainer, load_features, relevance_features
+from mmfast.train import AnANetTrainer, load_checkpoint, load_features, relevance_features
 from mmfast.train.kiela import image_store
 
 SMALL = dict(num_classes=3, num_regions=5, num_words=7, region_dim=24, word_dim=6,
@@ -104,6 +104,7 @@ def test_trainer_learns_and_checkpoints_round_trip(tmp_path):
     assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["steps"] == trainer.steps
     restored = AnANetTrainer.load_checkpoint(tmp_path / "ckpt")
     torch.testing.assert_close(restored.predict(train), trainer.predict(train))
+    assert isinstance(load_checkpoint(tmp_path / "ckpt")[0], AnANet)
 
 
 def test_feature_store_round_trip(tmp_path):

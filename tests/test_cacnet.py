@@ -11,7 +11,8 @@ import mmfast
 from mmfast.nn import CACNet
 from mmfast.ops import cacnet as ops
 from mmfast.reference import cacnet as reference
-from mmfast.train import CACNetTrainer, GammaSchedule
+from mmfast.train import (CACNetTrainer, GammaSchedule, load_checkpoint, load_optimizer_state,
+                          save_checkpoint)
 
 PASSIVE = {"w_xi_hi", "w_xt_ht", "w_hi_gi", "w_ht_gt"}
 CROSS_ACTIVE = {"w_xi_ht", "w_xt_hi", "w_ht_gi", "w_hi_gt"}
@@ -347,11 +348,32 @@ def test_fit_checkpoints_and_resumes(tmp_path):
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, straight.model.state_dict()[name], rtol=0, atol=0)
 
-    loaded = CACNet.load(tmp_path)
+    loaded, _ = load_checkpoint(tmp_path)
     torch.testing.assert_close(loaded(x_img, x_txt), interrupted.model(x_img, x_txt))
     with pytest.raises(ValueError, match="holds a model"):
         CACNetTrainer(CACNet(21, 17, 20, 11), torch.optim.SGD(CACNet().parameters(), lr=1)) \
             .load_checkpoint(tmp_path)
+
+
+def test_optimizer_state_round_trips_through_checkpoints(tmp_path):
+    model, x_img, x_txt, _ = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    model(x_img, x_txt).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, model, {"epoch": 1}, optimizer=optimizer)
+    loaded, config = load_checkpoint(tmp_path)
+    resumed = torch.optim.Adam(loaded.parameters(), lr=1.0)
+    load_optimizer_state(tmp_path, resumed)
+    assert config["epoch"] == 1 and resumed.param_groups[0]["lr"] == 0.01
+    saved_state, resumed_state = optimizer.state_dict()["state"], resumed.state_dict()["state"]
+    assert saved_state.keys() == resumed_state.keys()
+    for index, values in saved_state.items():
+        assert values.keys() == resumed_state[index].keys()
+        for key, value in values.items():
+            torch.testing.assert_close(resumed_state[index][key], value, rtol=0, atol=0)
+    save_checkpoint(tmp_path, model)  # rewritten without: the stale optimizer file is not read
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        load_optimizer_state(tmp_path, resumed)
 
 
 # ---- registration: opcheck, torch.compile
@@ -449,3 +471,31 @@ def test_bad_values(backend):
             trainer.step(inf_img, x_txt, targets)
     with pytest.raises(ValueError, match="cacnet_forward: x_img must be finite, but row 2"):
         model(inf_img, x_txt)
+
+
+def test_fused_step_rejects_what_the_reference_step_rejects():
+    """Both paths of CACNetTrainer.step refuse the same inputs with the same message (after the
+    name of what checked: the step itself, or the fused kernel), before any parameter moves."""
+    model, x_img, x_txt, targets = _problem()
+    trainer = CACNetTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    nan_img, inf_txt, bad_targets = x_img.clone(), x_txt.clone(), targets.clone()
+    nan_img[5, 1] = float("nan")
+    inf_txt[9, 0] = -float("inf")
+    bad_targets[12, 3] = 2.0
+    cases = [
+        ((nan_img, x_txt, targets), "x_img must be finite, but row 5 has a NaN or infinite value"),
+        ((x_img, inf_txt, targets), "x_txt must be finite, but row 9 has a NaN or infinite value"),
+        ((x_img, x_txt, bad_targets),
+         "targets must hold only 0 and 1, but row 12 has another value"),
+        ((x_img, x_txt, targets[:, :10]), "targets must have shape (13, 11), got (13, 10)"),
+        ((x_img, x_txt[:12], targets), "x_txt must have 13 rows like x_img, got 12"),
+        ((x_img, x_txt.double(), targets), "x_txt must be one of float32, got torch.float64"),
+    ]
+    for args, expected in cases:
+        for backend in ("fused", "reference"):
+            with mmfast.backend(backend), pytest.raises((ValueError, TypeError)) as error:
+                trainer.step(*args)
+            assert str(error.value).split(": ", 1)[1] == expected, backend
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]), name

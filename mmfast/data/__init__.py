@@ -1,11 +1,12 @@
 """Manifests, feature stores and the embedded demo dataset."""
 
-from mmfast.data.emoji import DemoData, emoji_dataset
+from mmfast.data.emoji import DemoData, demo_cache_dir, emoji_dataset
 from mmfast.data.manifest import Manifest, ManifestError, Record, read_manifest, write_manifest
 from mmfast.data.relevance import RELEVANCE_LABELS, Pair, relevance_pairs
 from mmfast.data.store import FeatureStore
 
 __all__ = [
-    "DemoData", "emoji_dataset", "Manifest", "ManifestError", "Record", "read_manifest",
-    "write_manifest", "FeatureStore", "RELEVANCE_LABELS", "Pair", "relevance_pairs",
+    "DemoData", "demo_cache_dir", "emoji_dataset", "Manifest", "ManifestError", "Record",
+    "read_manifest", "write_manifest", "FeatureStore", "RELEVANCE_LABELS", "Pair",
+    "relevance_pairs",
 ]

@@ -106,12 +106,18 @@ def build_records(task: str) -> list[Record]:
     return records
 
 
+def demo_cache_dir() -> Path:
+    """The demo data's folder in mmfast's cache: its manifests (one folder per task) and the
+    feature stores built from them."""
+    return cache_dir() / _VERSION
+
+
 def emoji_dataset(task: str = "group", root: str | Path | None = None) -> DemoData:
     """The demo dataset's train and held-out manifests for ``task``, built on first use under
     ``root`` (default: mmfast's cache, ``$MMFAST_CACHE`` or ``~/.cache/mmfast``)."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    folder = Path(root) if root is not None else cache_dir() / _VERSION
+    folder = Path(root) if root is not None else demo_cache_dir()
     folder = folder / task
     train, heldout, labels_file = (folder / "train.jsonl", folder / "heldout.jsonl",
                                    folder / "labels.json")

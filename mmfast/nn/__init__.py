@@ -8,7 +8,8 @@ from mmfast.nn.fusion import Bilinear, BilinearFusion
 from mmfast.nn.kiela import ContinuousFusion, DiscretizedFastText
 
 # Constructors by name, for checkpoints (config.json names the class; nothing is unpickled).
-MODELS = {cls.__name__: cls for cls in (FastText, ContinuousFusion, DiscretizedFastText)}
+MODELS = {cls.__name__: cls for cls in (FastText, ContinuousFusion, DiscretizedFastText,
+                                        CACNet, AnANet)}
 
 __all__ = [
     "AlignmentNet", "AnANet", "AssociationNet", "Bilinear", "BilinearFusion", "CACNet",

@@ -128,7 +128,7 @@ class AnANet(nn.Module):
             raise ValueError(f"AnANet: hidden_dim must be even (two GRU directions), got {hidden_dim}")
         if variant not in VARIANTS:
             raise ValueError(f"AnANet: variant must be one of {VARIANTS}, got {variant!r}")
-        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.region_encoder = nn.Sequential(nn.Linear(region_dim, hidden_dim), nn.ReLU())
         self.word_encoder = nn.GRU(word_dim + context_dim, hidden_dim // 2, batch_first=True,
                                    bidirectional=True)
@@ -163,18 +163,22 @@ class AnANet(nn.Module):
         terms = []
         if self.association is not None:
             association = self.association(V, T, t_lengths)
-            terms.append(self.config["global_weight"] * self.global_head(association.r_g))
+            terms.append(self._arguments["global_weight"] * self.global_head(association.r_g))
             invariant_loss = AssociationNet.invariant_loss(association)
             orthogonality_loss = self.association.orthogonality_loss()
         elif self.global_head is not None:  # concat
             terms.append(self.global_head(torch.cat(mean_pool(V, T, t_lengths), dim=1)))
         if self.alignment is not None:
             r_l = self.alignment(V, T, t_lengths)
-            terms.append(self.config["local_weight"] * self.local_head(r_l))
+            terms.append(self._arguments["local_weight"] * self.local_head(r_l))
         return AnANetOutput(sum(terms), invariant_loss, orthogonality_loss)
 
     def loss(self, output: AnANetOutput, targets: torch.Tensor) -> torch.Tensor:
         """``L_c + a L_inv + b L_orth`` (paper eq. 22), L_c the mean cross-entropy."""
         return (nn.functional.cross_entropy(output.logits, targets)
-                + self.config["invariant_weight"] * output.invariant_loss
-                + self.config["orthogonality_weight"] * output.orthogonality_loss)
+                + self._arguments["invariant_weight"] * output.invariant_loss
+                + self._arguments["orthogonality_weight"] * output.orthogonality_loss)
+
+    def config(self) -> dict:
+        """The constructor's arguments (for checkpoints)."""
+        return dict(self._arguments)

@@ -1,21 +1,14 @@
 """CACNet (paper 000, DESIGN 2.4): a two-hidden-layer multimodal classifier whose weights are
 grouped into ten subsections, trained by ``mmfast.train.CACNetTrainer`` in two phases."""
 
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from mmfast.ops._checks import check_tensor
 from mmfast.ops.cacnet import ACTIVATIONS, PARAM_NAMES, cacnet_forward
 from mmfast.reference import cacnet as reference
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 class CACNet(nn.Module):
@@ -124,7 +117,7 @@ class CACNet(nn.Module):
         params = dict(zip(PARAM_NAMES, self.op_params()))
         return reference.subnetwork_logits(name, x, x, params, self.activation)
 
-    # ---- configuration and checkpoints
+    # ---- configuration (the constructor's arguments, for checkpoints)
     def config(self) -> dict:
         return {
             "image_dim": self.image_dim, "text_dim": self.text_dim, "hidden": self.hidden,
@@ -133,13 +126,3 @@ class CACNet(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-
-    @staticmethod
-    def load(directory: str | os.PathLike, map_location="cpu") -> "CACNet":
-        """The model of a checkpoint written by ``CACNetTrainer.save_checkpoint``; never
-        unpickles anything."""
-        directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
-        model = CACNet(**config["model"])
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        return model.to(map_location)

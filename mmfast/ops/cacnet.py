@@ -91,7 +91,8 @@ class Phase2Forward(NamedTuple):
     logits: torch.Tensor  # [B, C] full network
 
 
-# ---- checks (metadata only: free under torch.compile; the kernels check values)
+# ---- checks: _check_args reads metadata only (free under torch.compile; the kernels check
+# values); _check_values is the kernels' value check for the literal path
 def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
     check_tensor(op, "x_img", x_img, ndim=2, dtypes=(torch.float32, torch.float64))
     check_tensor(op, "x_txt", x_txt, ndim=2, dtypes=(x_img.dtype,))
@@ -136,6 +137,19 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
         if tuple(targets.shape) != (batch, classes):
             raise ValueError(f"{op}: targets must have shape ({batch}, {classes}), got "
                              f"{tuple(targets.shape)}")
+
+
+def _check_values(op, x_img, x_txt, targets) -> None:
+    """The kernels' value checks, with their messages, for a path that runs no kernel (the
+    trainer's literal reference step): finite inputs, targets in {0, 1}."""
+    for name, value, binary in (("x_img", x_img, False), ("x_txt", x_txt, False),
+                                ("targets", targets, True)):
+        valid = (value == 0) | (value == 1) if binary else torch.isfinite(value)
+        if not bool(valid.all()):
+            row = int((~valid).any(1).nonzero()[0, 0])
+            expected, found = (("hold only 0 and 1", "another value") if binary
+                               else ("be finite", "a NaN or infinite value"))
+            raise ValueError(f"{op}: {name} must {expected}, but row {row} has {found}")
 
 
 # ---- public functions

@@ -2,10 +2,10 @@
 
 from mmfast.train.ananet import AnANetTrainer, load_features, relevance_features
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
-from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
 __all__ = [
     "AnANetTrainer", "load_features", "relevance_features", "CACNetTrainer", "GammaSchedule",
-    "Examples", "predict", "train", "load_checkpoint", "save_checkpoint",
+    "Examples", "predict", "train", "load_checkpoint", "load_optimizer_state", "save_checkpoint",
 ]

@@ -5,20 +5,19 @@ Features are a mapping of tensors (in memory, or a safetensors feature store on 
 ``t_lengths`` [S] int64 and, to train or evaluate, ``labels`` [S] int64.
 """
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mmfast import metrics
-from mmfast._io import atomic_path, write_text_atomic
 from mmfast.data import FeatureStore, Pair
 from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
+from mmfast.train import checkpoint
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
 
@@ -126,25 +125,16 @@ class AnANetTrainer:
         }
 
     def save_checkpoint(self, directory: str | os.PathLike) -> None:
-        """``model.safetensors`` (weights) and ``config.json`` (model config, step count)."""
-        directory = Path(directory)
-        state = {name: tensor.detach().cpu().contiguous()
-                 for name, tensor in self.model.state_dict().items()}
-        with atomic_path(directory / "model.safetensors") as temporary:
-            save_file(state, temporary)
-        config = {"model": "AnANet", "config": self.model.config, "steps": self.steps}
-        write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
+        """``mmfast.train.save_checkpoint`` of the model, with the step count."""
+        checkpoint.save_checkpoint(directory, self.model, {"steps": self.steps})
 
     @classmethod
     def load_checkpoint(cls, directory: str | os.PathLike, **trainer_kwargs) -> "AnANetTrainer":
         """A trainer around the checkpointed model (weights loaded without unpickling)."""
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
-        if config.get("model") != "AnANet":
-            raise ValueError(f"{directory / 'config.json'}: expected an AnANet checkpoint, "
-                             f"got model {config.get('model')!r}")
-        model = AnANet(**config["config"])
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        trainer = cls(model, **trainer_kwargs)
+        model, config = checkpoint.load_checkpoint(directory)
+        if not isinstance(model, AnANet):
+            raise ValueError(f"{Path(directory) / checkpoint.CONFIG}: expected an AnANet "
+                             f"checkpoint, got model {config['model']!r}")
+        trainer = cls(model.train(), **trainer_kwargs)
         trainer.steps = config["steps"]
         return trainer

@@ -1,29 +1,41 @@
 """Checkpoints: a directory with ``model.safetensors`` and ``config.json`` (the model's class
-and constructor arguments, plus whatever the caller adds: labels, text hasher, feature recipe).
+and constructor arguments, plus whatever the caller adds: labels, text hasher, feature recipe,
+a trainer's epoch) and, to resume training, ``optimizer.safetensors`` (the optimizer's tensors;
+its other state and param groups go into config.json under ``"optimizer"``).
 Loading never unpickles: the class comes from ``mmfast.nn.MODELS`` by name."""
 
 import json
 import os
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmfast._io import atomic_path, write_text_atomic
 
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
+CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safetensors"
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict | None = None
-                    ) -> None:
-    """Write the checkpoint; config.json goes last, so its presence marks a complete one."""
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict | None = None,
+                    optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write the checkpoint, with ``optimizer``'s state when given; config.json goes last, so
+    its presence marks a complete one."""
     directory = Path(directory)
-    tensors = {name: tensor.detach().cpu().contiguous()
-               for name, tensor in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS) as temporary:
-        save_file(tensors, temporary)
+    _save_tensors(directory / WEIGHTS, model.state_dict())
     config = {"model": type(model).__name__, "args": model.config(), **(extra or {})}
+    if optimizer is not None:
+        tensors, config["optimizer"] = _split_optimizer_state(optimizer.state_dict())
+        _save_tensors(directory / OPTIMIZER, tensors)
     write_text_atomic(directory / CONFIG, json.dumps(config, indent=1) + "\n")
+
+
+def _read_config(directory: str | os.PathLike) -> dict:
+    """The config.json of ``save_checkpoint``'s directory."""
+    directory = Path(directory)
+    if not (directory / CONFIG).is_file():
+        raise FileNotFoundError(f"{directory} is not an mmfast checkpoint (no {CONFIG})")
+    return json.loads((directory / CONFIG).read_text())
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -31,12 +43,50 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
     from mmfast.nn import MODELS
 
     directory = Path(directory)
-    if not (directory / CONFIG).is_file():
-        raise FileNotFoundError(f"{directory} is not an mmfast checkpoint (no {CONFIG})")
-    config = json.loads((directory / CONFIG).read_text())
+    config = _read_config(directory)
     if config.get("model") not in MODELS:
         raise ValueError(f"{directory / CONFIG}: model must be one of {sorted(MODELS)}, "
                          f"got {config.get('model')!r}")
     model = MODELS[config["model"]](**config["args"])
     model.load_state_dict(load_file(str(directory / WEIGHTS)))
     return model.eval(), config
+
+
+def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Optimizer) -> None:
+    """Restore ``optimizer`` (built like the saved one, over the loaded model's parameters) from
+    a checkpoint saved with an optimizer; its tensors move to the parameters' devices."""
+    directory = Path(directory)
+    config = _read_config(directory)
+    if "optimizer" not in config:
+        raise ValueError(f"{directory / CONFIG}: the checkpoint holds no optimizer state "
+                         "(save_checkpoint was not given an optimizer)")
+    tensors = load_file(str(directory / OPTIMIZER))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, config["optimizer"]))
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path) as temporary:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
+                  temporary)
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
+    """An optimizer state dict as safetensors tensors ("state.<param>.<key>") and the JSON rest."""
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"state": scalars, "param_groups": state_dict["param_groups"]}
+
+
+def _join_optimizer_state(tensors: dict, rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, values in rest["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": rest["param_groups"]}

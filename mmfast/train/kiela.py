@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfast.data import FeatureStore, Record
+from mmfast.data import FeatureStore, Record, demo_cache_dir
 from mmfast.features import ImageFeatureExtractor
 from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher
 from mmfast.quant import RSPQ, ProductQuantizer
@@ -67,6 +67,13 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
     return FeatureStore.write(directory, ids, {"image": image},
                               meta={"extractor": extractor.config()})
+
+
+def demo_image_store(records: Sequence[Record], progress: bool = True) -> FeatureStore:
+    """``image_store`` of demo records (``mmfast.data.emoji_dataset``) in the demo's cache
+    folder, with the default extractor: pooled EfficientNet-Lite0 at ``DEMO_IMAGE_SIZE`` px."""
+    return image_store(records, demo_cache_dir() / f"features-lite0-{DEMO_IMAGE_SIZE}",
+                       progress=progress)
 
 
 def targets(records: Sequence[Record], labels: Sequence[str], multilabel: bool) -> torch.Tensor:
