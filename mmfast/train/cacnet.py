@@ -15,11 +15,11 @@ from tqdm.auto import tqdm
 from mmfast import _backend
 from mmfast import ops
 from mmfast.nn.cacnet import CONFIG_FILE, WEIGHTS_FILE, CACNet
+from mmfast.ops._checks import check_finite
 from mmfast.ops.cacnet import PARAM_NAMES
 from mmfast._io import atomic_path, write_text_atomic
 from mmfast.reference import cacnet as reference
-
-OPTIMIZER_FILE = "optimizer.safetensors"
+from mmfast.train.checkpoint import load_optimizer, save_optimizer
 
 
 class GammaSchedule:
@@ -123,8 +123,8 @@ class CACNetTrainer:
 
     def _reference_step(self, x_img, x_txt, targets) -> dict:
         """The literal iteration: separate sub-network passes and autograd."""
-        _check_finite("x_img", x_img)
-        _check_finite("x_txt", x_txt)
+        check_finite("CACNetTrainer.step", "x_img", x_img)
+        check_finite("CACNetTrainer.step", "x_txt", x_txt)
         _check_binary("targets", targets)
         model, optimizer, activation = self.model, self.optimizer, self.model.activation
         params = dict(zip(PARAM_NAMES, model.op_params()))
@@ -219,9 +219,7 @@ class CACNetTrainer:
         weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         with atomic_path(directory / WEIGHTS_FILE) as temporary:
             save_file(weights, temporary)
-        optimizer_tensors, optimizer_json = _split_optimizer_state(self.optimizer.state_dict())
-        with atomic_path(directory / OPTIMIZER_FILE) as temporary:
-            save_file(optimizer_tensors, temporary)
+        optimizer_json = save_optimizer(directory, self.optimizer)
         config = {
             "model": self.model.config(),
             "epoch": self.epoch,
@@ -241,42 +239,9 @@ class CACNetTrainer:
                              f"{config['model']}, this trainer's is {self.model.config()}")
         device = self.model.b_y.device
         self.model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(device)))
-        optimizer_tensors = load_file(str(directory / OPTIMIZER_FILE), device=str(device))
-        self.optimizer.load_state_dict(
-            _join_optimizer_state(optimizer_tensors, config["optimizer"])
-        )
+        load_optimizer(directory, self.optimizer, config["optimizer"], device)
         self.epoch, self.gamma = config["epoch"], config["gamma"]
         self.train_output_in_cross_active = config["train_output_in_cross_active"]
-
-
-def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
-    """An optimizer state dict as safetensors tensors ("state.<param>.<key>") and the JSON rest."""
-    tensors, scalars = {}, {}
-    for index, values in state_dict["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    return tensors, {"state": scalars, "param_groups": state_dict["param_groups"]}
-
-
-def _join_optimizer_state(tensors: dict, rest: dict) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = value
-    for index, values in rest["state"].items():
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": rest["param_groups"]}
-
-
-def _check_finite(name: str, x: torch.Tensor) -> None:
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        row = int(bad.any(1).nonzero()[0, 0])
-        raise ValueError(f"CACNetTrainer.step: {name} must be finite, but row {row} has a NaN "
-                         "or infinite value")
 
 
 def _check_binary(name: str, t: torch.Tensor) -> None:
