@@ -166,7 +166,7 @@ def test_training_lowers_reconstruction_error_and_is_deterministic():
     model = CrossModalAutoencoder(12, 4, "I")
     trainer = AutoencoderTrainer(model, torch.optim.SGD(model.parameters(), lr=1e-2,
                                                         momentum=0.9))
-    history = trainer.fit(v[:192], tau[:192], epochs=30, seed=1, progress=False)
+    trainer.fit(v[:192], tau[:192], epochs=30, seed=1, progress=False)
     with torch.no_grad():
         assert float(model.loss(v[192:], tau[192:]).text) < 0.3 * 4
 
@@ -178,7 +178,7 @@ def test_checkpoint_round_trip(tmp_path):
                   CrossModalAutoencoder(7, 3, "I"), CrossModalAutoencoder(7, 3, "II", mu=2.0)):
         directory = tmp_path / type(model).__name__ / str(model.mu)
         save_checkpoint(directory, model)
-        loaded, config = load_checkpoint(directory)
+        loaded, _ = load_checkpoint(directory)
         assert type(loaded) is type(model) and loaded.config() == model.config()
         assert torch.equal(loaded.encode(v), model.encode(v))
 

@@ -23,7 +23,7 @@ for it (otherwise the text gives the answer away). Concepts whose tag no item ha
 of features and models instead of retraining identical ones: on the demo that is all of them,
 because the emoji texts already have every label word removed.
 
-Shared by ``benchmarks/bench_autoencoder_demo.py`` and ``tests/test_autoencoders.py``.
+Shared by the Table 2 benchmark and ``tests/test_autoencoders.py``.
 """
 
 from collections import Counter
