@@ -1,13 +1,15 @@
 """PCA: reduce features to their leading principal components (DESIGN 3.2 reduces CNN image
-features to CACNet's 300-d input this way). Fit on the training split only, then apply the same
-map to every split, so no held-out statistics leak into training."""
+features to CACNet's 300-d input this way), optionally whitened (DESIGN 3.3 whitens the visual
+words histogram to 200-d). Fit on the training split only, then apply the same map to every
+split, so no held-out statistics leak into training."""
 
 import numpy as np
 
 
 class PCA:
     """``pca(x)`` -> ``(x - mean) @ components.T`` [N, dim]; ``components`` [dim, D] are the
-    orthonormal directions of largest variance, the first one first."""
+    orthonormal directions of largest variance, the first one first, each divided by the
+    deviation along it when fitted with ``whiten``."""
 
     def __init__(self, mean: np.ndarray, components: np.ndarray):
         if mean.ndim != 1 or components.ndim != 2 or components.shape[1] != mean.shape[0]:
@@ -20,21 +22,36 @@ class PCA:
         return self.components.shape[0]
 
     @classmethod
-    def fit(cls, x: np.ndarray, dim: int) -> "PCA":
-        """The ``dim`` leading principal components of ``x`` [N, D]; dim <= min(N, D)."""
+    def fit(cls, x: np.ndarray, dim: int, whiten: bool = False, eps: float = 1e-6) -> "PCA":
+        """The ``dim`` leading principal components of ``x`` [N, D]; dim <= min(N, D).
+
+        ``whiten``: component k is divided by ``sqrt(variance_k + eps * variance_1)`` (variances
+        along the components, ddof 1, the largest first), so the projected fit split has
+        identity covariance. ``eps`` is relative to the largest variance, so the result does not
+        depend on the scale of ``x``; it keeps a component of (near) zero variance, such as the
+        one lost to a length-normalized histogram's fixed sum, from amplifying rounding noise.
+        """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"PCA.fit: x must have shape [N, D], got {x.shape}")
         if not 1 <= dim <= min(x.shape):
             raise ValueError(f"PCA.fit: dim must be in [1, min(N, D) = {min(x.shape)}] for x of "
                              f"shape {x.shape}, got {dim}")
+        if eps < 0:
+            raise ValueError(f"PCA.fit: eps must be >= 0, got {eps}")
         mean = x.mean(axis=0)
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        _, singular_values, vt = np.linalg.svd(x - mean, full_matrices=False)
         components = vt[:dim]
         # A component's sign is arbitrary and LAPACK builds may differ: make each one's largest
         # loading positive so the projection is reproducible.
         largest = np.abs(components).argmax(axis=1)
         components *= np.sign(components[np.arange(dim), largest])[:, None]
+        if whiten:
+            variances = singular_values[:dim] ** 2 / max(x.shape[0] - 1, 1)
+            if variances[0] == 0:
+                raise ValueError(f"PCA.fit: x must vary to be whitened, but its {x.shape[0]} "
+                                 "rows are all equal")
+            components /= np.sqrt(variances + eps * variances[0])[:, None]
         return cls(mean.astype(np.float32), components.astype(np.float32))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -41,14 +41,26 @@ class WordVectors:
               epochs: int = 20, window: int = 5, min_count: int = 1, seed: int = 0,
               workers: int = 1) -> "WordVectors":
         """gensim ``Word2Vec`` or ``FastText`` (``kind``) trained on ``texts``."""
+        return cls.train_sentences([tokenize(text) for text in texts], dim, kind, epochs,
+                                   window, min_count, seed, workers)
+
+    @classmethod
+    def train_sentences(cls, sentences: Sequence[Sequence[str]], dim: int = 100,
+                        kind: str = "word2vec", epochs: int = 20, window: int = 5,
+                        min_count: int = 1, seed: int = 0, workers: int = 1,
+                        shrink_windows: bool = True) -> "WordVectors":
+        """``train`` on sentences already split into tokens, used as they are (tag lists: a
+        multi-word tag stays one token). ``shrink_windows=False`` makes every word within
+        ``window`` a context word, not a random nearer subset: for unordered tags, all of an
+        item's tags co-occur equally. One worker and a seed give the same vectors every run."""
         from gensim.models import FastText, Word2Vec
 
         models = {"word2vec": Word2Vec, "fasttext": FastText}
         if kind not in models:
             raise ValueError(f"kind must be one of {tuple(models)}, got {kind!r}")
-        sentences = [tokenize(text) for text in texts]
-        model = models[kind](sentences, vector_size=dim, window=window, min_count=min_count,
-                             epochs=epochs, seed=seed, workers=workers)
+        model = models[kind]([list(sentence) for sentence in sentences], vector_size=dim,
+                             window=window, min_count=min_count, epochs=epochs, seed=seed,
+                             workers=workers, shrink_windows=shrink_windows)
         keyed = model.wv
         return cls(list(keyed.index_to_key), np.asarray(keyed.vectors, dtype=np.float32))
 

@@ -2,6 +2,7 @@
 ``mmfast.get_backend()``."""
 
 from mmfast.nn.ananet import AlignmentNet, AnANet, AssociationNet
+from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder
 from mmfast.nn.cacnet import CACNet
 from mmfast.nn.fasttext import FastText, TextHasher, fnv1a_32, tokenize
 from mmfast.nn.fusion import Bilinear, BilinearFusion
@@ -9,10 +10,10 @@ from mmfast.nn.kiela import ContinuousFusion, DiscretizedFastText
 
 # Constructors by name, for checkpoints (config.json names the class; nothing is unpickled).
 MODELS = {cls.__name__: cls for cls in (FastText, ContinuousFusion, DiscretizedFastText,
-                                        CACNet, AnANet)}
+                                        CACNet, AnANet, JointAutoencoder, CrossModalAutoencoder)}
 
 __all__ = [
     "AlignmentNet", "AnANet", "AssociationNet", "Bilinear", "BilinearFusion", "CACNet",
     "FastText", "TextHasher", "fnv1a_32", "tokenize", "ContinuousFusion", "DiscretizedFastText",
-    "MODELS",
+    "JointAutoencoder", "CrossModalAutoencoder", "MODELS",
 ]

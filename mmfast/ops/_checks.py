@@ -31,3 +31,13 @@ def check_same_dtype(op: str, name: str, value: torch.Tensor, reference: torch.T
             f"{op}: {name} must have the dtype of the first input ({reference.dtype}), "
             f"got {value.dtype}"
         )
+
+
+def check_finite(op: str, name: str, value: torch.Tensor) -> None:
+    """No NaN or infinity in ``value`` [B, ...]; the message names the first bad row. Reads the
+    data (one device sync), unlike the checks above."""
+    bad = ~torch.isfinite(value)
+    if bad.any():
+        row = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])
+        raise ValueError(f"{op}: {name} must be finite, but row {row} has a NaN or infinite "
+                         "value")

@@ -1,0 +1,117 @@
+"""Unsupervised training of paper 002's autoencoders (DESIGN 3.3) on their weighted
+reconstruction loss: shuffled mini-batches, one optimizer step each (the paper uses SGD; any
+``torch.optim`` optimizer works), resumable checkpoints."""
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder
+from mmfast.train import checkpoint
+
+LOSS_PARTS = ("loss", "visual", "text", "decay")
+
+
+class AutoencoderTrainer:
+    """Trains a ``JointAutoencoder`` or ``CrossModalAutoencoder`` with ``optimizer`` (built over
+    ``model.parameters()``). ``epoch`` counts the epochs completed, ``history`` holds one
+    summary per epoch (see ``fit``)."""
+
+    def __init__(self, model: JointAutoencoder | CrossModalAutoencoder,
+                 optimizer: torch.optim.Optimizer):
+        if not isinstance(model, (JointAutoencoder, CrossModalAutoencoder)):
+            raise TypeError(f"AutoencoderTrainer: model must be a JointAutoencoder or a "
+                            f"CrossModalAutoencoder, got {type(model).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.epoch, self.history, self.seed = 0, [], None
+
+    def step(self, v: torch.Tensor, tau: torch.Tensor | None = None,
+             text_present: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step on one mini-batch (arguments as ``model.loss``); returns the loss
+        before the step and its parts: ``loss`` = ``visual`` + ``text`` + ``decay``."""
+        self.model.train()
+        parts = self.model.loss(v, tau, text_present)
+        values = dict(zip(LOSS_PARTS, (float(part.detach()) for part in parts)))
+        if not math.isfinite(values["loss"]):
+            # Stop before the step writes NaN into every weight.
+            raise FloatingPointError(f"AutoencoderTrainer.step: the loss is {values['loss']} "
+                                     f"({values}); lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        self.optimizer.step()
+        return values
+
+    def fit(self, v: torch.Tensor, tau: torch.Tensor | None, epochs: int, batch_size: int = 32,
+            seed: int = 0, *, text_present: torch.Tensor | None = None, progress: bool = True,
+            checkpoint_dir: str | os.PathLike | None = None) -> list[dict]:
+        """Trains from epoch ``self.epoch`` (0, or where ``load_checkpoint`` stopped) up to
+        ``epochs`` on the rows of ``v`` [N, visual_dim] and ``tau`` [N, text_dim] (and
+        ``text_present`` [N], as in ``model.loss``), in mini-batches of ``batch_size`` rows
+        shuffled each epoch by a generator seeded with ``seed``: the same seed gives the same
+        batches, on a resumed run too (a resumed run must use the checkpoint's seed). The model's
+        initial weights are the caller's (seed torch before building it). Checkpoints into
+        ``checkpoint_dir`` after every epoch. Returns ``history``: per epoch, ``epoch`` and the
+        mean over its rows of each loss part."""
+        fn = "AutoencoderTrainer.fit"
+        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+        if self.epoch > 0 and self.seed is not None and seed != self.seed:
+            raise ValueError(f"{fn}: seed must be {self.seed}, the seed of the run being "
+                             f"resumed at epoch {self.epoch}, got {seed}")
+        v, tau, text_present = self.model.check_inputs(fn, v, tau, text_present)
+        num_rows = v.shape[0]
+        if num_rows == 0:
+            raise ValueError(f"{fn}: v must have at least one row, got shape {tuple(v.shape)}")
+        self.seed = seed
+        generator = torch.Generator().manual_seed(seed)
+        steps_per_epoch = -(-num_rows // batch_size)
+        total_steps = steps_per_epoch * max(epochs - self.epoch, 0)
+        name = type(self.model).__name__
+        with tqdm(total=total_steps, disable=not progress, desc=name, unit="batch") as bar:
+            for epoch in range(epochs):
+                # Every epoch draws its order, done or not, so a resumed run sees the batches
+                # an uninterrupted one would have.
+                order = torch.randperm(num_rows, generator=generator).to(v.device)
+                if epoch < self.epoch:
+                    continue
+                sums = dict.fromkeys(LOSS_PARTS, 0.0)
+                for start in range(0, num_rows, batch_size):
+                    rows = order[start:start + batch_size]
+                    result = self.step(v[rows], None if tau is None else tau[rows],
+                                       None if text_present is None else text_present[rows])
+                    for part in LOSS_PARTS:
+                        sums[part] += result[part] * len(rows)
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{result['loss']:.4f}")
+                self.history.append({"epoch": epoch, **{part: value / num_rows
+                                                        for part, value in sums.items()}})
+                self.epoch = epoch + 1
+                if checkpoint_dir is not None:
+                    self.save_checkpoint(checkpoint_dir)
+        return self.history
+
+    # ---- checkpoints: the model's (mmfast.train.load_checkpoint reads them) plus the trainer's
+    def save_checkpoint(self, directory: str | os.PathLike) -> None:
+        """The model, the optimizer's state and the trainer's (epoch, seed, history) in
+        ``mmfast.train.checkpoint``'s layout; ``mmfast.train.load_checkpoint`` reads the model."""
+        checkpoint.save_checkpoint(directory, self.model, {"trainer": {
+            "epoch": self.epoch, "seed": self.seed, "history": self.history,
+        }}, optimizer=self.optimizer)
+
+    def load_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Restores the model's weights, the optimizer, epoch, seed and history from
+        ``save_checkpoint``; ``fit`` then resumes where it stopped. Never unpickles."""
+        saved, config = checkpoint.load_checkpoint(directory)
+        expected = {"model": type(self.model).__name__, "args": self.model.config()}
+        found = {"model": config["model"], "args": config["args"]}
+        if found != expected or "trainer" not in config:
+            raise ValueError(f"AutoencoderTrainer.load_checkpoint: {Path(directory)} must hold a "
+                             f"trainer checkpoint of {expected}, got {found}")
+        self.model.load_state_dict(saved.state_dict())
+        checkpoint.load_optimizer_state(directory, self.optimizer)
+        trainer = config["trainer"]
+        self.epoch, self.seed, self.history = trainer["epoch"], trainer["seed"], trainer["history"]
