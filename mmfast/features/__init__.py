@@ -1,5 +1,6 @@
-"""Image, region and text feature extraction."""
+"""Image, region, tag and text feature extraction, and bags of visual words."""
 
+from mmfast.features.bovw import BagOfVisualWords, dense_sift
 from mmfast.features.image import BACKBONES, ImageFeatureExtractor, build_backbone, load_image
 from mmfast.features.pca import PCA
 from mmfast.features.regions import GridRegionFeatureExtractor, RegionFeatureExtractor
@@ -8,7 +9,8 @@ from mmfast.features.text import (SentenceEncoder, WordVectors, token_vectors, w
                                   word_probabilities)
 
 __all__ = [
-    "BACKBONES", "ImageFeatureExtractor", "build_backbone", "load_image", "PCA",
-    "GridRegionFeatureExtractor", "RegionFeatureExtractor", "SentenceEncoder", "TagVectors",
-    "WordVectors", "token_vectors", "weighted_average", "word_probabilities",
+    "BagOfVisualWords", "dense_sift", "BACKBONES", "ImageFeatureExtractor", "build_backbone",
+    "load_image", "PCA", "GridRegionFeatureExtractor", "RegionFeatureExtractor",
+    "SentenceEncoder", "TagVectors", "WordVectors", "token_vectors", "weighted_average",
+    "word_probabilities",
 ]

@@ -78,16 +78,18 @@ def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED
     return model, dim, _IMAGENET_MEAN, _IMAGENET_STD
 
 
-def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
-    """[3, size, size] float in [0, 1]; transparency is composited over white (emoji are
-    drawn on a transparent background)."""
+def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
+    """[3, size, size] float in [0, 1], or [3, H, W] at the file's own size for ``size`` None;
+    transparency is composited over white (emoji are drawn on a transparent background)."""
     from PIL import Image
 
     with Image.open(path) as image:
         image = image.convert("RGBA")
         canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
         canvas.alpha_composite(image)
-        rgb = canvas.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        rgb = canvas.convert("RGB")
+        if size is not None:
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
