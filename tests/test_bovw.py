@@ -341,7 +341,7 @@ def test_bad_inputs(tiles_model):
         tiles_model.transform(image, batch_size=0)
     with pytest.raises(ValueError, match="images must hold at least one image"):
         BagOfVisualWords(8).fit([])
-    with pytest.raises(ValueError, match="give 32 descriptors .* fewer than the num_words - 1 = 99"):
+    with pytest.raises(ValueError, match="give 32 descriptors .* than the num_words - 1 = 99"):
         BagOfVisualWords(100, patch_size=8, stride=8, device="cpu").fit(image, progress=False)
     with pytest.raises(ValueError, match="max_descriptors must be an integer >= num_words=8"):
         BagOfVisualWords(8).fit(image, max_descriptors=7)
