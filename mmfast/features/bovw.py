@@ -11,14 +11,17 @@ L2-normalized, clipped at 0.2 and L2-normalized again. Layout and angles are Ope
 as the image is seen (rows grow downwards), so a dark-to-bright step from left to right is bin 0
 and one from bottom to top bin 2.
 
-Why not kornia's ``DenseSIFTDescriptor`` or OpenCV's SIFT on grid keypoints: with the same 8-bin
-histogram map, pooling is where the work is, and both libraries pool every pixel of the image
-(kornia convolves each bin map at full resolution, then gathers the cells; OpenCV walks a circle
-of pixels per keypoint). Here both pooling passes are 1-D and only evaluate the cells the grid
-needs: the weights of one patch's 4 cells along an axis form a fixed kernel (the triangles times
-the Gaussian, which are separable), so pooling along an axis is a strided 1-D convolution, run as
-one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On the 72 x 72 demo
-images this is several times faster than either library (benchmarks/bench_autoencoders.py).
+Why not kornia's ``DenseSIFTDescriptor`` or OpenCV's SIFT on grid keypoints: both do work a
+regular grid does not need. kornia convolves each of the 8 orientation maps at full resolution, then gathers
+the cells; OpenCV recomputes the gradient of every pixel around every keypoint, so overlapping
+patches repeat the work. Here the map is built once and both pooling passes are 1-D and evaluate
+only the cells the grid needs: along an axis, the weights of one patch's 4 cells (triangles
+times the Gaussian, both separable) form a fixed kernel, so pooling is a strided 1-D convolution,
+run as one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On 256 of
+the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py) the descriptors come
+~2.7x faster than OpenCV's per-image loop and ~4.5x faster than kornia's, batched like ours;
+the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over OpenCV and
+~8-9x faster than one over kornia.
 """
 
 import json
@@ -91,7 +94,7 @@ def dense_sift(images: torch.Tensor, patch_size: int = 16, stride: int = 8,
 
     ``rows = (H - patch_size) // stride + 1`` (``cols`` likewise); the grid is centred, so a
     leftover margin is split between the two sides. A patch without gradient (flat) gets a zero
-    descriptor. The descriptor does not change when the intensity is scaled by a positive factor
+    descriptor. Not differentiable. The descriptor does not change when the intensity is scaled by a positive factor
     or shifted by a constant (up to rounding)."""
     _check_geometry(patch_size, stride)
     gray = grayscale(images)
@@ -243,7 +246,8 @@ def _image_size(image) -> tuple[int, int]:
 
 class BagOfVisualWords:
     """Histograms of visual words: ``fit(images)`` learns a codebook of ``num_words`` dense SIFT
-    descriptors by k-means, ``transform(images)`` -> [N, num_words] float32 histograms.
+    descriptors (word ``FLAT_WORD`` the zero descriptor of flat patches, the others by k-means),
+    ``transform(images)`` -> [N, num_words] float32 histograms.
 
     Images are a tensor [N, C, H, W], or a sequence whose items are [C, H, W] tensors of any
     sizes or image file paths (read at their own size, transparency over white); channels and
