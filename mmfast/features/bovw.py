@@ -18,10 +18,10 @@ patches repeat the work. Here the map is built once and both pooling passes are 
 only the cells the grid needs: along an axis, the weights of one patch's 4 cells (triangles
 times the Gaussian, both separable) form a fixed kernel, so pooling is a strided 1-D convolution,
 run as one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On 256 of
-the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py) the descriptors come
-~2.7x faster than OpenCV's per-image loop and ~4.5x faster than kornia's, batched like ours;
-the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over OpenCV and
-~8-9x faster than one over kornia.
+the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py, three runs) the
+descriptors come ~3x faster than OpenCV's per-image loop and ~5x faster than kornia's, batched
+like ours; the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over
+OpenCV and ~8-9x faster than one over kornia, and further ahead on two threads.
 """
 
 import json
