@@ -345,6 +345,8 @@ def test_bad_inputs(tiles_model):
         BagOfVisualWords(100, patch_size=8, stride=8, device="cpu").fit(image, progress=False)
     with pytest.raises(ValueError, match="max_descriptors must be an integer >= num_words=8"):
         BagOfVisualWords(8).fit(image, max_descriptors=7)
+    with pytest.raises(ValueError, match="init must be one of .*, got 'kmeans'"):
+        BagOfVisualWords(8).fit(image, init="kmeans")
     for kwargs, message in [({"num_words": 2}, r"num_words must be an integer in \[3, 65536\]"),
                             ({"norm": "l3"}, "norm must be one of"),
                             ({"patch_size": 3}, "patch_size must be an integer >= 4"),

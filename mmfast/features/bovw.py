@@ -11,17 +11,17 @@ L2-normalized, clipped at 0.2 and L2-normalized again. Layout and angles are Ope
 as the image is seen (rows grow downwards), so a dark-to-bright step from left to right is bin 0
 and one from bottom to top bin 2.
 
-Why not kornia's ``DenseSIFTDescriptor`` or OpenCV's SIFT on grid keypoints: both do work a
-regular grid does not need. kornia convolves each of the 8 orientation maps at full resolution, then gathers
-the cells; OpenCV recomputes the gradient of every pixel around every keypoint, so overlapping
-patches repeat the work. Here the map is built once and both pooling passes are 1-D and evaluate
-only the cells the grid needs: along an axis, the weights of one patch's 4 cells (triangles
-times the Gaussian, both separable) form a fixed kernel, so pooling is a strided 1-D convolution,
-run as one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On 256 of
-the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py, three runs) the
-descriptors come ~3x faster than OpenCV's per-image loop and ~5x faster than kornia's, batched
-like ours; the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over
-OpenCV and ~8-9x faster than one over kornia, and further ahead on two threads.
+Why not kornia's ``DenseSIFTDescriptor`` or OpenCV's SIFT on grid keypoints: both do work a regular
+grid does not need. kornia convolves each of the 8 orientation maps at full resolution, then
+gathers the cells; OpenCV recomputes the gradient of every pixel around every keypoint, so
+overlapping patches repeat the work. Here the map is built once and both pooling passes are 1-D and
+evaluate only the cells the grid needs: along an axis, the weights of one patch's 4 cells
+(triangles times the Gaussian, both separable) form a fixed kernel, so pooling is a strided 1-D
+convolution, run as one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On
+256 of the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py, three runs) the
+descriptors come ~3x faster than OpenCV's per-image loop and ~5x faster than kornia's, batched like
+ours; the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over OpenCV
+and ~8-9x faster than one over kornia, and further ahead on two threads.
 """
 
 import json
@@ -46,6 +46,7 @@ NUM_ORIENTATIONS = 8
 DESCRIPTOR_DIM = NUM_CELLS * NUM_CELLS * NUM_ORIENTATIONS  # 128
 FLAT_WORD = 0  # the visual word of patches without gradient (zero descriptors)
 NORMS = ("l2", "l1")
+KMEANS_INITS = ("random", "k-means++")
 _CLIP = 0.2  # Lowe's cap on one entry of the unit descriptor: less weight on a few strong edges
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") and OpenCV use
 _PATCHES_PER_CHUNK = 8  # neighbouring patches pooled by one kernel matrix (see _AxisGrid)
@@ -94,8 +95,8 @@ def dense_sift(images: torch.Tensor, patch_size: int = 16, stride: int = 8,
 
     ``rows = (H - patch_size) // stride + 1`` (``cols`` likewise); the grid is centred, so a
     leftover margin is split between the two sides. A patch without gradient (flat) gets a zero
-    descriptor. Not differentiable. The descriptor does not change when the intensity is scaled by a positive factor
-    or shifted by a constant (up to rounding)."""
+    descriptor. The descriptor does not change when the intensity is scaled by a positive factor
+    or shifted by a constant (up to rounding). Not differentiable."""
     _check_geometry(patch_size, stride)
     gray = grayscale(images)
     return _describe(gray, patch_size, stride, gaussian_window)
@@ -282,8 +283,8 @@ class BagOfVisualWords:
             init: str = "random", batch_size: int = 64,
             progress: bool = True) -> "BagOfVisualWords":
         """Train the codebook: word ``FLAT_WORD`` is the zero descriptor of flat patches, the
-        other ``num_words - 1`` come from k-means (``iters`` iterations from ``init``, "random"
-        or "k-means++" as ``mmfast.quant.kmeans`` takes it, seeded) on at most
+        other ``num_words - 1`` come from k-means (``iters`` iterations from ``init``, one of
+        ``KMEANS_INITS`` as ``mmfast.quant.kmeans`` takes it, seeded) on at most
         ``max_descriptors`` descriptors of textured patches (default 100 per word), drawn
         evenly from every image with a generator seeded by ``seed``; returns self.
 
@@ -297,6 +298,8 @@ class BagOfVisualWords:
         if not isinstance(max_descriptors, int) or max_descriptors < self.num_words:
             raise ValueError(f"fit: max_descriptors must be an integer >= num_words="
                              f"{self.num_words}, got {max_descriptors!r}")
+        if init not in KMEANS_INITS:  # checked before the descriptors are computed
+            raise ValueError(f"fit: init must be one of {KMEANS_INITS}, got {init!r}")
         groups = _size_groups(images)
         if len(images) == 0:
             raise ValueError("fit: images must hold at least one image, got none")
