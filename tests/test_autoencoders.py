@@ -10,6 +10,7 @@ import torch
 from mmfast.data import Record
 from mmfast.features import PCA, TagVectors
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
+from mmfast.nn.autoencoder import CROSS_MODAL_MODES
 from mmfast.train import (AutoencoderTrainer, LogisticRegression, concept_auc, load_checkpoint,
                           save_checkpoint)
 from mmfast.train.autoencoder_demo import ROWS, Training, table2
@@ -137,7 +138,10 @@ def test_masked_text_rows_count_in_the_batch_but_add_no_text_term():
         masked = model.loss(v, tau, present)
         kept = model.loss(v[present], tau[present])
         assert float(masked.text) == pytest.approx(float(kept.text) * 5 / 8, rel=1e-6)
-        assert float(model.loss(v).text) == 0.0  # tau=None: no row has text
+    # tau=None: no row has text, for the joint model; a cross-modal model needs its target
+    joint = JointAutoencoder(6, 2)
+    with torch.no_grad():
+        assert float(joint.loss(v).text) == 0.0
     # the cross-modal features never look at the text
     assert torch.equal(model.encode(v), model(v).hidden)
 
@@ -169,6 +173,76 @@ def test_training_lowers_reconstruction_error_and_is_deterministic():
     trainer.fit(v[:192], tau[:192], epochs=30, seed=1, progress=False)
     with torch.no_grad():
         assert float(model.loss(v[192:], tau[192:]).text) < 0.3 * 4
+
+
+def test_cross_modal_models_need_tau_to_train_but_not_to_encode():
+    v, tau = correlated(num_rows=16)
+    message = ("tau is required: it is the cross-modal model's reconstruction target, "
+               "got None")
+    for mode in CROSS_MODAL_MODES:
+        model = CrossModalAutoencoder(12, 4, mode)
+        with pytest.raises(ValueError, match=f"CrossModalAutoencoder.loss: {message}"):
+            model.loss(v)
+        trainer = AutoencoderTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        with pytest.raises(ValueError, match=f"AutoencoderTrainer.fit: {message}"):
+            trainer.fit(v, None, epochs=1, progress=False)
+        with pytest.raises(ValueError, match=message):
+            trainer.step(v)
+        assert trainer.epoch == 0 and model.encode(v).shape == (16, model.hidden)
+
+
+def test_fit_checks_the_inputs_once_not_per_batch(monkeypatch):
+    v, tau = correlated(num_rows=64)
+    torch.manual_seed(0)
+    model = JointAutoencoder(12, 4)
+    calls = []
+    check_inputs = model.check_inputs
+    monkeypatch.setattr(model, "check_inputs", lambda *args: calls.append(args[0]) or
+                        check_inputs(*args))
+    trainer = AutoencoderTrainer(model, torch.optim.SGD(model.parameters(), lr=1e-2))
+    trainer.fit(v, tau, epochs=2, batch_size=8, progress=False)
+    assert calls == ["AutoencoderTrainer.fit"]
+    trainer.step(v[:8], tau[:8])  # the public step still checks its batch
+    assert calls[1:] == ["JointAutoencoder.loss"]
+    with pytest.raises(ValueError, match=r"AutoencoderTrainer.fit: batch_size must be a "
+                                         r"positive int, got True"):
+        trainer.fit(v, tau, epochs=3, batch_size=True)
+
+
+@pytest.mark.parametrize("mode", [None, "I", "II"])
+def test_loss_and_training_step_on_the_device(device, mode):
+    v, tau = correlated(num_rows=32)
+    present = torch.arange(32) % 4 != 0
+    torch.manual_seed(0)
+    model = JointAutoencoder(12, 4) if mode is None else CrossModalAutoencoder(12, 4, mode)
+    torch.manual_seed(0)
+    on_device = (JointAutoencoder(12, 4) if mode is None
+                 else CrossModalAutoencoder(12, 4, mode)).to(device)
+    inputs = (v, tau, present)
+    with torch.no_grad():
+        expected = model.loss(*inputs)
+        loss = on_device.loss(*(x.to(device) for x in inputs))
+    for part, value in zip(loss, expected):
+        assert part.device.type == device
+        torch.testing.assert_close(part.cpu(), value, rtol=1e-5, atol=1e-5)
+    trainers = [AutoencoderTrainer(m, torch.optim.SGD(m.parameters(), lr=1e-2))
+                for m in (model, on_device)]
+    first = trainers[0].step(*inputs)
+    assert trainers[1].step(*(x.to(device) for x in inputs)) == pytest.approx(first, rel=1e-5)
+    expected = trainers[0].fit(v, tau, epochs=2, batch_size=8, progress=False,
+                               text_present=present)
+    history = trainers[1].fit(v.to(device), tau.to(device), epochs=2, batch_size=8,
+                              progress=False, text_present=present.to(device))
+    for epoch, expected_epoch in zip(history, expected, strict=True):
+        assert epoch == pytest.approx(expected_epoch, rel=1e-4)
+    other = "meta"
+    with pytest.raises(ValueError, match=f"v must be on the model's device \\({device}\\), got "
+                                         f"{other}"):
+        on_device.loss(v.to(other), tau.to(device))
+    with pytest.raises(ValueError, match=f"tau must be on the model's device \\({device}\\)"):
+        on_device.loss(v.to(device), tau.to(other))
+    with pytest.raises(ValueError, match="text_present must be on the model's device"):
+        on_device.loss(v.to(device), tau.to(device), present.to(other))
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -211,6 +285,31 @@ def test_fit_resumes_from_its_checkpoint_exactly(tmp_path):
     with pytest.raises(ValueError, match="must hold a trainer checkpoint"):
         AutoencoderTrainer(other, torch.optim.SGD(other.parameters(), lr=0.1)).load_checkpoint(
             tmp_path)
+
+
+def test_a_checkpoint_cut_short_over_an_earlier_one_does_not_load(tmp_path, monkeypatch):
+    from mmfast.train import checkpoint
+
+    v, tau = correlated(num_rows=32)
+    torch.manual_seed(0)
+    model = CrossModalAutoencoder(12, 4, "II")
+    trainer = AutoencoderTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    trainer.fit(v, tau, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path)[1]["trainer"]["epoch"] == 1
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    # epoch 2's weights and optimizer state are written, then its config.json fails
+    monkeypatch.setattr(checkpoint, "write_text_atomic", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit(v, tau, epochs=2, progress=False, checkpoint_dir=tmp_path)
+    # epoch 1's config beside epoch 2's weights would be a silent mix: the config is gone
+    with pytest.raises(FileNotFoundError, match="is not an mmfast checkpoint .no config.json: "
+                                                "never saved, or its save did not finish"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not an mmfast checkpoint"):
+        trainer.load_checkpoint(tmp_path)
 
 
 def test_a_diverging_run_stops_with_a_clear_error():
