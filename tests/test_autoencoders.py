@@ -376,6 +376,42 @@ def test_concept_auc_is_one_on_separable_concepts_and_skips_one_class_ones():
         LogisticRegression().fit(features.clone().fill_(math.nan), targets)
 
 
+def test_logistic_regression_and_concept_auc_on_the_device(device):
+    generator = torch.Generator().manual_seed(1)
+    targets = (torch.rand(120, 3, generator=generator) < 0.4).float()
+    features = (2 * targets - 1) + torch.randn(120, 3, generator=generator)
+    expected = LogisticRegression().fit(features, targets)
+    # features on the device, targets left on the CPU (and as numpy): they follow the features
+    for train_targets in (targets, targets.numpy()):
+        model = LogisticRegression().fit(features.to(device), train_targets)
+        assert model.weight.device.type == device
+        torch.testing.assert_close(model.weight.cpu(), expected.weight, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(model.decision_function(features).cpu(),
+                                   expected.decision_function(features), rtol=1e-4, atol=1e-6)
+    result = concept_auc(features[:80].to(device), targets[:80], features[80:].to(device),
+                         targets[80:])
+    reference = concept_auc(features[:80], targets[:80], features[80:], targets[80:])
+    assert result.mean == pytest.approx(reference.mean, abs=1e-6)
+
+
+def test_logistic_regression_bad_arguments():
+    features, targets = torch.randn(6, 2), torch.tensor([[0.0], [1.0]] * 3)
+    bad = targets.clone()
+    bad[3, 0] = 0.5
+    with pytest.raises(ValueError, match=r"targets must hold only 0 and 1, got 0.5 at \[3, 0\]"):
+        LogisticRegression().fit(features, bad)
+    bad[3, 0] = math.nan
+    with pytest.raises(ValueError, match=r"got nan at \[3, 0\]"):
+        LogisticRegression().fit(features, bad)
+    for kwargs, message in [({"max_iter": 0}, "max_iter must be an int >= 1, got 0"),
+                            ({"max_iter": 2.5}, "max_iter must be an int >= 1, got 2.5"),
+                            ({"tolerance": 0}, "tolerance must be a finite number > 0, got 0"),
+                            ({"tolerance": -1e-4}, "tolerance must be a finite number > 0"),
+                            ({"tolerance": math.nan}, "tolerance must be a finite number > 0")]:
+        with pytest.raises(ValueError, match=f"LogisticRegression: {message}"):
+            LogisticRegression(**kwargs)
+
+
 # ---------------------------------------------------------------- features
 
 
