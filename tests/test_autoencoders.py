@@ -1,6 +1,7 @@
 """Paper 002 (DESIGN 3.3): tag vectors, PCA whitening, the joint and cross-modal autoencoders,
 their trainer, the per-concept logistic regression protocol and the Table 2 pipeline."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -501,10 +502,48 @@ def test_table2_pipeline_on_tiny_synthetic_data():
                    num_concepts=3, tag_dim=4, training=training)
     assert {row: s.mean for row, s in again.auc.items()} == {
         row: s.mean for row, s in table.auc.items()}
+    # fitting never touches the caller's global RNG
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    table2(train, heldout, train_histograms, heldout_histograms, labels, num_concepts=3,
+           tag_dim=4, training=Training(epochs=1, batch_size=16))
+    assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(ValueError, match=r"train_histograms must have shape \[90, W\]"):
         table2(train, heldout, train_histograms[1:], heldout_histograms, labels)
     with pytest.raises(ValueError, match=r"num_concepts must be in \[1, 4\]"):
         table2(train, heldout, train_histograms, heldout_histograms, labels, num_concepts=5)
+
+
+def test_table2_removes_the_tag_of_a_capitalized_concept_label():
+    rng = np.random.default_rng(0)
+    train, train_histograms = synthetic_records(90, 0, rng)
+    heldout, heldout_histograms = synthetic_records(45, 1000, rng)
+    training = Training(epochs=3, batch_size=16)
+    expected = table2(train, heldout, train_histograms, heldout_histograms,
+                      ["rare", "red", "sky", "weather"], num_concepts=3, tag_dim=4,
+                      training=training)
+
+    def relabel(records, names):
+        return [dataclasses.replace(r, labels=tuple(names.get(label, label)
+                                                    for label in r.labels)) for r in records]
+
+    # the label "Sky" stands for the tag "sky" of the texts: it must be removed all the same
+    names = {"sky": "Sky"}
+    table = table2(relabel(train, names), relabel(heldout, names), train_histograms,
+                   heldout_histograms, ["rare", "red", "Sky", "weather"], num_concepts=3,
+                   tag_dim=4, training=training)
+    assert table.concepts == ("weather", "Sky", "red")
+    assert table.removed == ("Sky",) and set(table.untagged) == {"", "sky"}
+    assert table.auc["Raw Tags"].per_label[1] < 0.8  # no leak through the "sky" tag
+    for row in ROWS:
+        torch.testing.assert_close(table.auc[row].per_label, expected.auc[row].per_label,
+                                   rtol=0, atol=0, equal_nan=True)
+    names = {"red": "light red"}
+    with pytest.raises(ValueError, match=r"concept 'light red' must tokenize to exactly one "
+                                         r"tag .*, got \['light', 'red'\]"):
+        table2(relabel(train, names), relabel(heldout, names), train_histograms,
+               heldout_histograms, ["rare", "light red", "sky", "weather"], num_concepts=3,
+               tag_dim=4, training=training)
 
 
 # ---------------------------------------------------------------- bad input
