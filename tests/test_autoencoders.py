@@ -449,7 +449,7 @@ def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
     # same directions, rescaled
     np.testing.assert_allclose(white(x) * np.sqrt(np.var(plain(x), axis=0, ddof=1)), plain(x),
                                rtol=1e-3, atol=1e-3)
-    # length-normalized histograms have a direction of zero variance (their fixed sum)
+    # l1-normalized histograms have a direction of zero variance (their fixed sum)
     histograms = rng.random((50, 5))
     histograms /= histograms.sum(1, keepdims=True)
     whitened = PCA.fit(histograms, 5, whiten=True)(histograms)
