@@ -177,10 +177,12 @@ def test_table2_on_emoji_tags(one_thread):
     bovw_seconds = time.perf_counter() - start
     table = table2(train, heldout, train_histograms, heldout_histograms, data.labels)
 
+    # one entry per removed tag ("" for none): no "" entry when every concept's tag was removed
+    untagged = ", ".join(f"{heldout_count}" + (f" once '{tag}' is removed" if tag else "")
+                         for tag, (_, heldout_count) in table.untagged.items())
     print(f"\nemoji tags: {len(train)} train / {len(heldout)} held-out items; concepts "
           f"{', '.join(table.concepts)}; visual words {bovw_seconds:.1f} s; histograms "
-          f"whitened to {table.visual_dim}; {table.untagged[''][1]} held-out items without a "
-          f"known tag")
+          f"whitened to {table.visual_dim}; held-out items without a known tag: {untagged}")
     print(f"{'features':<24}{'mean AUC':>10}{'paper 002':>11}")
     for row in ROWS:
         print(f"{row:<24}{table.auc[row].mean:>10.3f}{PAPER_TABLE2[row]:>11.3f}")

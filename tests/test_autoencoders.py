@@ -1,6 +1,7 @@
 """Paper 002 (DESIGN 3.3): tag vectors, PCA whitening, the joint and cross-modal autoencoders,
 their trainer, the per-concept logistic regression protocol and the Table 2 pipeline."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from mmfast.data import Record
 from mmfast.features import PCA, TagVectors
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
+from mmfast.nn.autoencoder import CROSS_MODAL_MODES
 from mmfast.train import (AutoencoderTrainer, LogisticRegression, concept_auc, load_checkpoint,
                           save_checkpoint)
 from mmfast.train.autoencoder_demo import ROWS, Training, table2
@@ -137,7 +139,10 @@ def test_masked_text_rows_count_in_the_batch_but_add_no_text_term():
         masked = model.loss(v, tau, present)
         kept = model.loss(v[present], tau[present])
         assert float(masked.text) == pytest.approx(float(kept.text) * 5 / 8, rel=1e-6)
-        assert float(model.loss(v).text) == 0.0  # tau=None: no row has text
+    # tau=None: no row has text, for the joint model; a cross-modal model needs its target
+    joint = JointAutoencoder(6, 2)
+    with torch.no_grad():
+        assert float(joint.loss(v).text) == 0.0
     # the cross-modal features never look at the text
     assert torch.equal(model.encode(v), model(v).hidden)
 
@@ -169,6 +174,76 @@ def test_training_lowers_reconstruction_error_and_is_deterministic():
     trainer.fit(v[:192], tau[:192], epochs=30, seed=1, progress=False)
     with torch.no_grad():
         assert float(model.loss(v[192:], tau[192:]).text) < 0.3 * 4
+
+
+def test_cross_modal_models_need_tau_to_train_but_not_to_encode():
+    v, tau = correlated(num_rows=16)
+    message = ("tau is required: it is the cross-modal model's reconstruction target, "
+               "got None")
+    for mode in CROSS_MODAL_MODES:
+        model = CrossModalAutoencoder(12, 4, mode)
+        with pytest.raises(ValueError, match=f"CrossModalAutoencoder.loss: {message}"):
+            model.loss(v)
+        trainer = AutoencoderTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        with pytest.raises(ValueError, match=f"AutoencoderTrainer.fit: {message}"):
+            trainer.fit(v, None, epochs=1, progress=False)
+        with pytest.raises(ValueError, match=message):
+            trainer.step(v)
+        assert trainer.epoch == 0 and model.encode(v).shape == (16, model.hidden)
+
+
+def test_fit_checks_the_inputs_once_not_per_batch(monkeypatch):
+    v, tau = correlated(num_rows=64)
+    torch.manual_seed(0)
+    model = JointAutoencoder(12, 4)
+    calls = []
+    check_inputs = model.check_inputs
+    monkeypatch.setattr(model, "check_inputs", lambda *args: calls.append(args[0]) or
+                        check_inputs(*args))
+    trainer = AutoencoderTrainer(model, torch.optim.SGD(model.parameters(), lr=1e-2))
+    trainer.fit(v, tau, epochs=2, batch_size=8, progress=False)
+    assert calls == ["AutoencoderTrainer.fit"]
+    trainer.step(v[:8], tau[:8])  # the public step still checks its batch
+    assert calls[1:] == ["JointAutoencoder.loss"]
+    with pytest.raises(ValueError, match=r"AutoencoderTrainer.fit: batch_size must be a "
+                                         r"positive int, got True"):
+        trainer.fit(v, tau, epochs=3, batch_size=True)
+
+
+@pytest.mark.parametrize("mode", [None, "I", "II"])
+def test_loss_and_training_step_on_the_device(device, mode):
+    v, tau = correlated(num_rows=32)
+    present = torch.arange(32) % 4 != 0
+    torch.manual_seed(0)
+    model = JointAutoencoder(12, 4) if mode is None else CrossModalAutoencoder(12, 4, mode)
+    torch.manual_seed(0)
+    on_device = (JointAutoencoder(12, 4) if mode is None
+                 else CrossModalAutoencoder(12, 4, mode)).to(device)
+    inputs = (v, tau, present)
+    with torch.no_grad():
+        expected = model.loss(*inputs)
+        loss = on_device.loss(*(x.to(device) for x in inputs))
+    for part, value in zip(loss, expected):
+        assert part.device.type == device
+        torch.testing.assert_close(part.cpu(), value, rtol=1e-5, atol=1e-5)
+    trainers = [AutoencoderTrainer(m, torch.optim.SGD(m.parameters(), lr=1e-2))
+                for m in (model, on_device)]
+    first = trainers[0].step(*inputs)
+    assert trainers[1].step(*(x.to(device) for x in inputs)) == pytest.approx(first, rel=1e-5)
+    expected = trainers[0].fit(v, tau, epochs=2, batch_size=8, progress=False,
+                               text_present=present)
+    history = trainers[1].fit(v.to(device), tau.to(device), epochs=2, batch_size=8,
+                              progress=False, text_present=present.to(device))
+    for epoch, expected_epoch in zip(history, expected, strict=True):
+        assert epoch == pytest.approx(expected_epoch, rel=1e-4)
+    other = "meta"
+    with pytest.raises(ValueError, match=f"v must be on the model's device \\({device}\\), got "
+                                         f"{other}"):
+        on_device.loss(v.to(other), tau.to(device))
+    with pytest.raises(ValueError, match=f"tau must be on the model's device \\({device}\\)"):
+        on_device.loss(v.to(device), tau.to(other))
+    with pytest.raises(ValueError, match="text_present must be on the model's device"):
+        on_device.loss(v.to(device), tau.to(device), present.to(other))
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -211,6 +286,31 @@ def test_fit_resumes_from_its_checkpoint_exactly(tmp_path):
     with pytest.raises(ValueError, match="must hold a trainer checkpoint"):
         AutoencoderTrainer(other, torch.optim.SGD(other.parameters(), lr=0.1)).load_checkpoint(
             tmp_path)
+
+
+def test_a_checkpoint_cut_short_over_an_earlier_one_does_not_load(tmp_path, monkeypatch):
+    from mmfast.train import checkpoint
+
+    v, tau = correlated(num_rows=32)
+    torch.manual_seed(0)
+    model = CrossModalAutoencoder(12, 4, "II")
+    trainer = AutoencoderTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-2))
+    trainer.fit(v, tau, epochs=1, progress=False, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path)[1]["trainer"]["epoch"] == 1
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    # epoch 2's weights and optimizer state are written, then its config.json fails
+    monkeypatch.setattr(checkpoint, "write_text_atomic", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit(v, tau, epochs=2, progress=False, checkpoint_dir=tmp_path)
+    # epoch 1's config beside epoch 2's weights would be a silent mix: the config is gone
+    with pytest.raises(FileNotFoundError, match="is not an mmfast checkpoint .no config.json: "
+                                                "never saved, or its save did not finish"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not an mmfast checkpoint"):
+        trainer.load_checkpoint(tmp_path)
 
 
 def test_a_diverging_run_stops_with_a_clear_error():
@@ -277,6 +377,42 @@ def test_concept_auc_is_one_on_separable_concepts_and_skips_one_class_ones():
         LogisticRegression().fit(features.clone().fill_(math.nan), targets)
 
 
+def test_logistic_regression_and_concept_auc_on_the_device(device):
+    generator = torch.Generator().manual_seed(1)
+    targets = (torch.rand(120, 3, generator=generator) < 0.4).float()
+    features = (2 * targets - 1) + torch.randn(120, 3, generator=generator)
+    expected = LogisticRegression().fit(features, targets)
+    # features on the device, targets left on the CPU (and as numpy): they follow the features
+    for train_targets in (targets, targets.numpy()):
+        model = LogisticRegression().fit(features.to(device), train_targets)
+        assert model.weight.device.type == device
+        torch.testing.assert_close(model.weight.cpu(), expected.weight, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(model.decision_function(features).cpu(),
+                                   expected.decision_function(features), rtol=1e-4, atol=1e-6)
+    result = concept_auc(features[:80].to(device), targets[:80], features[80:].to(device),
+                         targets[80:])
+    reference = concept_auc(features[:80], targets[:80], features[80:], targets[80:])
+    assert result.mean == pytest.approx(reference.mean, abs=1e-6)
+
+
+def test_logistic_regression_bad_arguments():
+    features, targets = torch.randn(6, 2), torch.tensor([[0.0], [1.0]] * 3)
+    bad = targets.clone()
+    bad[3, 0] = 0.5
+    with pytest.raises(ValueError, match=r"targets must hold only 0 and 1, got 0.5 at \[3, 0\]"):
+        LogisticRegression().fit(features, bad)
+    bad[3, 0] = math.nan
+    with pytest.raises(ValueError, match=r"got nan at \[3, 0\]"):
+        LogisticRegression().fit(features, bad)
+    for kwargs, message in [({"max_iter": 0}, "max_iter must be an int >= 1, got 0"),
+                            ({"max_iter": 2.5}, "max_iter must be an int >= 1, got 2.5"),
+                            ({"tolerance": 0}, "tolerance must be a finite number > 0, got 0"),
+                            ({"tolerance": -1e-4}, "tolerance must be a finite number > 0"),
+                            ({"tolerance": math.nan}, "tolerance must be a finite number > 0")]:
+        with pytest.raises(ValueError, match=f"LogisticRegression: {message}"):
+            LogisticRegression(**kwargs)
+
+
 # ---------------------------------------------------------------- features
 
 
@@ -313,7 +449,7 @@ def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
     # same directions, rescaled
     np.testing.assert_allclose(white(x) * np.sqrt(np.var(plain(x), axis=0, ddof=1)), plain(x),
                                rtol=1e-3, atol=1e-3)
-    # length-normalized histograms have a direction of zero variance (their fixed sum)
+    # l1-normalized histograms have a direction of zero variance (their fixed sum)
     histograms = rng.random((50, 5))
     histograms /= histograms.sum(1, keepdims=True)
     whitened = PCA.fit(histograms, 5, whiten=True)(histograms)
@@ -366,10 +502,48 @@ def test_table2_pipeline_on_tiny_synthetic_data():
                    num_concepts=3, tag_dim=4, training=training)
     assert {row: s.mean for row, s in again.auc.items()} == {
         row: s.mean for row, s in table.auc.items()}
+    # fitting never touches the caller's global RNG
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    table2(train, heldout, train_histograms, heldout_histograms, labels, num_concepts=3,
+           tag_dim=4, training=Training(epochs=1, batch_size=16))
+    assert torch.equal(torch.random.get_rng_state(), state)
     with pytest.raises(ValueError, match=r"train_histograms must have shape \[90, W\]"):
         table2(train, heldout, train_histograms[1:], heldout_histograms, labels)
     with pytest.raises(ValueError, match=r"num_concepts must be in \[1, 4\]"):
         table2(train, heldout, train_histograms, heldout_histograms, labels, num_concepts=5)
+
+
+def test_table2_removes_the_tag_of_a_capitalized_concept_label():
+    rng = np.random.default_rng(0)
+    train, train_histograms = synthetic_records(90, 0, rng)
+    heldout, heldout_histograms = synthetic_records(45, 1000, rng)
+    training = Training(epochs=3, batch_size=16)
+    expected = table2(train, heldout, train_histograms, heldout_histograms,
+                      ["rare", "red", "sky", "weather"], num_concepts=3, tag_dim=4,
+                      training=training)
+
+    def relabel(records, names):
+        return [dataclasses.replace(r, labels=tuple(names.get(label, label)
+                                                    for label in r.labels)) for r in records]
+
+    # the label "Sky" stands for the tag "sky" of the texts: it must be removed all the same
+    names = {"sky": "Sky"}
+    table = table2(relabel(train, names), relabel(heldout, names), train_histograms,
+                   heldout_histograms, ["rare", "red", "Sky", "weather"], num_concepts=3,
+                   tag_dim=4, training=training)
+    assert table.concepts == ("weather", "Sky", "red")
+    assert table.removed == ("Sky",) and set(table.untagged) == {"", "sky"}
+    assert table.auc["Raw Tags"].per_label[1] < 0.8  # no leak through the "sky" tag
+    for row in ROWS:
+        torch.testing.assert_close(table.auc[row].per_label, expected.auc[row].per_label,
+                                   rtol=0, atol=0, equal_nan=True)
+    names = {"red": "light red"}
+    with pytest.raises(ValueError, match=r"concept 'light red' must tokenize to exactly one "
+                                         r"tag .*, got \['light', 'red'\]"):
+        table2(relabel(train, names), relabel(heldout, names), train_histograms,
+               heldout_histograms, ["rare", "light red", "sky", "weather"], num_concepts=3,
+               tag_dim=4, training=training)
 
 
 # ---------------------------------------------------------------- bad input

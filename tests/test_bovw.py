@@ -4,6 +4,7 @@ patch types; batching, devices, checkpoints, bad inputs."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -128,6 +129,13 @@ def test_flat_images_give_zero_descriptors_not_nan():
     flat = torch.full((2, 3, 20, 24), 0.37)
     descriptors = dense_sift(flat)
     assert descriptors.shape == (2, 1, 2, 128) and not descriptors.any()
+
+
+def test_dense_sift_of_an_input_that_requires_grad_is_computed_without_autograd():
+    images = _smooth_images(2, 24, 24)
+    descriptors = dense_sift(images.clone().requires_grad_())
+    assert not descriptors.requires_grad
+    torch.testing.assert_close(descriptors, dense_sift(images), atol=0, rtol=0)
 
 
 def test_grayscale_weights_and_transparency_over_white():
@@ -260,6 +268,20 @@ def test_fit_is_deterministic_for_a_seed_and_leaves_flat_patches_out_of_kmeans()
     assert (first.codebook[1:].norm(dim=1) > 0.5).all()
 
 
+def test_codebook_and_histograms_are_ordinary_tensors(tiles_model):
+    # not inference tensors: the histograms feed a model that trains, the codebook can change
+    histograms = tiles_model.transform(_tiled_batch([{"horizontal": 8, "flat": 8}] * 2),
+                                       progress=False)
+    assert not histograms.is_inference()
+    linear = torch.nn.Linear(4, 2)
+    linear(histograms).square().sum().backward()
+    assert linear.weight.grad.abs().sum() > 0
+    model = BagOfVisualWords(4, patch_size=8, stride=16, device="cpu").fit(
+        _tiled_batch([{kind: 4 for kind in KINDS}]), progress=False)
+    assert not model.codebook.is_inference()
+    model.codebook += 0
+
+
 def test_transform_batches_sizes_lists_and_files_alike(tmp_path, tiles_model):
     from PIL import Image
 
@@ -291,7 +313,7 @@ def test_empty_input_gives_empty_histograms(tiles_model):
 
 def test_transform_on_the_device(device, tiles_model):
     model = BagOfVisualWords(4, patch_size=8, stride=16, norm="l1", device=device)
-    model.codebook = tiles_model.codebook.to(device)
+    model.codebook = tiles_model.codebook  # on the CPU: transform moves it to the device
     images = _tiled_batch([{"horizontal": 8, "vertical": 8}, {"flat": 16}])
     expected = tiles_model.transform(images, progress=False)
     torch.testing.assert_close(model.transform(images, progress=False), expected)
@@ -316,8 +338,32 @@ def test_save_load_round_trip(tmp_path, tiles_model):
         BagOfVisualWords.load(tmp_path / "bovw")
 
 
-def test_bad_inputs(tiles_model):
+def test_a_save_cut_short_over_an_earlier_one_leaves_no_loadable_model(tmp_path, tiles_model,
+                                                                       monkeypatch):
+    from mmfast.features import bovw
+
+    tiles_model.save(tmp_path)
+    other = BagOfVisualWords(5, patch_size=8, stride=16, device="cpu")
+    other.codebook = torch.rand(5, 128)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bovw, "write_text_atomic", crash)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(tmp_path)  # the new codebook is written, its config is not
+    # the old config next to the new codebook would mix two models: it is gone
+    with pytest.raises(FileNotFoundError, match="no config.json: never saved, or its save did "
+                                                "not finish"):
+        BagOfVisualWords.load(tmp_path)
+
+
+def test_bad_inputs(tmp_path, tiles_model):
+    from PIL import Image
+
     image = torch.rand(2, 3, 32, 32)
+    small_file = tmp_path / "small.png"
+    Image.new("RGB", (32, 6)).save(small_file)
     with pytest.raises(RuntimeError, match="not fitted: call fit"):
         BagOfVisualWords(8).transform(image)
     with pytest.raises(RuntimeError, match="not fitted: nothing to save"):
@@ -333,6 +379,15 @@ def test_bad_inputs(tiles_model):
         ([image[0], 3], TypeError, r"images\[1\] must be a \[C, H, W\] tensor"),
         ([image[0], image], ValueError, r"images\[1\] must have shape \[C, H, W\]"),
         ("image.png", TypeError, "images must be a tensor"),
+        # errors name the image
+        (image.index_put((torch.tensor(1), torch.tensor(2)), torch.tensor(float("nan"))),
+         ValueError, r"images\[1\] must be finite"),
+        ([image[0], image[1].index_put((torch.tensor(0),), torch.tensor(float("inf")))],
+         ValueError, r"images\[1\] must be finite"),
+        ([image[0], image[1, :, :5]], ValueError,
+         r"images\[1\] must be at least patch_size=8 pixels on each side, got 5 x 32"),
+        ([image[0], small_file], ValueError,
+         rf"images\[1\] \({re.escape(str(small_file))}\) must be at least patch_size=8"),
     ]
     for images, error, message in cases:
         with pytest.raises(error, match=message):

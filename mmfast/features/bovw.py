@@ -63,13 +63,19 @@ def grayscale(images: torch.Tensor) -> torch.Tensor:
     is composited over white, as ``load_image`` does (the demo's emoji are drawn on a transparent
     background)."""
     _check_images("images", images)
+    return _grayscale(images, lambda index: f"images[{index}]")
+
+
+def _grayscale(images: torch.Tensor, describe) -> torch.Tensor:
+    """``grayscale`` of checked images; ``describe(i)`` names image i of the batch in errors."""
     if images.dtype == torch.uint8:
         x = images.float() / 255
     else:
         x = images.float()
         # one reduction, no boolean mask: the sum is finite exactly when every pixel is
         if x.numel() and not math.isfinite(float(x.sum())):
-            raise ValueError("images must be finite, found a NaN or infinite pixel")
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
+            raise ValueError(f"{describe(bad)} must be finite, found a NaN or infinite pixel")
     channels = x.shape[1]
     if channels in (2, 4):
         alpha = x[:, -1]
@@ -96,19 +102,19 @@ def dense_sift(images: torch.Tensor, patch_size: int = 16, stride: int = 8,
     ``rows = (H - patch_size) // stride + 1`` (``cols`` likewise); the grid is centred, so a
     leftover margin is split between the two sides. A patch without gradient (flat) gets a zero
     descriptor. The descriptor does not change when the intensity is scaled by a positive factor
-    or shifted by a constant (up to rounding). Not differentiable."""
+    or shifted by a constant (up to rounding). Not differentiable: it runs without autograd
+    (its in-place steps could not be), so the result never requires grad."""
     _check_geometry(patch_size, stride)
-    gray = grayscale(images)
-    return _describe(gray, patch_size, stride, gaussian_window)
+    with torch.no_grad():
+        gray = grayscale(images)
+        return _describe(gray, patch_size, stride, gaussian_window)
 
 
 def _describe(gray: torch.Tensor, patch_size: int, stride: int,
               gaussian_window: bool) -> torch.Tensor:
     """Descriptors [N, rows, cols, 128] of intensity images [N, H, W]."""
     n, height, width = gray.shape
-    if height < patch_size or width < patch_size:
-        raise ValueError(f"images must be at least patch_size={patch_size} pixels on each side, "
-                         f"got {height} x {width}")
+    _check_size("images", (height, width), patch_size)
     rows = _AxisGrid(height, patch_size, stride)
     cols = _AxisGrid(width, patch_size, stride)
     maps = _orientation_maps(gray, rows.padding, cols.padding)  # [N, 8, padded H, padded W]
@@ -256,6 +262,11 @@ class BagOfVisualWords:
     normalized") or "l1" (frequencies). ``device`` None: CUDA when available, else the CPU.
     Defaults: 16-pixel patches every 8 pixels, the classic dense grid for bags of words
     (Lazebnik et al., CVPR 2006), which gives 64 descriptors on a 72 x 72 demo image.
+
+    Word 0 (``FLAT_WORD``) is fixed: the zero descriptor, the "flat" word of patches without
+    gradient. k-means trains the other ``num_words - 1`` words. The descriptors k-means sees
+    are a random sample drawn batch by batch, so the sample, hence the codebook, depends on
+    ``seed`` and may change with ``fit``'s ``batch_size``.
     """
 
     def __init__(self, num_words: int = 1000, patch_size: int = 16, stride: int = 8,
@@ -278,7 +289,7 @@ class BagOfVisualWords:
         return (f"BagOfVisualWords(num_words={self.num_words}, patch_size={self.patch_size}, "
                 f"stride={self.stride}, norm={self.norm!r}, fitted={self.codebook is not None})")
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the codebook must stay an ordinary tensor
     def fit(self, images, max_descriptors: int | None = None, iters: int = 25,
             init: str = "random", batch_size: int = 64,
             progress: bool = True) -> "BagOfVisualWords":
@@ -300,7 +311,7 @@ class BagOfVisualWords:
                              f"{self.num_words}, got {max_descriptors!r}")
         if init not in KMEANS_INITS:  # checked before the descriptors are computed
             raise ValueError(f"fit: init must be one of {KMEANS_INITS}, got {init!r}")
-        groups = _size_groups(images)
+        groups = _size_groups(images, self.patch_size)
         if len(images) == 0:
             raise ValueError("fit: images must hold at least one image, got none")
         per_image = -(-max_descriptors // len(images))
@@ -326,18 +337,19 @@ class BagOfVisualWords:
         self.codebook = torch.cat([centroids.new_zeros(1, DESCRIPTOR_DIM), centroids])
         return self
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the histograms may feed a model that trains
     def transform(self, images, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
         """Histograms [N, num_words] (float32, on the CPU) of the images' visual words, each
         descriptor counted once for its nearest word, normalized by ``norm``."""
         if self.codebook is None:
             raise RuntimeError("BagOfVisualWords is not fitted: call fit(images) or "
                                "BagOfVisualWords.load(directory) first")
-        groups = _size_groups(images)
+        groups = _size_groups(images, self.patch_size)
+        codebook = self.codebook.to(self.device)[None]  # [1, num_words, 128]
         histograms = torch.zeros(len(images), self.num_words)
         for indices, gray in self._batches(images, groups, batch_size, progress, "transform"):
             descriptors = self._descriptors(gray).reshape(-1, DESCRIPTOR_DIM)
-            words = pq_encode(descriptors, self.codebook[None]).view(len(indices), -1).long()
+            words = pq_encode(descriptors, codebook).view(len(indices), -1).long()
             words += torch.arange(len(indices), device=words.device)[:, None] * self.num_words
             counts = torch.bincount(words.flatten(), minlength=len(indices) * self.num_words)
             histograms[indices] = counts.view(len(indices), self.num_words).float().cpu()
@@ -359,9 +371,14 @@ class BagOfVisualWords:
                 for start in range(0, len(indices), step):
                     chunk = indices[start:start + step]
                     if isinstance(images, torch.Tensor):  # one size: chunk is a range
-                        gray = grayscale(images[chunk[0]:chunk[-1] + 1].to(self.device))
+                        first = int(chunk[0])
+                        gray = _grayscale(images[first:int(chunk[-1]) + 1].to(self.device),
+                                          lambda index: f"images[{first + index}]")
                     else:
-                        gray = torch.cat([grayscale(self._load(images[i])[None]) for i in chunk])
+                        gray = torch.cat([
+                            _grayscale(self._load(images[i])[None],
+                                       lambda _, i=int(i): _describe_item(images, i))
+                            for i in chunk])
                     yield chunk, gray
                     bar.update(len(chunk))
 
@@ -377,11 +394,15 @@ class BagOfVisualWords:
                 "gaussian_window": self.gaussian_window, "seed": self.seed}
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``codebook.safetensors`` into ``directory``."""
+        """Write ``config.json`` and ``codebook.safetensors`` into ``directory``. Each file is
+        written atomically; an existing config.json is removed first and the new one written
+        last, so a directory with a config.json holds a complete model, also after a crash
+        while overwriting an earlier save."""
         if self.codebook is None:
             raise RuntimeError("BagOfVisualWords is not fitted: nothing to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / _CONFIG).unlink(missing_ok=True)
         with atomic_path(directory / _WEIGHTS) as temporary:
             save_file({"codebook": self.codebook.cpu().contiguous()}, temporary)
         write_text_atomic(directory / _CONFIG, json.dumps(self.config(), indent=2) + "\n")
@@ -391,6 +412,9 @@ class BagOfVisualWords:
              device: str | torch.device | None = None) -> "BagOfVisualWords":
         """A model saved by ``save``; never unpickles anything."""
         directory = Path(directory)
+        if not (directory / _CONFIG).is_file():
+            raise FileNotFoundError(f"load: {directory} holds no saved BagOfVisualWords (no "
+                                    f"{_CONFIG}: never saved, or its save did not finish)")
         config = json.loads((directory / _CONFIG).read_text())
         if config.pop("kind", None) != "BagOfVisualWords":
             raise ValueError(f"load: {directory / _CONFIG} is not a BagOfVisualWords config")
@@ -404,11 +428,18 @@ class BagOfVisualWords:
         return model
 
 
-def _size_groups(images) -> dict[tuple[int, int], torch.Tensor]:
+def _describe_item(images: Sequence, index: int) -> str:
+    """``images[i]``, with the path when the item is a file: how errors name an image."""
+    image = images[index]
+    return f"images[{index}]" + ("" if isinstance(image, torch.Tensor) else f" ({image})")
+
+
+def _size_groups(images, patch_size: int) -> dict[tuple[int, int], torch.Tensor]:
     """Image size (H, W) -> indices of the images of that size, after checking every image's
-    type and shape (files: only their headers are read)."""
+    type and shape and that it holds a patch (files: only their headers are read)."""
     if isinstance(images, torch.Tensor):
         _check_images("images", images)
+        _check_size("images", tuple(images.shape[-2:]), patch_size)
         return {tuple(images.shape[-2:]): torch.arange(images.shape[0])}
     if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
         raise TypeError(f"images must be a tensor [N, C, H, W] or a sequence of [C, H, W] "
@@ -420,8 +451,16 @@ def _size_groups(images) -> dict[tuple[int, int], torch.Tensor]:
         elif not isinstance(image, (str, os.PathLike)):
             raise TypeError(f"images[{index}] must be a [C, H, W] tensor or an image path, got "
                             f"{type(image).__name__}")
-        groups.setdefault(_image_size(image), []).append(index)
+        size = _image_size(image)
+        _check_size(_describe_item(images, index), size, patch_size)
+        groups.setdefault(size, []).append(index)
     return {size: torch.tensor(indices) for size, indices in sorted(groups.items())}
+
+
+def _check_size(name: str, size: tuple[int, int], patch_size: int) -> None:
+    if size[0] < patch_size or size[1] < patch_size:
+        raise ValueError(f"{name} must be at least patch_size={patch_size} pixels on each side, "
+                         f"got {size[0]} x {size[1]}")
 
 
 def _check_geometry(patch_size, stride) -> None:

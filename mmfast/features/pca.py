@@ -29,7 +29,9 @@ class PCA:
         along the components, ddof 1, the largest first), so the projected fit split has
         identity covariance. ``eps`` is relative to the largest variance, so the result does not
         depend on the scale of ``x``; it keeps a component of (near) zero variance, such as the
-        one lost to a length-normalized histogram's fixed sum, from amplifying rounding noise.
+        one lost to the fixed sum of l1-normalized histograms (frequencies), from amplifying
+        rounding noise. l2-normalized histograms (``BagOfVisualWords``' default) have a fixed
+        length instead, which leaves no such linear direction in general.
         """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:

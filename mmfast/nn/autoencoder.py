@@ -60,8 +60,8 @@ class AutoencoderLoss(NamedTuple):
     visual: torch.Tensor
     """mean over the batch of ``|v - v_hat|^2`` (0 for Cross-Modal I)."""
     text: torch.Tensor
-    """``mu`` times the mean over the batch of ``|tau - tau_hat|^2``; a row without text adds 0
-    but still counts in the mean."""
+    """``mu`` times the mean over the batch of ``|tau - tau_hat|^2`` (weight 1 instead of ``mu``
+    for Cross-Modal I); a row without text adds 0 but still counts in the mean."""
     decay: torch.Tensor
     """``lambda (|W1|_F^2 + |W2|_F^2)``; biases are not decayed."""
 
@@ -119,7 +119,7 @@ class _Autoencoder(nn.Module):
         if v.shape[1] != self.visual_dim:
             raise ValueError(f"{fn}: v must have shape [B, {self.visual_dim}] (visual_dim), "
                              f"got {tuple(v.shape)}")
-        check_same_device(fn, "v", v, weight)
+        check_same_device(fn, "v", v, weight, "the model's device")
         check_finite(fn, "v", v)
         if tau is None:
             if text_present is not None:
@@ -132,16 +132,26 @@ class _Autoencoder(nn.Module):
         if tau.shape != (v.shape[0], self.text_dim):
             raise ValueError(f"{fn}: tau must have shape [B, {self.text_dim}] with B = "
                              f"{v.shape[0]} rows like v, got {tuple(tau.shape)}")
-        check_same_device(fn, "tau", tau, weight)
+        check_same_device(fn, "tau", tau, weight, "the model's device")
         if text_present is not None:
             check_tensor(fn, "text_present", text_present, ndim=1, dtypes=(torch.bool,))
             if text_present.shape[0] != v.shape[0]:
                 raise ValueError(f"{fn}: text_present must have {v.shape[0]} entries (one per "
                                  f"row of v), got {text_present.shape[0]}")
-            check_same_device(fn, "text_present", text_present, weight)
+            check_same_device(fn, "text_present", text_present, weight, "the model's device")
             tau = torch.where(text_present[:, None], tau, 0.0)
         check_finite(fn, "tau", tau)
         return v, tau, text_present
+
+    def check_loss_inputs(self, fn: str, v, tau=None, text_present=None
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``check_inputs`` for the loss, which also needs ``tau`` unless the model reads it:
+        without it a cross-modal model would train on the weight decay alone (mode I) or as a
+        plain autoencoder of v (mode II)."""
+        if tau is None and not self.reads_text:
+            raise ValueError(f"{fn}: tau is required: it is the cross-modal model's "
+                             f"reconstruction target, got None")
+        return self.check_inputs(fn, v, tau, text_present)
 
     def _reconstruct(self, v: torch.Tensor, tau: torch.Tensor | None) -> Reconstruction:
         if self.reads_text:
@@ -164,12 +174,19 @@ class _Autoencoder(nn.Module):
         ``|.|^2`` sums the squared errors over a vector's dimensions; the visual term is absent
         for Cross-Modal I, whose text term has weight 1 instead of ``mu``. ``text_present``
         [B] bool marks the rows that have text: the others add no text term (still counting in
-        B), and the joint model reads 0 for their text. ``tau=None``: no row has text.
+        B), and the joint model reads 0 for their text. ``tau=None``: no row has text, for the
+        joint model only; a cross-modal model needs ``tau``, its reconstruction target (and
+        raises without it).
         """
         fn = f"{type(self).__name__}.loss"
-        v, tau, text_present = self.check_inputs(fn, v, tau, text_present)
+        v, tau, text_present = self.check_loss_inputs(fn, v, tau, text_present)
         if v.shape[0] == 0:
             raise ValueError(f"{fn}: v must have at least one row (a mean over no rows is NaN)")
+        return self._loss(v, tau, text_present)
+
+    def _loss(self, v: torch.Tensor, tau: torch.Tensor | None,
+              text_present: torch.Tensor | None) -> AutoencoderLoss:
+        """``loss`` on inputs already checked by ``check_loss_inputs``, v not empty."""
         output = self._reconstruct(v, tau)
         zero = v.new_zeros(())
         visual = zero

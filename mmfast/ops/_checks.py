@@ -18,11 +18,14 @@ def check_tensor(op: str, name: str, value, *, ndim: int | None = None, dtypes=N
         raise TypeError(f"{op}: {name} must be one of {names}, got {value.dtype}")
 
 
-def check_same_device(op: str, name: str, value: torch.Tensor, reference: torch.Tensor) -> None:
+def check_same_device(op: str, name: str, value: torch.Tensor, reference: torch.Tensor,
+                      reference_name: str | None = None) -> None:
+    """``value`` on ``reference``'s device; ``reference_name`` says what the reference is
+    ("the model's device"), else it is the op's first input."""
     if value.device != reference.device:
-        raise ValueError(
-            f"{op}: {name} must be on {reference.device} like the first input, got {value.device}"
-        )
+        expected = (f"{reference.device} like the first input" if reference_name is None
+                    else f"{reference_name} ({reference.device})")
+        raise ValueError(f"{op}: {name} must be on {expected}, got {value.device}")
 
 
 def check_same_dtype(op: str, name: str, value: torch.Tensor, reference: torch.Tensor) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder
+from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder, _check_positive_int
 from mmfast.train import checkpoint
 
 LOSS_PARTS = ("loss", "visual", "text", "decay")
@@ -33,7 +33,10 @@ class AutoencoderTrainer:
         """One optimizer step on one mini-batch (arguments as ``model.loss``); returns the loss
         before the step and its parts: ``loss`` = ``visual`` + ``text`` + ``decay``."""
         self.model.train()
-        parts = self.model.loss(v, tau, text_present)
+        return self._step(self.model.loss(v, tau, text_present))
+
+    def _step(self, parts) -> dict[str, float]:
+        """The optimizer step on ``parts``, the model's ``AutoencoderLoss`` on one batch."""
         values = dict(zip(LOSS_PARTS, (float(part.detach()) for part in parts)))
         if not math.isfinite(values["loss"]):
             # Stop before the step writes NaN into every weight.
@@ -56,13 +59,13 @@ class AutoencoderTrainer:
         ``checkpoint_dir`` after every epoch. Returns ``history``: per epoch, ``epoch`` and the
         mean over its rows of each loss part."""
         fn = "AutoencoderTrainer.fit"
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+        _check_positive_int(fn, "epochs", epochs)
+        _check_positive_int(fn, "batch_size", batch_size)
         if self.epoch > 0 and self.seed is not None and seed != self.seed:
             raise ValueError(f"{fn}: seed must be {self.seed}, the seed of the run being "
                              f"resumed at epoch {self.epoch}, got {seed}")
-        v, tau, text_present = self.model.check_inputs(fn, v, tau, text_present)
+        # checked once here: the batches are rows of checked tensors
+        v, tau, text_present = self.model.check_loss_inputs(fn, v, tau, text_present)
         num_rows = v.shape[0]
         if num_rows == 0:
             raise ValueError(f"{fn}: v must have at least one row, got shape {tuple(v.shape)}")
@@ -71,6 +74,7 @@ class AutoencoderTrainer:
         steps_per_epoch = -(-num_rows // batch_size)
         total_steps = steps_per_epoch * max(epochs - self.epoch, 0)
         name = type(self.model).__name__
+        self.model.train()
         with tqdm(total=total_steps, disable=not progress, desc=name, unit="batch") as bar:
             for epoch in range(epochs):
                 # Every epoch draws its order, done or not, so a resumed run sees the batches
@@ -81,8 +85,9 @@ class AutoencoderTrainer:
                 sums = dict.fromkeys(LOSS_PARTS, 0.0)
                 for start in range(0, num_rows, batch_size):
                     rows = order[start:start + batch_size]
-                    result = self.step(v[rows], None if tau is None else tau[rows],
-                                       None if text_present is None else text_present[rows])
+                    result = self._step(self.model._loss(
+                        v[rows], None if tau is None else tau[rows],
+                        None if text_present is None else text_present[rows]))
                     for part in LOSS_PARTS:
                         sums[part] += result[part] * len(rows)
                     bar.update(1)

@@ -86,9 +86,11 @@ class Table2:
     """By row (``ROWS`` order): mean held-out AUC over the concepts and each concept's
     (``per_label``, in ``concepts`` order; NaN where the held-out split has one class)."""
     removed: tuple[str, ...]
-    """The concepts whose tag some item has: features and models learned anew without it."""
+    """The concepts whose tag (``concept_tag``) some item has: features and models learned anew
+    without it."""
     untagged: dict[str, tuple[int, int]]
-    """Train and held-out items left without a known tag, by removed tag ("" for none)."""
+    """Train and held-out items left without a known tag, by removed tag ("" for none); no ""
+    entry when every concept's tag was removed."""
     visual_dim: int
     """The whitened histogram's dimension."""
 
@@ -96,6 +98,16 @@ class Table2:
 def tag_lists(records: Sequence[Record]) -> list[list[str]]:
     """Each record's distinct words, in order: its tags."""
     return [list(dict.fromkeys(tokenize(record.text))) for record in records]
+
+
+def concept_tag(concept: str) -> str:
+    """The tag a concept label stands for in the texts: its one token, as ``tag_lists``
+    tokenizes them ("Sky" -> "sky")."""
+    tokens = tokenize(concept)
+    if len(tokens) != 1:
+        raise ValueError(f"concept {concept!r} must tokenize to exactly one tag (its own tag is "
+                         f"removed from the text side), got {tokens}")
+    return tokens[0]
 
 
 def top_concepts(records: Sequence[Record], labels: Sequence[str], num_concepts: int
@@ -142,12 +154,13 @@ def representations(train: Split, heldout: Split, removed: tuple[str, ...], tag_
     text = torch.from_numpy(train_text), torch.from_numpy(heldout_text)
 
     visual_dim = train.visual.shape[1]
-    torch.manual_seed(training.seed)
-    joint = JointAutoencoder(visual_dim, tag_dim)
-    cross = {}
-    for mode in ("I", "II"):
+    with torch.random.fork_rng(devices=[]):  # seed the initial weights, not the caller's RNG
         torch.manual_seed(training.seed)
-        cross[mode] = CrossModalAutoencoder(visual_dim, tag_dim, mode)
+        joint = JointAutoencoder(visual_dim, tag_dim)
+        cross = {}
+        for mode in ("I", "II"):
+            torch.manual_seed(training.seed)
+            cross[mode] = CrossModalAutoencoder(visual_dim, tag_dim, mode)
     for model in (joint, *cross.values()):
         train_autoencoder(model, visual[0], text[0], torch.from_numpy(train_tagged), training,
                           progress)
@@ -185,7 +198,8 @@ def table2(train_records: Sequence[Record], heldout_records: Sequence[Record],
            training: Training = Training(), l2: float = 1.0, progress: bool = False) -> Table2:
     """Paper 002's Table 2 (see the module docstring). ``train_histograms`` [N, W] and
     ``heldout_histograms`` [M, W] are the records' visual words histograms, row by row;
-    ``l2`` is the logistic regressions' 1/C."""
+    ``l2`` is the logistic regressions' 1/C. Each concept's tag is its label's one token
+    (``concept_tag``): a label of several words raises ValueError."""
     train_histograms = _check_histograms("train_histograms", train_histograms, train_records)
     heldout_histograms = _check_histograms("heldout_histograms", heldout_histograms,
                                            heldout_records)
@@ -202,9 +216,9 @@ def table2(train_records: Sequence[Record], heldout_records: Sequence[Record],
     # Concepts that need the same removal share one set of features: () when no item has the
     # concept's tag, so removing it would change nothing.
     groups: dict[tuple[str, ...], list[int]] = {}
-    for column, concept in enumerate(concepts):
-        has_tag = any(concept in tags for tags in train.tags + heldout.tags)
-        groups.setdefault((concept,) if has_tag else (), []).append(column)
+    for column, tag in enumerate(concept_tag(concept) for concept in concepts):
+        has_tag = any(tag in tags for tags in train.tags + heldout.tags)
+        groups.setdefault((tag,) if has_tag else (), []).append(column)
 
     scores = {row: torch.empty(len(heldout_records), len(concepts), dtype=torch.float64)
               for row in ROWS}
@@ -218,5 +232,6 @@ def table2(train_records: Sequence[Record], heldout_records: Sequence[Record],
             scores[row][:, columns] = model.decision_function(heldout_features)
     auc = {row: metrics.mean_roc_auc(scores[row], heldout_targets, return_per_label=True)
            for row in ROWS}
-    removed = tuple(concept for key in groups for concept in key)
+    removed = tuple(concepts[column] for key, columns in groups.items() if key
+                    for column in columns)
     return Table2(concepts, auc, removed, untagged, pca.dim)

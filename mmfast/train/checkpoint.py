@@ -19,9 +19,12 @@ CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safe
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict | None = None,
                     optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write the checkpoint, with ``optimizer``'s state when given; config.json goes last, so
-    its presence marks a complete one."""
+    """Write the checkpoint, with ``optimizer``'s state when given. Each file is written
+    atomically; an existing config.json is removed first and the new one written last, so its
+    presence marks a complete checkpoint, also when this overwrites an earlier one (a crash in
+    between leaves no config.json, never new weights beside the old config)."""
     directory = Path(directory)
+    (directory / CONFIG).unlink(missing_ok=True)
     _save_tensors(directory / WEIGHTS, model.state_dict())
     config = {"model": type(model).__name__, "args": model.config(), **(extra or {})}
     if optimizer is not None:
@@ -34,7 +37,8 @@ def _read_config(directory: str | os.PathLike) -> dict:
     """The config.json of ``save_checkpoint``'s directory."""
     directory = Path(directory)
     if not (directory / CONFIG).is_file():
-        raise FileNotFoundError(f"{directory} is not an mmfast checkpoint (no {CONFIG})")
+        raise FileNotFoundError(f"{directory} is not an mmfast checkpoint (no {CONFIG}: never "
+                                f"saved, or its save did not finish)")
     return json.loads((directory / CONFIG).read_text())
 
 

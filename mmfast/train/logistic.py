@@ -2,6 +2,9 @@
 feature representation, fitted on the train split, scored by ROC AUC on a held-out split and
 averaged over the concepts (``mmfast.metrics.mean_roc_auc``)."""
 
+import math
+import numbers
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,8 +39,11 @@ def _check_features(fn: str, name: str, value, rows: int | None = None,
 
 def _check_targets(fn: str, name: str, value, rows: int) -> torch.Tensor:
     targets = _as_matrix(fn, name, value, rows)
-    if ((targets != 0) & (targets != 1)).any():
-        raise ValueError(f"{fn}: {name} must hold only 0 and 1")
+    bad = (targets != 0) & (targets != 1)  # NaN included
+    if bad.any():
+        row, column = (int(index) for index in bad.nonzero()[0])
+        raise ValueError(f"{fn}: {name} must hold only 0 and 1, got "
+                         f"{targets[row, column].item()!r} at [{row}, {column}]")
     return targets.double()
 
 
@@ -62,6 +68,13 @@ class LogisticRegression:
                  tolerance: float = 1e-4):
         if not l2 > 0:
             raise ValueError(f"LogisticRegression: l2 must be > 0 (1/C), got {l2!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"LogisticRegression: max_iter must be an int >= 1, got "
+                             f"{max_iter!r}")
+        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (
+                0 < tolerance < math.inf):
+            raise ValueError(f"LogisticRegression: tolerance must be a finite number > 0, got "
+                             f"{tolerance!r}")
         self.l2, self.standardize = float(l2), standardize
         self.max_iter, self.tolerance = max_iter, tolerance
         self.weight = self.bias = self.mean = self.scale = None
@@ -72,7 +85,8 @@ class LogisticRegression:
         column needs both classes."""
         fn = "LogisticRegression.fit"
         x = _check_features(fn, "features", features)
-        t = _check_targets(fn, "targets", targets, x.shape[0])
+        # the targets follow the features (CUDA features with CPU or numpy targets)
+        t = _check_targets(fn, "targets", targets, x.shape[0]).to(x.device)
         positives = t.sum(0)
         single = ((positives == 0) | (positives == t.shape[0])).nonzero().flatten().tolist()
         if single:
