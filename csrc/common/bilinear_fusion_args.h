@@ -32,13 +32,10 @@ inline BilinearShape check_bilinear_fusion_args(const at::Tensor& u, const at::T
   MMFAST_CHECK_DIM(op, "v", v, 2);
   MMFAST_CHECK_DIM(op, "weight", weight, 3);
   MMFAST_CHECK_FLOATING(op, "u", u);
-  for (const auto& [name, tensor] : {std::pair{"v", &v}, std::pair{"weight", &weight}}) {
-    TORCH_CHECK_TYPE(tensor->scalar_type() == u.scalar_type(), op, ": ", name,
-                     " must have the dtype of u (", u.scalar_type(), "), got ",
-                     tensor->scalar_type());
-    TORCH_CHECK_VALUE(tensor->device() == u.device(), op, ": ", name, " must be on ", u.device(),
-                      " like u, got ", tensor->device());
-  }
+  MMFAST_CHECK_SAME_DTYPE(op, "v", v, u);
+  MMFAST_CHECK_SAME_DEVICE(op, "v", v, u);
+  MMFAST_CHECK_SAME_DTYPE(op, "weight", weight, u);
+  MMFAST_CHECK_SAME_DEVICE(op, "weight", weight, u);
   const BilinearShape shape{u.size(0), u.size(1), v.size(1), weight.size(0)};
   TORCH_CHECK_VALUE(v.size(0) == shape.batch, op, ": v must have the batch size of u (",
                     shape.batch, "), got shape ", v.sizes());
@@ -46,11 +43,8 @@ inline BilinearShape check_bilinear_fusion_args(const at::Tensor& u, const at::T
                     ": weight must have shape [K, ", shape.in1, ", ", shape.in2,
                     "] to match u and v, got ", weight.sizes());
   if (bias) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == u.scalar_type(), op,
-                     ": bias must have the dtype of u (", u.scalar_type(), "), got ",
-                     bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->device() == u.device(), op, ": bias must be on ", u.device(),
-                      " like u, got ", bias->device());
+    MMFAST_CHECK_SAME_DTYPE(op, "bias", *bias, u);
+    MMFAST_CHECK_SAME_DEVICE(op, "bias", *bias, u);
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == shape.out, op,
                       ": bias must have shape [", shape.out, "] to match weight, got ",
                       bias->sizes());
@@ -66,8 +60,7 @@ inline BilinearShape check_bilinear_fusion_backward_args(const at::Tensor& grad_
                         grad_out.size(1) == shape.out,
                     "_bilinear_fusion_backward: grad_out must have shape [", shape.batch, ", ",
                     shape.out, "], got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(grad_out.device() == u.device(), "_bilinear_fusion_backward: grad_out must be on ",
-                    u.device(), " like u, got ", grad_out.device());
+  MMFAST_CHECK_SAME_DEVICE("_bilinear_fusion_backward", "grad_out", grad_out, u);
   MMFAST_CHECK_FLOATING("_bilinear_fusion_backward", "grad_out", grad_out);
   return shape;
 }

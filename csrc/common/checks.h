@@ -29,6 +29,12 @@ inline std::pair<int64_t, int64_t> min_max(const at::Tensor& values) {
                    op, ": ", name, " must be float32, float16, bfloat16 or float64, got ", \
                    (tensor).scalar_type())
 
+// `ref` is named in the message as written at the call site ("like V").
 #define MMFAST_CHECK_SAME_DEVICE(op, name, tensor, ref)                                     \
   TORCH_CHECK_VALUE((tensor).device() == (ref).device(), op, ": ", name, " must be on ",    \
-                    (ref).device(), " like x, got ", (tensor).device())
+                    (ref).device(), " like " #ref ", got ", (tensor).device())
+
+#define MMFAST_CHECK_SAME_DTYPE(op, name, tensor, ref)                                      \
+  TORCH_CHECK_TYPE((tensor).scalar_type() == (ref).scalar_type(), op, ": ", name,           \
+                   " must have the dtype of " #ref " (", (ref).scalar_type(), "), got ",    \
+                   (tensor).scalar_type())

@@ -21,10 +21,8 @@ inline CrossAttentionShape check_cross_attention_cosine_args(
   MMFAST_CHECK_DIM(op, "V", V, 3);
   MMFAST_CHECK_DIM(op, "T", T, 3);
   MMFAST_CHECK_FLOATING(op, "V", V);
-  TORCH_CHECK_TYPE(T.scalar_type() == V.scalar_type(), op, ": T must have the dtype of V (",
-                   V.scalar_type(), "), got ", T.scalar_type());
-  TORCH_CHECK_VALUE(T.device() == V.device(), op, ": T must be on ", V.device(),
-                    " like V, got ", T.device());
+  MMFAST_CHECK_SAME_DTYPE(op, "T", T, V);
+  MMFAST_CHECK_SAME_DEVICE(op, "T", T, V);
   TORCH_CHECK_VALUE(T.size(0) == V.size(0) && T.size(2) == V.size(2), op,
                     ": T must have shape [", V.size(0), ", N, ", V.size(2),
                     "] to match V, got ", T.sizes());
@@ -32,8 +30,7 @@ inline CrossAttentionShape check_cross_attention_cosine_args(
     MMFAST_CHECK_DIM(op, "t_lengths", *t_lengths, 1);
     TORCH_CHECK_TYPE(t_lengths->scalar_type() == at::kLong, op, ": t_lengths must be int64, got ",
                      t_lengths->scalar_type());
-    TORCH_CHECK_VALUE(t_lengths->device() == V.device(), op, ": t_lengths must be on ",
-                      V.device(), " like V, got ", t_lengths->device());
+    MMFAST_CHECK_SAME_DEVICE(op, "t_lengths", *t_lengths, V);
     TORCH_CHECK_VALUE(t_lengths->size(0) == V.size(0), op, ": t_lengths must have shape [",
                       V.size(0), "], got ", t_lengths->sizes());
   }
