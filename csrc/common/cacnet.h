@@ -79,6 +79,14 @@ constexpr Path kPassiveText{true, kTextToText, kWxtHt, kBht, kWhtGt, kBgt, kWgtY
 constexpr Path kCrossImage{false, kImageToText, kWxiHt, kBht, kWhtGi, kBgi, kWgiY};
 constexpr Path kCrossText{true, kTextToImage, kWxtHi, kBhi, kWhiGt, kBgt, kWgtY};
 
+// One layer of the full network: its image and text inputs feed both halves of its output
+// through four blocks w_<input>_<output> and a bias per half.
+struct CrossLayer {
+  int image_image, text_image, text_text, image_text, b_image, b_text;
+};
+constexpr CrossLayer kLayer1{kWxiHi, kWxtHi, kWxtHt, kWxiHt, kBhi, kBht};
+constexpr CrossLayer kLayer2{kWhiGi, kWhtGi, kWhtGt, kWhiGt, kBgi, kBgt};
+
 struct Shape {
   int64_t batch, image_dim, text_dim, half, classes;
 };
@@ -99,8 +107,7 @@ inline Shape check_args(const char* op, const at::Tensor& x_img, const at::Tenso
   const auto check_like_x = [&](const char* name, const at::Tensor& t) {
     TORCH_CHECK_TYPE(t.scalar_type() == x_img.scalar_type(), op, ": ", name, " must be ",
                      x_img.scalar_type(), " like x_img, got ", t.scalar_type());
-    TORCH_CHECK_VALUE(t.device() == x_img.device(), op, ": ", name, " must be on ",
-                      x_img.device(), " like x_img, got ", t.device());
+    MMFAST_CHECK_SAME_DEVICE(op, name, t, x_img);
   };
   check_like_x("x_txt", x_txt);
   TORCH_CHECK_VALUE(x_txt.size(0) == shape.batch, op, ": x_txt must have ", shape.batch,
@@ -219,26 +226,29 @@ struct Schedule {
     Tensor dg_txt = at::mm(grad_logits, params[kWgtY].t());
     Kernels::activation_backward_(dg_img, g_img, act);
     Kernels::activation_backward_(dg_txt, g_txt, act);
-    grads[kWhiGi] = at::mm(h_img.t(), dg_img);
-    grads[kWhtGi] = at::mm(h_txt.t(), dg_img);
-    grads[kWhtGt] = at::mm(h_txt.t(), dg_txt);
-    grads[kWhiGt] = at::mm(h_img.t(), dg_txt);
-    grads[kBgi] = dg_img.sum(0);
-    grads[kBgt] = dg_txt.sum(0);
-    Tensor dh_img = at::mm(dg_img, params[kWhiGi].t()).addmm_(dg_txt, params[kWhiGt].t());
-    Tensor dh_txt = at::mm(dg_txt, params[kWhtGt].t()).addmm_(dg_img, params[kWhtGi].t());
+    auto [dh_img, dh_txt] = cross_layer_backward(kLayer2, h_img, h_txt, dg_img, dg_txt, params,
+                                                 grads, true);
     Kernels::activation_backward_(dh_img, h_img, act);
     Kernels::activation_backward_(dh_txt, h_txt, act);
-    grads[kWxiHi] = at::mm(x_img.t(), dh_img);
-    grads[kWxtHi] = at::mm(x_txt.t(), dh_img);
-    grads[kWxtHt] = at::mm(x_txt.t(), dh_txt);
-    grads[kWxiHt] = at::mm(x_img.t(), dh_txt);
-    grads[kBhi] = dh_img.sum(0);
-    grads[kBht] = dh_txt.sum(0);
-    if (!input_grads) return {at::empty({0}, x_img.options()), at::empty({0}, x_img.options()), grads};
-    Tensor grad_x_img = at::mm(dh_img, params[kWxiHi].t()).addmm_(dh_txt, params[kWxiHt].t());
-    Tensor grad_x_txt = at::mm(dh_txt, params[kWxtHt].t()).addmm_(dh_img, params[kWxtHi].t());
+    auto [grad_x_img, grad_x_txt] = cross_layer_backward(kLayer1, x_img, x_txt, dh_img, dh_txt,
+                                                         params, grads, input_grads);
     return {grad_x_img, grad_x_txt, grads};
+  }
+
+  // A layer's weight and bias gradients from those of its pre-activations (d_img, d_txt), and,
+  // when input_grads, the gradients of its inputs (else empty tensors).
+  static std::pair<Tensor, Tensor> cross_layer_backward(
+      const CrossLayer& layer, const Tensor& in_img, const Tensor& in_txt, const Tensor& d_img,
+      const Tensor& d_txt, at::TensorList params, std::vector<Tensor>& grads, bool input_grads) {
+    grads[layer.image_image] = at::mm(in_img.t(), d_img);
+    grads[layer.text_image] = at::mm(in_txt.t(), d_img);
+    grads[layer.text_text] = at::mm(in_txt.t(), d_txt);
+    grads[layer.image_text] = at::mm(in_img.t(), d_txt);
+    grads[layer.b_image] = d_img.sum(0);
+    grads[layer.b_text] = d_txt.sum(0);
+    if (!input_grads) return {at::empty({0}, in_img.options()), at::empty({0}, in_img.options())};
+    return {at::mm(d_img, params[layer.image_image].t()).addmm_(d_txt, params[layer.image_text].t()),
+            at::mm(d_txt, params[layer.text_text].t()).addmm_(d_img, params[layer.text_image].t())};
   }
 
   static std::tuple<Tensor, Tensor, std::vector<Tensor>> forward_backward(
