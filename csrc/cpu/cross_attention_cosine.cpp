@@ -248,7 +248,8 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
   acc_t* c = v_hat_words.template data_ptr<acc_t>();  // becomes C in place
   acc_t* weighted = c + kr * n;
 
-  // Softmax backward: the row sums of gA A and the column sums of gP P first.
+  // Softmax backward: the row sums of gA A and the column sums of gP P first. gA and gP wait in
+  // c (whose Vhat T^T value only gA reads) and weighted for the second pass.
   std::vector<acc_t> row_sum(kr, acc_t(0)), column_sum(n, acc_t(0));
   for (int64_t i = 0; i < kr; ++i) {
     for (int64_t j = 0; j < n; ++j) {
@@ -257,13 +258,14 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
       const acc_t grad_p = word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
       row_sum[i] += grad_a * a[k];
       column_sum[j] += grad_p * p[k];
+      c[k] = grad_a;
+      weighted[k] = grad_p;
     }
   }
   for (int64_t i = 0; i < kr; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t k = i * n + j;
-      const acc_t grad_a = region_grad[i].alpha * g[k] + region_grad[i].other * c[k];
-      const acc_t grad_p = word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
+      const acc_t grad_a = c[k], grad_p = weighted[k];
       const acc_t grad_s = a[k] * (grad_a - row_sum[i]) + p[k] * (grad_p - column_sum[j]);
       c[k] = scale * grad_s + p[k] * word_grad[j].alpha + region_grad[i].alpha * a[k];
       weighted[k] = p[k] * word_grad[j].other;
