@@ -131,8 +131,8 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
   state.words = at::where(state.valid.unsqueeze(2), T.to(acc), at::zeros({}, V.options().dtype(acc)))
                   .contiguous();
   // One reduction and one sync for both inputs; the failure path names the first bad row.
-  if (batch > 0 && !(at::isfinite(state.regions).all().item<bool>() &&
-                     at::isfinite(state.words).all().item<bool>())) {
+  if (batch > 0 && !(at::isfinite(state.regions).all() & at::isfinite(state.words).all())
+                        .item<bool>()) {
     const bool v_bad = !at::isfinite(state.regions).all().item<bool>();
     const at::Tensor bad = (~at::isfinite(v_bad ? state.regions : state.words)).any(2).nonzero()[0];
     TORCH_CHECK_VALUE(false, op, ": ", v_bad ? "V" : "T", " must be finite, but ",
