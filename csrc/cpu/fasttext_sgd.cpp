@@ -166,8 +166,7 @@ void check_parameter(const char* name, const at::Tensor& t, int64_t ndim) {
                     t.device());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, kOp, ": ", name, " must be float32, got ",
                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == ndim, kOp, ": ", name, " must have ", ndim,
-                    " dimensions, got shape ", t.sizes());
+  MMFAST_CHECK_DIM(kOp, name, t, ndim);
   // Updated in place: a contiguous copy would leave the caller's tensor untouched.
   TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous (it is updated in "
                     "place), got strides ", t.strides());
