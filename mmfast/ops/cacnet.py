@@ -71,6 +71,19 @@ def cross_active_grad_names(train_output: bool) -> tuple[str, ...]:
     return names + OUTPUT_NAMES if train_output else names
 
 
+def param_shapes(image_dim: int, text_dim: int, half: int, classes: int
+                 ) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter (name -> shape, ``PARAM_NAMES`` order) for inputs of
+    ``image_dim`` and ``text_dim``, hidden halves of ``half`` units and ``classes`` outputs."""
+    return {
+        "w_xi_hi": (image_dim, half), "w_xt_ht": (text_dim, half),
+        "w_xi_ht": (image_dim, half), "w_xt_hi": (text_dim, half),
+        **{name: (half, half) for name in ("w_hi_gi", "w_ht_gt", "w_hi_gt", "w_ht_gi")},
+        "w_gi_y": (half, classes), "w_gt_y": (half, classes),
+        **{name: (half,) for name in ("b_hi", "b_ht", "b_gi", "b_gt")}, "b_y": (classes,),
+    }
+
+
 class SubnetworkPairStep(NamedTuple):
     """Phase 1 or case 2: per-sample losses of the image and text sub-networks and the
     gradients of the parameters the pair trains (name -> tensor)."""
@@ -112,14 +125,7 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
     weights = dict(zip(PARAM_NAMES, params))
     half, classes = weights["b_hi"].shape[0], weights["b_y"].shape[0]
     image_dim, text_dim = x_img.shape[1], x_txt.shape[1]
-    expected = {
-        "w_xi_hi": (image_dim, half), "w_xt_ht": (text_dim, half),
-        "w_xi_ht": (image_dim, half), "w_xt_hi": (text_dim, half),
-        **{name: (half, half) for name in ("w_hi_gi", "w_ht_gt", "w_hi_gt", "w_ht_gi")},
-        "w_gi_y": (half, classes), "w_gt_y": (half, classes),
-        **{name: (half,) for name in ("b_hi", "b_ht", "b_gi", "b_gt")}, "b_y": (classes,),
-    }
-    for name, shape in expected.items():
+    for name, shape in param_shapes(image_dim, text_dim, half, classes).items():
         if tuple(weights[name].shape) != shape:
             # The weights are what the model is: a wrong input width is the usual cause.
             hint = ""
