@@ -45,7 +45,7 @@ import torch
 
 from mmfast import _backend
 from mmfast.reference import cacnet as reference_cacnet
-from mmfast.ops._checks import check_same_device, check_tensor
+from mmfast.ops._checks import check_finite, check_same_device, check_tensor
 
 # w_<from>_<to>: xi/xt image/text input, hi/ht image/text half of hidden layer 1 (h', h''),
 # gi/gt of hidden layer 2 (g', g''), y the output.
@@ -148,14 +148,12 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
 def _check_values(op, x_img, x_txt, targets) -> None:
     """The kernels' value checks, with their messages, for a path that runs no kernel (the
     trainer's literal reference step): finite inputs, targets in {0, 1}."""
-    for name, value, binary in (("x_img", x_img, False), ("x_txt", x_txt, False),
-                                ("targets", targets, True)):
-        valid = (value == 0) | (value == 1) if binary else torch.isfinite(value)
-        if not bool(valid.all()):
-            row = int((~valid).any(1).nonzero()[0, 0])
-            expected, found = (("hold only 0 and 1", "another value") if binary
-                               else ("be finite", "a NaN or infinite value"))
-            raise ValueError(f"{op}: {name} must {expected}, but row {row} has {found}")
+    check_finite(op, "x_img", x_img)
+    check_finite(op, "x_txt", x_txt)
+    binary = (targets == 0) | (targets == 1)
+    if not bool(binary.all()):
+        row = int((~binary).any(1).nonzero()[0, 0])
+        raise ValueError(f"{op}: targets must hold only 0 and 1, but row {row} has another value")
 
 
 # ---- public functions
