@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mmfast.ops._checks import check_tensor
-from mmfast.ops.cacnet import ACTIVATIONS, PARAM_NAMES, cacnet_forward
+from mmfast.ops.cacnet import ACTIVATIONS, PARAM_NAMES, cacnet_forward, param_shapes
 from mmfast.reference import cacnet as reference
 
 
@@ -57,18 +57,8 @@ class CACNet(nn.Module):
             raise ValueError(f"CACNet: activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.image_dim, self.text_dim, self.hidden = image_dim, text_dim, hidden
         self.num_classes, self.activation = num_classes, activation
-        half = hidden // 2
-        shapes = {
-            "w_xi_hi": (image_dim, half), "w_xt_ht": (text_dim, half),
-            "w_xi_ht": (image_dim, half), "w_xt_hi": (text_dim, half),
-            "w_hi_gi": (half, half), "w_ht_gt": (half, half),
-            "w_hi_gt": (half, half), "w_ht_gi": (half, half),
-            "w_gi_y": (half, num_classes), "w_gt_y": (half, num_classes),
-            "b_hi": (half,), "b_ht": (half,), "b_gi": (half,), "b_gt": (half,),
-            "b_y": (num_classes,),
-        }
-        for name in PARAM_NAMES:
-            self.register_parameter(name, nn.Parameter(torch.empty(shapes[name])))
+        for name, shape in param_shapes(image_dim, text_dim, hidden // 2, num_classes).items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from mmfast.ops._checks import check_ids
+
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 _FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
 
@@ -142,10 +144,3 @@ def check_bags(name: str, words, offsets, num_embeddings: int) -> None:
         raise ValueError(f"{name}: offsets must start at 0, got {int(offsets[0])}")
     check_ids(name, "words must be ids", words, num_embeddings)
 
-
-def check_ids(name: str, rule: str, ids: torch.Tensor, limit: int) -> None:
-    """ids in [0, limit), read back with one aminmax (one sync on a GPU, not four)."""
-    if ids.numel():
-        low, high = (int(value) for value in ids.aminmax())
-        if low < 0 or high >= limit:
-            raise ValueError(f"{name}: {rule} in [0, {limit}), got values in [{low}, {high}]")

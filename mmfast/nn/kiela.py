@@ -14,7 +14,8 @@ Every model is called ``model(words, offsets, image)`` (``image``: [B, D] float 
 import torch
 from torch import nn
 
-from mmfast.nn.fasttext import FastText, check_bags, check_ids
+from mmfast.nn.fasttext import FastText, check_bags
+from mmfast.ops._checks import check_ids
 from mmfast.ops.bilinear_fusion import bilinear_fusion
 
 FUSIONS = ("image", "additive", "max", "gated", "bilinear", "bilinear_gated")

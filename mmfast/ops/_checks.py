@@ -36,6 +36,15 @@ def check_same_dtype(op: str, name: str, value: torch.Tensor, reference: torch.T
         )
 
 
+def check_ids(op: str, rule: str, ids: torch.Tensor, limit: int, error=ValueError) -> None:
+    """``ids`` in [0, limit), read back with one aminmax (one sync on a GPU, not four); the
+    message reads "{op}: {rule} in [0, limit), got values in [low, high]"."""
+    if ids.numel():
+        low, high = (int(value) for value in ids.aminmax())
+        if low < 0 or high >= limit:
+            raise error(f"{op}: {rule} in [0, {limit}), got values in [{low}, {high}]")
+
+
 def check_finite(op: str, name: str, value: torch.Tensor) -> None:
     """No NaN or infinity in ``value`` [B, ...]; the message names the first bad row. Reads the
     data (one device sync), unlike the checks above."""

@@ -45,7 +45,7 @@ import torch
 
 from mmfast import _backend
 from mmfast.reference import cacnet as reference_cacnet
-from mmfast.ops._checks import check_same_device, check_tensor
+from mmfast.ops._checks import check_finite, check_same_device, check_tensor
 
 # w_<from>_<to>: xi/xt image/text input, hi/ht image/text half of hidden layer 1 (h', h''),
 # gi/gt of hidden layer 2 (g', g''), y the output.
@@ -69,6 +69,19 @@ def cross_active_grad_names(train_output: bool) -> tuple[str, ...]:
     sub-networks pass through and, when ``train_output``, the output layer."""
     names = ("w_xi_ht", "w_xt_hi", "w_ht_gi", "w_hi_gt", "b_ht", "b_hi", "b_gi", "b_gt")
     return names + OUTPUT_NAMES if train_output else names
+
+
+def param_shapes(image_dim: int, text_dim: int, half: int, classes: int
+                 ) -> dict[str, tuple[int, ...]]:
+    """The shape of each parameter (name -> shape, ``PARAM_NAMES`` order) for inputs of
+    ``image_dim`` and ``text_dim``, hidden halves of ``half`` units and ``classes`` outputs."""
+    return {
+        "w_xi_hi": (image_dim, half), "w_xt_ht": (text_dim, half),
+        "w_xi_ht": (image_dim, half), "w_xt_hi": (text_dim, half),
+        **{name: (half, half) for name in ("w_hi_gi", "w_ht_gt", "w_hi_gt", "w_ht_gi")},
+        "w_gi_y": (half, classes), "w_gt_y": (half, classes),
+        **{name: (half,) for name in ("b_hi", "b_ht", "b_gi", "b_gt")}, "b_y": (classes,),
+    }
 
 
 class SubnetworkPairStep(NamedTuple):
@@ -112,14 +125,7 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
     weights = dict(zip(PARAM_NAMES, params))
     half, classes = weights["b_hi"].shape[0], weights["b_y"].shape[0]
     image_dim, text_dim = x_img.shape[1], x_txt.shape[1]
-    expected = {
-        "w_xi_hi": (image_dim, half), "w_xt_ht": (text_dim, half),
-        "w_xi_ht": (image_dim, half), "w_xt_hi": (text_dim, half),
-        **{name: (half, half) for name in ("w_hi_gi", "w_ht_gt", "w_hi_gt", "w_ht_gi")},
-        "w_gi_y": (half, classes), "w_gt_y": (half, classes),
-        **{name: (half,) for name in ("b_hi", "b_ht", "b_gi", "b_gt")}, "b_y": (classes,),
-    }
-    for name, shape in expected.items():
+    for name, shape in param_shapes(image_dim, text_dim, half, classes).items():
         if tuple(weights[name].shape) != shape:
             # The weights are what the model is: a wrong input width is the usual cause.
             hint = ""
@@ -142,14 +148,12 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
 def _check_values(op, x_img, x_txt, targets) -> None:
     """The kernels' value checks, with their messages, for a path that runs no kernel (the
     trainer's literal reference step): finite inputs, targets in {0, 1}."""
-    for name, value, binary in (("x_img", x_img, False), ("x_txt", x_txt, False),
-                                ("targets", targets, True)):
-        valid = (value == 0) | (value == 1) if binary else torch.isfinite(value)
-        if not bool(valid.all()):
-            row = int((~valid).any(1).nonzero()[0, 0])
-            expected, found = (("hold only 0 and 1", "another value") if binary
-                               else ("be finite", "a NaN or infinite value"))
-            raise ValueError(f"{op}: {name} must {expected}, but row {row} has {found}")
+    check_finite(op, "x_img", x_img)
+    check_finite(op, "x_txt", x_txt)
+    binary = (targets == 0) | (targets == 1)
+    if not bool(binary.all()):
+        row = int((~binary).any(1).nonzero()[0, 0])
+        raise ValueError(f"{op}: targets must hold only 0 and 1, but row {row} has another value")
 
 
 # ---- public functions

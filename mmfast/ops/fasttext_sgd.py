@@ -10,7 +10,7 @@ import math
 import torch
 
 from mmfast import _backend, reference
-from mmfast.ops._checks import check_same_device, check_tensor
+from mmfast.ops._checks import check_ids, check_same_device, check_tensor
 
 _OP = "fasttext_sgd_"
 
@@ -99,13 +99,8 @@ def _check_values(embedding, weight, indices, offsets, labels) -> None:
                          f"{indices.shape[0]}, got {int(offsets[0])} to {int(offsets[-1])}")
     if bool((offsets.diff() < 0).any()):
         raise ValueError(f"{_OP}: offsets must be non-decreasing")
-    for name, values, limit in (("indices", indices, embedding.shape[0]),
-                                ("labels", labels, weight.shape[0])):
-        if values.numel():
-            low, high = (int(value) for value in values.aminmax())
-            if low < 0 or high >= limit:
-                raise IndexError(f"{_OP}: {name} must be in [0, {limit}), got values in "
-                                 f"[{low}, {high}]")
+    check_ids(_OP, "indices must be", indices, embedding.shape[0], error=IndexError)
+    check_ids(_OP, "labels must be", labels, weight.shape[0], error=IndexError)
 
 
 @torch.library.register_fake("mmfast::fasttext_sgd_")

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmfast._io import atomic_path, write_text_atomic
+from mmfast.ops._checks import check_ids
 from mmfast.ops.pq_encode import pq_encode
 from mmfast.quant.kmeans import train_subspace_codebooks
 
@@ -214,11 +215,7 @@ class ProductQuantizer(nn.Module):
             raise ValueError(f"{cls}: codes must have shape [B, {self.num_subspaces}], got {shape}")
         if codes.is_floating_point() or codes.is_complex():
             raise TypeError(f"{cls}: codes must be an integer tensor, got {codes.dtype}")
-        if codes.numel():
-            low, high = (int(value) for value in codes.aminmax())
-            if low < 0 or high >= self.num_centroids:
-                raise ValueError(f"{cls}: codes must be in [0, {self.num_centroids}), got values "
-                                 f"in [{low}, {high}]")
+        check_ids(cls, "codes must be", codes, self.num_centroids)
 
 
 class RSPQ(ProductQuantizer):
