@@ -13,9 +13,8 @@ of 500 epochs) scaled to ``EPOCHS``: the ramp is the last fifth.
 
 import time
 
-from mmfast.data import emoji_dataset, read_manifest
 from mmfast.train.cacnet_demo import HASHTAG_METRICS, cacnet_features, table4
-from mmfast.train.kiela import demo_image_store
+from mmfast.train.kiela import demo_features
 
 EPOCHS = 100
 LR = 0.1
@@ -24,12 +23,8 @@ LR = 0.1
 # One thread: batch-20 GEMMs gain nothing from a second one, and it leaves the other core free.
 def test_table4_on_emoji_tags(one_thread):
     start = time.perf_counter()
-    data = emoji_dataset("tags")
-    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    store = demo_image_store(train + heldout)
-    image = store["image"]
-    features = cacnet_features(train, heldout, image[store.rows([r.id for r in train])],
-                               image[store.rows([r.id for r in heldout])], data.labels)
+    data, train, heldout, train_image, heldout_image = demo_features("tags")
+    features = cacnet_features(train, heldout, train_image, heldout_image, data.labels)
     rows = table4(features, EPOCHS, lr=LR)
 
     print(f"\nemoji tags: {len(train)} train / {len(heldout)} held-out items, "

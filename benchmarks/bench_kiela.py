@@ -14,19 +14,13 @@ import pytest
 import torch
 
 from mmfast.commands import DEMO_RECIPES
-from mmfast.data import emoji_dataset, read_manifest
 from mmfast.train import predict
-from mmfast.train.kiela import MODELS, Recipe, demo_image_store, fit
+from mmfast.train.kiela import MODELS, Recipe, demo_features, fit
 
 
 @pytest.fixture(scope="module")
 def emoji():
-    data = emoji_dataset("group")
-    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    store = demo_image_store(train + heldout)
-    image = np.asarray(store["image"])
-    return data, train, heldout, image[store.rows([r.id for r in train])], \
-        image[store.rows([r.id for r in heldout])]
+    return demo_features("group")
 
 
 def test_models_trade_off(emoji, two_threads, tmp_path):

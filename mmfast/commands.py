@@ -7,7 +7,6 @@ from dataclasses import fields
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -18,7 +17,7 @@ from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
 from mmfast.train.fasttext import predict
 from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, demo_image_store, fit,
-                                image_store)
+                                image_store, store_features)
 
 # Per-model settings of the demo (chosen on the emoji group task; paper 003's grid).
 DEMO_RECIPES = {
@@ -41,10 +40,6 @@ def _evaluate(trained: Trained, logits: torch.Tensor, targets: torch.Tensor) -> 
     return {"accuracy": hits / max(len(targets), 1)}
 
 
-def _store_features(store: FeatureStore, records) -> np.ndarray:
-    return np.asarray(store["image"])[store.rows([r.id for r in records])]
-
-
 def run_demo(args) -> int:
     torch.manual_seed(0)
     data = emoji_dataset(args.task)
@@ -59,8 +54,8 @@ def run_demo(args) -> int:
     store = demo_image_store(train_records + heldout)
     print(f"image features: EfficientNet-Lite0 (ImageNet), {DEMO_IMAGE_SIZE}px, pooled 1280-d, "
           f"store {store.directory} ({time.perf_counter() - start:.1f} s)")
-    train_image, heldout_image = (_store_features(store, train_records),
-                                  _store_features(store, heldout))
+    train_image, heldout_image = (store_features(store, train_records),
+                                  store_features(store, heldout))
     metric = "P@1" if data.multilabel else "accuracy"
     print(f"{'model':<15} {metric:>9} {'train s':>8} {'train items/s':>14} "
           f"{'classify items/s':>17}")
@@ -103,7 +98,7 @@ def _train(args) -> int:
     labels = sorted({label for record in records for label in record.labels})
     settings = {f.name: getattr(args, f.name) for f in fields(Recipe)
                 if getattr(args, f.name, None) is not None}
-    trained = fit(Recipe(**settings), records, _store_features(store, records), labels,
+    trained = fit(Recipe(**settings), records, store_features(store, records), labels,
                   multilabel, progress=not args.quiet)
     trained.save(args.out, extractor=store.meta.get("extractor"))
     print(f"trained {args.model} on {len(records)} items in {trained.stats['seconds']:.2f} s "
@@ -121,7 +116,7 @@ def _image_source(args, config: dict):
     """A function records -> image features: from --store, or extracted now as at training."""
     if args.store:
         store = FeatureStore(args.store)
-        return lambda records: _store_features(store, records)
+        return lambda records: store_features(store, records)
     recipe = config.get("extractor")
     if recipe is None:
         raise ValueError("classify: the checkpoint records no image extractor: pass --store")

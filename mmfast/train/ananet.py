@@ -68,9 +68,9 @@ class AnANetTrainer:
         self.batch_size = batch_size
         self.steps = 0
 
-    def _batch(self, features, index):
+    def _batch(self, features, index, keys=FEATURE_KEYS):
         device = next(self.model.parameters()).device
-        return [features[key][index].to(device) for key in FEATURE_KEYS]
+        return [features[key][index].to(device) for key in keys]
 
     def step(self, regions, word_vectors, context_vectors, t_lengths, labels) -> dict[str, float]:
         """One optimizer step on one mini-batch; returns the loss and its parts."""
@@ -88,14 +88,10 @@ class AnANetTrainer:
             generator: torch.Generator | None = None) -> list[float]:
         """Shuffled epochs over ``features``; returns each epoch's mean loss."""
         num_samples = _check_features(features, need_labels=True, source="fit")
-        history = []
+        keys, history = FEATURE_KEYS + ("labels",), []
         for _ in range(epochs):
-            order = torch.randperm(num_samples, generator=generator)
-            losses = []
-            for start in range(0, num_samples, self.batch_size):
-                index = order[start:start + self.batch_size]
-                labels = features["labels"][index].to(next(self.model.parameters()).device)
-                losses.append(self.step(*self._batch(features, index), labels)["loss"])
+            batches = torch.randperm(num_samples, generator=generator).split(self.batch_size)
+            losses = [self.step(*self._batch(features, index, keys))["loss"] for index in batches]
             history.append(sum(losses) / max(len(losses), 1))
         return history
 

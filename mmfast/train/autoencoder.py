@@ -4,7 +4,6 @@ reconstruction loss: shuffled mini-batches, one optimizer step each (the paper u
 
 import math
 import os
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -110,13 +109,7 @@ class AutoencoderTrainer:
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Restores the model's weights, the optimizer, epoch, seed and history from
         ``save_checkpoint``; ``fit`` then resumes where it stopped. Never unpickles."""
-        saved, config = checkpoint.load_checkpoint(directory)
-        expected = {"model": type(self.model).__name__, "args": self.model.config()}
-        found = {"model": config["model"], "args": config["args"]}
-        if found != expected or "trainer" not in config:
-            raise ValueError(f"AutoencoderTrainer.load_checkpoint: {Path(directory)} must hold a "
-                             f"trainer checkpoint of {expected}, got {found}")
-        self.model.load_state_dict(saved.state_dict())
-        checkpoint.load_optimizer_state(directory, self.optimizer)
+        config = checkpoint.resume(directory, self.model, self.optimizer, ("trainer",),
+                                   "AutoencoderTrainer.load_checkpoint")
         trainer = config["trainer"]
         self.epoch, self.seed, self.history = trainer["epoch"], trainer["seed"], trainer["history"]

@@ -5,7 +5,6 @@ case 1) or the cross-active sub-networks (case 2). Each phase ends with an optim
 import numbers
 import os
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -217,12 +216,8 @@ class CACNetTrainer:
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Restores the model, the optimizer and the epoch count from ``save_checkpoint``;
         ``fit`` then resumes where it stopped. Never unpickles anything."""
-        saved, config = checkpoint.load_checkpoint(directory)
-        if config["model"] != "CACNet" or config["args"] != self.model.config():
-            raise ValueError(f"load_checkpoint: {Path(directory) / checkpoint.CONFIG} holds a "
-                             f"model {config['model']}({config['args']}), this trainer's is "
-                             f"CACNet({self.model.config()})")
-        self.model.load_state_dict(saved.state_dict())
-        checkpoint.load_optimizer_state(directory, self.optimizer)
+        config = checkpoint.resume(directory, self.model, self.optimizer,
+                                   ("epoch", "gamma", "train_output_in_cross_active"),
+                                   "CACNetTrainer.load_checkpoint")
         self.epoch, self.gamma = config["epoch"], config["gamma"]
         self.train_output_in_cross_active = config["train_output_in_cross_active"]

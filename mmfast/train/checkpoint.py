@@ -60,7 +60,29 @@ def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Op
     """Restore ``optimizer`` (built like the saved one, over the loaded model's parameters) from
     a checkpoint saved with an optimizer; its tensors move to the parameters' devices."""
     directory = Path(directory)
+    _load_optimizer(directory, _read_config(directory), optimizer)
+
+
+def resume(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
+           keys: tuple[str, ...], where: str) -> dict:
+    """Restore a trainer's ``model`` and ``optimizer`` in place from ``save_checkpoint``'s
+    directory, which must hold a model of the same class and arguments and the trainer's
+    config ``keys``; returns the config. Never unpickles."""
+    directory = Path(directory)
     config = _read_config(directory)
+    expected = {"model": type(model).__name__, "args": model.config()}
+    found = {"model": config.get("model"), "args": config.get("args")}
+    missing = [key for key in keys if key not in config]
+    if found != expected or missing:
+        lacking = f" without {missing}" if missing else ""
+        raise ValueError(f"{where}: {directory / CONFIG} holds a model {found}{lacking}; it "
+                         f"must hold a trainer checkpoint of {expected}")
+    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    _load_optimizer(directory, config, optimizer)
+    return config
+
+
+def _load_optimizer(directory: Path, config: dict, optimizer: torch.optim.Optimizer) -> None:
     if "optimizer" not in config:
         raise ValueError(f"{directory / CONFIG}: the checkpoint holds no optimizer state "
                          "(save_checkpoint was not given an optimizer)")

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfast.data import FeatureStore, Record, demo_cache_dir
+from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
+                         read_manifest)
 from mmfast.features import ImageFeatureExtractor
 from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher
 from mmfast.quant import RSPQ, ProductQuantizer
@@ -74,6 +75,21 @@ def demo_image_store(records: Sequence[Record], progress: bool = True) -> Featur
     folder, with the default extractor: pooled EfficientNet-Lite0 at ``DEMO_IMAGE_SIZE`` px."""
     return image_store(records, demo_cache_dir() / f"features-lite0-{DEMO_IMAGE_SIZE}",
                        progress=progress)
+
+
+def store_features(store: FeatureStore, records: Sequence[Record]) -> np.ndarray:
+    """The store's ``image`` rows of ``records``, in their order."""
+    return store["image"][store.rows([record.id for record in records])]
+
+
+def demo_features(task: str) -> tuple[DemoData, list[Record], list[Record], np.ndarray,
+                                      np.ndarray]:
+    """The demo's ``task`` (``mmfast.data.emoji_dataset``): the dataset, its train and held-out
+    records, and their image features from ``demo_image_store``."""
+    data = emoji_dataset(task)
+    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
+    store = demo_image_store(train + heldout)
+    return data, train, heldout, store_features(store, train), store_features(store, heldout)
 
 
 def targets(records: Sequence[Record], labels: Sequence[str], multilabel: bool) -> torch.Tensor:
