@@ -98,6 +98,28 @@ def test_row_shares_tiles_and_slices_match_reference(threads, dtype):
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("batch,in1,in2,out", [
+    (65, 120, 120, 13),  # two chunks of p, a partial block of classes, a partial block of rows
+    (33, 7, 5, 24),  # whole blocks of classes only
+    (5, 0, 4, 3),  # sums over no p: the bias alone
+    (5, 4, 0, 3),  # and over no q
+    (5, 4, 3, 0),  # no classes
+])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocks_chunks_and_empty_dimensions_match_reference(batch, in1, in2, out, threads, dtype):
+    # The CPU forward's register tiles cover blocks of rows and of classes, and its weights go
+    # through the cache in chunks of p; these shapes reach each edge of that blocking.
+    u, v, weight, b = _problem(batch, in1, in2, out, dtype=dtype)
+    grad_out = torch.randn(batch, out, dtype=dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert_as_accurate_as_reference(u, v, weight, b, "second", grad_out)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_torch_functional_bilinear(device, bias):
     u, v, weight, b = _problem(64, 17, 23, 19, bias, device=device)

@@ -1,4 +1,5 @@
-// The tiled algorithm of bilinear_fusion, shared by the CPU and CUDA kernels.
+// The tiled algorithm of bilinear_fusion: the CUDA forward and backward, and the CPU backward (the
+// CPU forward is a fused kernel of its own, cpu/bilinear_fusion.cpp).
 //
 // With T[b, p*Q + q] = g(u)[b,p] * g'(v)[b,q] (the gated outer product of one row), every product
 // of the op is a GEMM against W viewed as [K, P*Q]:
@@ -16,11 +17,12 @@
 //   outer_product(u_block [rows, pb], v [rows, Q], outer [rows, pb*Q])       writes a T slice
 //   contract(grad_outer [rows, pb*Q], u_block, v, grad_u_block [rows, pb], grad_v [rows, Q])
 //       writes grad_u_block and adds into grad_v
-//   workers(batch)            how many workers split the rows, each a contiguous share
+//   workers(batch)            how many workers share the work
 //   run_workers(n, fn)        calls fn(worker) for every worker in [0, n), concurrently if it can
 // and the constants kTileRows (rows per tile) and kSliceBytes (the size a slice aims for).
-// Workers own disjoint rows of out, grad_u and grad_v; grad_W sums over all rows, so every worker
-// but the first accumulates into a private copy, added in at the end.
+// Each worker owns a contiguous share of the rows (of out, grad_u and grad_v) and, in the
+// backward, a contiguous share of p (the columns of grad_W, summed over all rows), so no two
+// workers write the same element.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -95,15 +97,15 @@ void bilinear_forward_rows(const at::Tensor& u_gated, const at::Tensor& v_gated,
   }
 }
 
-// Rows [begin, end) of the backward: grad_u, grad_v rows and their share of grad_W (added in).
+// grad_u and grad_v of rows [begin, end): G = grad_o @ W one slice at a time, each reduced to
+// grad_u and grad_v while it is still in cache.
 template <typename Kernels>
-void bilinear_backward_rows(const at::Tensor& grad_out, const at::Tensor& u_gated,
-                            const at::Tensor& v_gated, const at::Tensor& weight_flat,
-                            const BilinearTiling& tiling, int64_t begin, int64_t end,
-                            at::Tensor& grad_u, at::Tensor& grad_v, at::Tensor& grad_weight_flat) {
+void bilinear_input_grads_rows(const at::Tensor& grad_out, const at::Tensor& u_gated,
+                               const at::Tensor& v_gated, const at::Tensor& weight_flat,
+                               const BilinearTiling& tiling, int64_t begin, int64_t end,
+                               at::Tensor& grad_u, at::Tensor& grad_v) {
   const int64_t in1 = u_gated.size(1), in2 = v_gated.size(1);
-  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, u_gated.options());  // T slice
-  at::Tensor grad_outer = at::empty_like(outer);                                          // G slice
+  at::Tensor grad_outer = at::empty({tiling.rows, tiling.p_block * in2}, u_gated.options());  // G
   for (int64_t row0 = begin; row0 < end; row0 += tiling.rows) {
     const int64_t rows = std::min(tiling.rows, end - row0);
     const at::Tensor grad_out_tile = grad_out.narrow(0, row0, rows);  // [rows, K]
@@ -111,15 +113,39 @@ void bilinear_backward_rows(const at::Tensor& grad_out, const at::Tensor& u_gate
     at::Tensor grad_v_tile = grad_v.narrow(0, row0, rows);
     for (int64_t p0 = 0; p0 < in1; p0 += tiling.p_block) {
       const int64_t p_block = std::min(tiling.p_block, in1 - p0);
-      const at::Tensor u_block = u_gated.narrow(0, row0, rows).narrow(1, p0, p_block);
-      const at::Tensor weight_slice = weight_flat.narrow(1, p0 * in2, p_block * in2);
-      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
       at::Tensor grad_outer_slice = grad_outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
-      Kernels::outer_product(u_block, v_tile, outer_slice);
-      grad_weight_flat.narrow(1, p0 * in2, p_block * in2).addmm_(grad_out_tile.t(), outer_slice);
-      at::mm_out(grad_outer_slice, grad_out_tile, weight_slice);
+      at::mm_out(grad_outer_slice, grad_out_tile, weight_flat.narrow(1, p0 * in2, p_block * in2));
       at::Tensor grad_u_block = grad_u.narrow(0, row0, rows).narrow(1, p0, p_block);
-      Kernels::contract(grad_outer_slice, u_block, v_tile, grad_u_block, grad_v_tile);
+      Kernels::contract(grad_outer_slice, u_gated.narrow(0, row0, rows).narrow(1, p0, p_block),
+                        v_tile, grad_u_block, grad_v_tile);
+    }
+  }
+}
+
+// Columns [p_begin * Q, p_end * Q) of grad_W = grad_o^T @ T, summed over all rows one slice of T
+// at a time: workers own disjoint columns, so none needs a private copy of grad_W.
+template <typename Kernels>
+void bilinear_weight_grad_columns(const at::Tensor& grad_out, const at::Tensor& u_gated,
+                                  const at::Tensor& v_gated, const BilinearTiling& tiling,
+                                  int64_t p_begin, int64_t p_end, at::Tensor& grad_weight_flat) {
+  const int64_t batch = u_gated.size(0), in2 = v_gated.size(1);
+  at::Tensor outer = at::empty({tiling.rows, tiling.p_block * in2}, u_gated.options());  // T
+  for (int64_t row0 = 0; row0 < batch; row0 += tiling.rows) {
+    const int64_t rows = std::min(tiling.rows, batch - row0);
+    const at::Tensor grad_out_tile_t = grad_out.narrow(0, row0, rows).t();  // [K, rows]
+    const at::Tensor v_tile = v_gated.narrow(0, row0, rows);
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += tiling.p_block) {
+      const int64_t p_block = std::min(tiling.p_block, p_end - p0);
+      at::Tensor outer_slice = outer.narrow(0, 0, rows).narrow(1, 0, p_block * in2);
+      Kernels::outer_product(u_gated.narrow(0, row0, rows).narrow(1, p0, p_block), v_tile,
+                             outer_slice);
+      at::Tensor grad_weight_block = grad_weight_flat.narrow(1, p0 * in2, p_block * in2);
+      // The first tile of rows writes the block (no zero fill of grad_W), the others add to it.
+      if (row0 == 0) {
+        at::mm_out(grad_weight_block, grad_out_tile_t, outer_slice);
+      } else {
+        grad_weight_block.addmm_(grad_out_tile_t, outer_slice);
+      }
     }
   }
 }
@@ -168,29 +194,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backw
 
   const at::Tensor grad_out_compute = grad_out.to(compute_dtype).contiguous();  // [B, K]
   at::Tensor grad_u = at::empty({shape.batch, shape.in1}, compute);
-  at::Tensor grad_v = at::zeros({shape.batch, in2}, compute);                // sum over p blocks
-  at::Tensor grad_weight_flat = at::zeros({shape.out, features}, compute);  // [K, P*Q]
-  const at::Tensor grad_bias = grad_out_compute.sum(0);                     // [K]
+  at::Tensor grad_v = at::zeros({shape.batch, in2}, compute);  // sum over p blocks
+  // Every column block is written by its first tile of rows; with no rows there is none.
+  at::Tensor grad_weight_flat = shape.batch > 0 ? at::empty({shape.out, features}, compute)
+                                                : at::zeros({shape.out, features}, compute);
+  const at::Tensor grad_bias = grad_out_compute.sum(0);  // [K]
 
   if (shape.batch > 0) {
     const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
     const at::Tensor weight_flat =
         weight.to(compute_dtype).contiguous().view({shape.out, features});  // [K, P*Q]
     const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
-    std::vector<at::Tensor> grad_weight_shares(tiling.workers);
-    grad_weight_shares[0] = grad_weight_flat;
-    for (int64_t worker = 1; worker < tiling.workers; ++worker) {
-      grad_weight_shares[worker] = at::zeros_like(grad_weight_flat);
-    }
+    // Each worker takes a share of the rows for grad_u and grad_v, and a share of p for grad_W.
+    const int64_t p_share = (shape.in1 + tiling.workers - 1) / tiling.workers;
     Kernels::run_workers(tiling.workers, [&](int64_t worker) {
-      bilinear_backward_rows<Kernels>(grad_out_compute, u_gated, v_gated, weight_flat, tiling,
-                                      tiling.share_begin(worker, shape.batch),
-                                      tiling.share_begin(worker + 1, shape.batch), grad_u, grad_v,
-                                      grad_weight_shares[worker]);
+      bilinear_input_grads_rows<Kernels>(grad_out_compute, u_gated, v_gated, weight_flat, tiling,
+                                         tiling.share_begin(worker, shape.batch),
+                                         tiling.share_begin(worker + 1, shape.batch), grad_u,
+                                         grad_v);
+      bilinear_weight_grad_columns<Kernels>(
+          grad_out_compute, u_gated, v_gated, tiling, std::min(worker * p_share, shape.in1),
+          std::min((worker + 1) * p_share, shape.in1), grad_weight_flat);
     });
-    for (int64_t worker = 1; worker < tiling.workers; ++worker) {
-      grad_weight_flat.add_(grad_weight_shares[worker]);
-    }
     // Chain rule through the gate: d sigmoid(x) / dx = s (1 - s).
     if (gate == BilinearGate::kFirst) grad_u.mul_(u_gated * (1 - u_gated));
     if (gate == BilinearGate::kSecond) grad_v.mul_(v_gated * (1 - v_gated));
