@@ -125,8 +125,8 @@ struct CpuKernels {
 };
 
 // The fused forward's register tile: kClasses classes times kRowVectors vectors of batch rows,
-// kClasses * kRowVectors accumulators plus the kRowVectors products u*v in registers (24 + 2 of the
-// 32 on AVX-512). Per (p, q) the tile does kRowVectors multiplies for kClasses * kRowVectors FMAs.
+// kClasses * kRowVectors accumulators plus the kRowVectors products u*v in registers (24 + 2 of
+// the 32 on AVX-512). Per (p, q) the tile does kRowVectors multiplies for kClasses * kRowVectors FMAs.
 template <typename scalar_t>
 struct ForwardTile {
   using Vec = typename simd::Vector<scalar_t>::type;
@@ -152,13 +152,16 @@ struct ForwardTile {
   // kRows x kClasses and drops the rest):
   //   u_rows [P][kRows], v_rows [Q][kRows]  the block's inputs, transposed: a vector is kLanes rows
   //   w [kClasses][w_stride]                the classes' rows of W viewed as [K, P*Q]
-  // Not inlined: on its own the loop gets all the general registers for its 12 row offsets of W;
-  // inlined into the caller's loops, some of them spill to mask registers and the stack, and
-  // moving them back costs the FMA ports (measured 10% on AVX-512).
-  __attribute__((noinline)) static void run(const scalar_t* __restrict u_rows, const scalar_t* __restrict v_rows,
-                  const scalar_t* __restrict w, int64_t w_stride, int64_t in2, int64_t p_begin,
-                  int64_t p_end, const scalar_t* __restrict bias, scalar_t* __restrict out,
-                  int64_t out_stride, int64_t rows, int64_t classes) {
+  // Not inlined: on its own the loop gets all the general registers for its kClasses row offsets
+  // into W; inlined into the caller's loops, some of them spill to mask registers and the stack,
+  // and moving them back costs the FMA ports (measured 10% on AVX-512).
+  __attribute__((noinline)) static void run(const scalar_t* __restrict u_rows,
+                                            const scalar_t* __restrict v_rows,
+                                            const scalar_t* __restrict w, int64_t w_stride,
+                                            int64_t in2, int64_t p_begin, int64_t p_end,
+                                            const scalar_t* __restrict bias,
+                                            scalar_t* __restrict out, int64_t out_stride,
+                                            int64_t rows, int64_t classes) {
     Vec acc[kClasses][kRowVectors] = {};
     w += p_begin * in2;
     for (int64_t p = p_begin; p < p_end; ++p) {
@@ -202,7 +205,8 @@ void fused_forward(const at::Tensor& u_gated, const at::Tensor& v_gated,
   const int64_t batch = u_gated.size(0), in1 = u_gated.size(1), in2 = v_gated.size(1),
                 classes = weight_flat.size(0), features = in1 * in2;
   const int64_t row_blocks = (batch + kRows - 1) / kRows;
-  const int64_t full_class_blocks = classes / kClasses, class_blocks = (classes + kClasses - 1) / kClasses;
+  const int64_t full_class_blocks = classes / kClasses;
+  const int64_t class_blocks = (classes + kClasses - 1) / kClasses;
 
   // [row_blocks, P or Q, kRows]: the rows of a block side by side.
   const auto pack_rows = [&](const at::Tensor& x) {
