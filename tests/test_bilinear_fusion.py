@@ -83,19 +83,23 @@ def test_forward_and_grads_match_reference(device, batch, in1, in2, out, gate, b
     assert_as_accurate_as_reference(u, v, weight, b, gate, grad_out)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.fixture
+def intra_op_threads(request):
+    """torch's intra-op thread count for one test (parametrized indirectly), then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("intra_op_threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_row_shares_tiles_and_slices_match_reference(threads, dtype):
-    # 1100 rows at P = Q = 40: several 512-row tiles and two p blocks per tile on one thread; a
-    # share of the rows per thread (each summing its own grad_W) on two and three.
+def test_row_shares_tiles_and_slices_match_reference(intra_op_threads, dtype):
+    # 1100 rows at P = Q = 40: several 512-row tiles and two p blocks per tile on one thread; on
+    # two and three, a share of the rows (grad_u, grad_v) and of p (grad_W) per thread.
     u, v, weight, b = _problem(1100, 40, 40, 5, dtype=dtype)
     grad_out = torch.randn(1100, 5, dtype=dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        assert_as_accurate_as_reference(u, v, weight, b, "first", grad_out)
-    finally:
-        torch.set_num_threads(previous)
+    assert_as_accurate_as_reference(u, v, weight, b, "first", grad_out)
 
 
 @pytest.mark.parametrize("batch,in1,in2,out", [
@@ -105,19 +109,15 @@ def test_row_shares_tiles_and_slices_match_reference(threads, dtype):
     (5, 4, 0, 3),  # and over no q
     (5, 4, 3, 0),  # no classes
 ])
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("intra_op_threads", [1, 2], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_blocks_chunks_and_empty_dimensions_match_reference(batch, in1, in2, out, threads, dtype):
+def test_blocks_chunks_and_empty_dimensions_match_reference(batch, in1, in2, out,
+                                                           intra_op_threads, dtype):
     # The CPU forward's register tiles cover blocks of rows and of classes, and its weights go
     # through the cache in chunks of p; these shapes reach each edge of that blocking.
     u, v, weight, b = _problem(batch, in1, in2, out, dtype=dtype)
     grad_out = torch.randn(batch, out, dtype=dtype)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        assert_as_accurate_as_reference(u, v, weight, b, "second", grad_out)
-    finally:
-        torch.set_num_threads(previous)
+    assert_as_accurate_as_reference(u, v, weight, b, "second", grad_out)
 
 
 @pytest.mark.parametrize("bias", [True, False])
