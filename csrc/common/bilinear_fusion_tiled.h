@@ -29,7 +29,6 @@
 #include <algorithm>
 #include <optional>
 #include <tuple>
-#include <utility>
 #include <vector>
 
 #include "common/bilinear_fusion_args.h"
@@ -63,17 +62,24 @@ BilinearTiling bilinear_tiling(const BilinearShape& shape, at::ScalarType comput
   return {workers, rows, p_block};
 }
 
-// The inputs in the compute dtype, through the sigmoid where gated: [B, P] and [B, Q] are tiny next
-// to the B*K*P*Q work, and gating once spares every slice its own exponentials.
-inline std::pair<at::Tensor, at::Tensor> bilinear_gated_inputs(const at::Tensor& u,
-                                                               const at::Tensor& v,
-                                                               BilinearGate gate,
-                                                               at::ScalarType compute_dtype) {
+// The operands of every kernel, in the compute dtype and contiguous.
+struct BilinearOperands {
+  at::Tensor u_gated, v_gated;  // [B, P], [B, Q], through the sigmoid where gated
+  at::Tensor weight_flat;       // [K, P*Q]
+};
+
+// The inputs are gated here, once: [B, P] and [B, Q] are tiny next to the B*K*P*Q work, and
+// gating once spares every slice its own exponentials.
+inline BilinearOperands bilinear_operands(const at::Tensor& u, const at::Tensor& v,
+                                          const at::Tensor& weight, BilinearGate gate,
+                                          at::ScalarType compute_dtype) {
   at::Tensor u_gated = u.to(compute_dtype).contiguous();
   at::Tensor v_gated = v.to(compute_dtype).contiguous();
   if (gate == BilinearGate::kFirst) u_gated = at::sigmoid(u_gated);
   if (gate == BilinearGate::kSecond) v_gated = at::sigmoid(v_gated);
-  return {u_gated, v_gated};
+  const at::Tensor weight_flat = weight.to(compute_dtype).contiguous().view(
+      {weight.size(0), weight.size(1) * weight.size(2)});
+  return {u_gated, v_gated, weight_flat};
 }
 
 // out[begin:end] += T[begin:end] @ W^T, one tile of rows and one p block at a time.
@@ -158,11 +164,8 @@ at::Tensor bilinear_fusion_tiled(const at::Tensor& u, const at::Tensor& v, const
   if (shape.batch == 0) return at::empty({0, shape.out}, u.options());
   const at::ScalarType compute_dtype = bilinear_compute_dtype(u.scalar_type());
   const at::TensorOptions compute = u.options().dtype(compute_dtype);
-  const int64_t in2 = shape.in2;
-
-  const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
-  const at::Tensor weight_flat =
-      weight.to(compute_dtype).contiguous().view({shape.out, shape.in1 * in2});  // [K, P*Q]
+  const auto [u_gated, v_gated, weight_flat] =
+      bilinear_operands(u, v, weight, gate, compute_dtype);
   // Every tile accumulates its p blocks onto the bias. (A fresh buffer: expand().contiguous() of
   // a one-row batch would alias the caller's bias.)
   at::Tensor out = at::empty({shape.batch, shape.out}, compute);  // [B, K]
@@ -201,9 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backw
   const at::Tensor grad_bias = grad_out_compute.sum(0);  // [K]
 
   if (shape.batch > 0) {
-    const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
-    const at::Tensor weight_flat =
-        weight.to(compute_dtype).contiguous().view({shape.out, features});  // [K, P*Q]
+    const auto [u_gated, v_gated, weight_flat] =
+        bilinear_operands(u, v, weight, gate, compute_dtype);
     const BilinearTiling tiling = bilinear_tiling<Kernels>(shape, compute_dtype);
     // Each worker takes a share of the rows for grad_u and grad_v, and a share of p for grad_W.
     const int64_t p_share = (shape.in1 + tiling.workers - 1) / tiling.workers;

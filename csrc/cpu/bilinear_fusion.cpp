@@ -264,9 +264,8 @@ at::Tensor bilinear_fusion_cpu(const at::Tensor& u, const at::Tensor& v, const a
   const BilinearGate gate = parse_bilinear_gate(gate_name);
   if (shape.batch == 0) return at::empty({0, shape.out}, u.options());
   const at::ScalarType compute_dtype = bilinear_compute_dtype(u.scalar_type());
-  const auto [u_gated, v_gated] = bilinear_gated_inputs(u, v, gate, compute_dtype);
-  const at::Tensor weight_flat =
-      weight.to(compute_dtype).contiguous().view({shape.out, shape.in1 * shape.in2});
+  const auto [u_gated, v_gated, weight_flat] =
+      bilinear_operands(u, v, weight, gate, compute_dtype);
   at::Tensor out = at::empty({shape.batch, shape.out}, u.options().dtype(compute_dtype));
   if (shape.in1 == 0) {  // a sum over no p: the bias alone
     bias ? out.copy_(bias->expand_as(out)) : out.zero_();
