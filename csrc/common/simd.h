@@ -13,9 +13,11 @@ inline constexpr int kLanes = 8;
 inline constexpr int kLanes = 4;
 #endif
 
-// Register file of the target, for kernels that keep a tile of accumulators in registers.
+// How many vectors of kVectorBytes the register file holds, for kernels that keep a tile of
+// accumulators in registers: 32 zmm on AVX-512; 16 ymm on AVX2; on NEON a vector is two of the 32
+// q registers, so 16 as well.
 inline constexpr int kVectorBytes = kLanes * sizeof(float);
-#if defined(__AVX512F__) || defined(__aarch64__)
+#if defined(__AVX512F__)
 inline constexpr int kVectorRegisters = 32;
 #else
 inline constexpr int kVectorRegisters = 16;
@@ -28,18 +30,17 @@ struct Vector {
   static constexpr int kLanes = kVectorBytes / sizeof(T);
 };
 
-typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
+using vfloat = Vector<float>::type;
+using vint = Vector<int32_t>::type;
 
-inline vfloat load(const float* p) {
-  vfloat v;
+// One vector from memory of any alignment (float: a vfloat).
+template <typename T>
+inline typename Vector<T>::type load(const T* p) {
+  typename Vector<T>::type v;
   __builtin_memcpy(&v, p, sizeof(v));
   return v;
 }
 
-// Subtracting +0.0f is exact for every x (-0.0f included), so the compiler drops it and emits one
-// broadcast; `x + vfloat{}` would cost a real addition (x + 0.0f is not x for x = -0.0f), and a
-// lane-by-lane fill compiles to a masked broadcast per lane.
 inline void store(float* p, const vfloat& v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
 inline float sum(const vfloat& v) {
@@ -48,6 +49,9 @@ inline float sum(const vfloat& v) {
   return total;
 }
 
+// Subtracting +0.0f is exact for every x (-0.0f included), so the compiler drops it and emits one
+// broadcast; `x + vfloat{}` would cost a real addition (x + 0.0f is not x for x = -0.0f), and a
+// lane-by-lane fill compiles to a masked broadcast per lane.
 inline vfloat broadcast(float x) { return x - vfloat{}; }
 
 inline vint iota(int32_t start) {
