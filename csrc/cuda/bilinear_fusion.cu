@@ -81,6 +81,12 @@ struct CudaKernels {
   static constexpr int64_t kTileRows = 8192;
   static constexpr int64_t kSliceBytes = int64_t(64) << 20;
 
+  // No fused forward here: the tiled one, whose GEMMs are cuBLAS's.
+  static void add_forward(const at::Tensor& u_gated, const at::Tensor& v_gated,
+                          const at::Tensor& weight_flat, at::Tensor& out) {
+    bilinear_tiled_forward<CudaKernels>(u_gated, v_gated, weight_flat, out);
+  }
+
   // One stream of work: the GPU's parallelism is inside each kernel and GEMM.
   static int64_t workers(int64_t) { return 1; }
 
@@ -126,7 +132,7 @@ struct CudaKernels {
 at::Tensor bilinear_fusion_cuda(const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, c10::string_view gate) {
   const c10::cuda::CUDAGuard guard(u.device());
-  return bilinear_fusion_tiled<CudaKernels>(u, v, weight, bias, gate);
+  return bilinear_fusion_forward<CudaKernels>(u, v, weight, bias, gate);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backward_cuda(
