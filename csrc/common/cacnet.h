@@ -105,8 +105,7 @@ inline Shape check_args(const char* op, const at::Tensor& x_img, const at::Tenso
   const Shape shape{x_img.size(0), x_img.size(1), x_txt.size(1), params[kBhi].size(0),
                     params[kBy].size(0)};
   const auto check_like_x = [&](const char* name, const at::Tensor& t) {
-    TORCH_CHECK_TYPE(t.scalar_type() == x_img.scalar_type(), op, ": ", name, " must be ",
-                     x_img.scalar_type(), " like x_img, got ", t.scalar_type());
+    MMFAST_CHECK_SAME_DTYPE(op, name, t, x_img);
     MMFAST_CHECK_SAME_DEVICE(op, name, t, x_img);
   };
   check_like_x("x_txt", x_txt);

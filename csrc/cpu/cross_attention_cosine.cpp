@@ -242,7 +242,8 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
     word_grad[j] = cosine_grad(grad_t[j], ws.t_dot[j], ws.t_norm[j], ws.t_hat_norm[j]);
   }
 
-  // scratch rows: [0, Kr) Vhat T^T, then C; [Kr, 2Kr) P diag(other'), then diag(other) A.
+  // scratch rows: [0, Kr) Vhat T^T, then gA, then C; [Kr, 2Kr) gP, then P diag(other'), then
+  // diag(other) A.
   at::Tensor v_hat_words = matrix(scratch, kr, n);
   at::mm_out(v_hat_words, ws.v_hat, words.t());
   acc_t* c = v_hat_words.template data_ptr<acc_t>();  // becomes C in place
