@@ -5,7 +5,6 @@ then reads ``min`` times from the same run, so ratios never mix machines or sess
 """
 
 import pytest
-import torch
 
 _TIMINGS: dict[str, dict[str, float]] = {}
 
@@ -19,31 +18,6 @@ def record():
         _TIMINGS.setdefault(group, {})[impl] = benchmark
 
     return _record
-
-
-def _pinned_threads(count: int):
-    """The body of a fixture that sets torch's intra-op thread count to ``count`` for one test
-    (pytest resumes it after the test, failed or not, and the count is restored)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    yield count
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(params=[1, 2], ids=lambda t: f"{t}thr")
-def threads(request):
-    """Runs the benchmark at 1 and at 2 intra-op threads."""
-    yield from _pinned_threads(request.param)
-
-
-@pytest.fixture
-def one_thread():
-    yield from _pinned_threads(1)
-
-
-@pytest.fixture
-def two_threads():
-    yield from _pinned_threads(2)
 
 
 def pytest_terminal_summary(terminalreporter):

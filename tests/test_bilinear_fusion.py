@@ -83,15 +83,6 @@ def test_forward_and_grads_match_reference(device, batch, in1, in2, out, gate, b
     assert_as_accurate_as_reference(u, v, weight, b, gate, grad_out)
 
 
-@pytest.fixture
-def intra_op_threads(request):
-    """torch's intra-op thread count for one test (parametrized indirectly), then restored."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("intra_op_threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_row_shares_tiles_and_slices_match_reference(intra_op_threads, dtype):
