@@ -161,24 +161,21 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
   if (classifier) classifier->publish();
 }
 
-void check_parameter(const char* name, const at::Tensor& t, int64_t ndim) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ",
-                    t.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, kOp, ": ", name, " must be float32, got ",
-                   t.scalar_type());
-  MMFAST_CHECK_DIM(kOp, name, t, ndim);
-  // Updated in place: a contiguous copy would leave the caller's tensor untouched.
-  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous (it is updated in "
-                    "place), got strides ", t.strides());
-}
-
-void check_input(const char* name, const at::Tensor& t, at::ScalarType dtype) {
+// A CPU tensor of `dtype` with `ndim` dimensions.
+void check_cpu_tensor(const char* name, const at::Tensor& t, at::ScalarType dtype, int64_t ndim) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), kOp, ": ", name, " must be a CPU tensor, got ",
                     t.device());
   TORCH_CHECK_TYPE(t.scalar_type() == dtype, kOp, ": ", name, " must be ", dtype, ", got ",
                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.dim() == 1, kOp, ": ", name, " must have 1 dimension, got shape ",
-                    t.sizes());
+  MMFAST_CHECK_DIM(kOp, name, t, ndim);
+}
+
+// A parameter: float32, and contiguous because it is updated in place (a contiguous copy would
+// leave the caller's tensor untouched).
+void check_parameter(const char* name, const at::Tensor& t, int64_t ndim) {
+  check_cpu_tensor(name, t, at::kFloat, ndim);
+  TORCH_CHECK_VALUE(t.is_contiguous(), kOp, ": ", name, " must be contiguous (it is updated in "
+                    "place), got strides ", t.strides());
 }
 
 // Range checks over whole tensors, so a bad id is an error before any parameter changes.
@@ -207,14 +204,14 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
     TORCH_CHECK_VALUE(bias->size(0) == classes, kOp, ": bias must have shape [", classes,
                       "], got ", bias->sizes());
   }
-  check_input("indices", indices, at::kLong);
-  check_input("offsets", offsets, at::kLong);
-  check_input("labels", labels, at::kLong);
+  check_cpu_tensor("indices", indices, at::kLong, 1);
+  check_cpu_tensor("offsets", offsets, at::kLong, 1);
+  check_cpu_tensor("labels", labels, at::kLong, 1);
   const int64_t batch = labels.size(0), nnz = indices.size(0);
   TORCH_CHECK_VALUE(offsets.size(0) == batch + 1, kOp, ": offsets must have B + 1 = ", batch + 1,
                     " entries (B = labels.size(0)), got ", offsets.size(0));
   if (per_sample_weights) {
-    check_input("per_sample_weights", *per_sample_weights, at::kFloat);
+    check_cpu_tensor("per_sample_weights", *per_sample_weights, at::kFloat, 1);
     TORCH_CHECK_VALUE(per_sample_weights->size(0) == nnz, kOp,
                       ": per_sample_weights must have shape [", nnz, "] like indices, got ",
                       per_sample_weights->sizes());
