@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmfast._io import atomic_path, write_text_atomic
+from mmfast._io import save_tensors_atomic, write_text_atomic
 from mmfast.features.image import load_image
 from mmfast.ops.pq_encode import pq_encode
 from mmfast.quant.kmeans import kmeans
@@ -401,10 +401,8 @@ class BagOfVisualWords:
         if self.codebook is None:
             raise RuntimeError("BagOfVisualWords is not fitted: nothing to save")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         (directory / _CONFIG).unlink(missing_ok=True)
-        with atomic_path(directory / _WEIGHTS) as temporary:
-            save_file({"codebook": self.codebook.cpu().contiguous()}, temporary)
+        save_tensors_atomic(directory / _WEIGHTS, {"codebook": self.codebook})
         write_text_atomic(directory / _CONFIG, json.dumps(self.config(), indent=2) + "\n")
 
     @classmethod
