@@ -1,5 +1,7 @@
 """Argument checks shared by the op wrappers: messages name the argument, what was expected
-and what came. They read only metadata, so they cost nothing under ``torch.compile``."""
+and what came. ``check_tensor``, ``check_same_device`` and ``check_same_dtype`` read only
+metadata, so they cost nothing under ``torch.compile``; ``check_ids`` and ``check_finite`` read
+the values (one device sync each)."""
 
 import torch
 
