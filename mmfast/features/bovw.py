@@ -39,14 +39,13 @@ from tqdm import tqdm
 from mmfast._io import save_tensors_atomic, write_text_atomic
 from mmfast.features.image import load_image
 from mmfast.ops.pq_encode import pq_encode
-from mmfast.quant.kmeans import kmeans
+from mmfast.quant.kmeans import KMEANS_INITS, kmeans
 
 NUM_CELLS = 4  # spatial cells per side of a patch
 NUM_ORIENTATIONS = 8
 DESCRIPTOR_DIM = NUM_CELLS * NUM_CELLS * NUM_ORIENTATIONS  # 128
 FLAT_WORD = 0  # the visual word of patches without gradient (zero descriptors)
 NORMS = ("l2", "l1")
-KMEANS_INITS = ("random", "k-means++")
 _CLIP = 0.2  # Lowe's cap on one entry of the unit descriptor: less weight on a few strong edges
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") and OpenCV use
 _PATCHES_PER_CHUNK = 8  # neighbouring patches pooled by one kernel matrix (see _AxisGrid)
