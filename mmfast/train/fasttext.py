@@ -103,11 +103,11 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
-    weight = model.embedding.weight if isinstance(model, FastText) else None
     # Exact types: subclasses such as ContinuousFusion have more than the one embedding bag.
     return (not _backend.use_reference() and loss == "softmax"
             and type(model) in (FastText, DiscretizedFastText)
-            and weight.device.type == "cpu" and weight.dtype == torch.float32)
+            and model.embedding.weight.device.type == "cpu"
+            and model.embedding.weight.dtype == torch.float32)
 
 
 @torch.no_grad()
