@@ -1,9 +1,10 @@
 """AnANet (paper 004, DESIGN 3.4): association and alignment of image regions and words.
 
-Inputs are precomputed features: region features [B, Kr, 1024] (``mmfast.features.regions``),
-word vectors [B, N, d_G] (GloVe-style) and contextual vectors [B, N, d_B] (BERT-family), and the
-number of valid words per sample ``t_lengths`` [B]. Kr and N are fixed by the model, because the
-alignment net's representation ``r_l = [t_bar, v_bar]`` feeds a linear layer of Kr + N inputs.
+Inputs are precomputed features: region features [B, Kr, region_dim] (``mmfast.features.regions``:
+1024-d detector regions or 1280-d grid cells), word vectors [B, N, d_G] (GloVe-style) and
+contextual vectors [B, N, d_B] (BERT-family), and the number of valid words per sample
+``t_lengths`` [B]. Kr and N are fixed by the model, because the alignment net's representation
+``r_l = [t_bar, v_bar]`` feeds a linear layer of Kr + N inputs.
 """
 
 from typing import NamedTuple
@@ -102,7 +103,10 @@ class AssociationNet(nn.Module):
 
 class AnANetOutput(NamedTuple):
     logits: torch.Tensor
-    """[B, C]: ``lambda (w_g r_g + b_g) + eta (w_l r_l + b_l)``; softmax gives y_hat."""
+    """[B, C], by variant: ``lambda (w_g r_g + b_g) + eta (w_l r_l + b_l)`` ("full"), its first
+    term alone ("association") or its second alone ("alignment"), lambda = global_weight and
+    eta = local_weight; ``w_c [f_img, f_txt] + b_c`` on the mean-pooled encodings, unweighted
+    ("concat"). Softmax gives y_hat."""
     invariant_loss: torch.Tensor
     orthogonality_loss: torch.Tensor
 

@@ -1,7 +1,7 @@
 """Training AnANet (paper 004) from precomputed features, with safetensors + JSON checkpoints.
 
 Features are a mapping of tensors (in memory, or a safetensors feature store on disk):
-``regions`` [S, Kr, 1024], ``word_vectors`` [S, N, d_G], ``context_vectors`` [S, N, d_B],
+``regions`` [S, Kr, region_dim], ``word_vectors`` [S, N, d_G], ``context_vectors`` [S, N, d_B],
 ``t_lengths`` [S] int64 and, to train or evaluate, ``labels`` [S] int64.
 """
 
