@@ -133,6 +133,7 @@ class AnANet(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"AnANet: variant must be one of {VARIANTS}, got {variant!r}")
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.variant = variant  # a plain attribute: not in the state dict
         self.region_encoder = nn.Sequential(nn.Linear(region_dim, hidden_dim), nn.ReLU())
         self.word_encoder = nn.GRU(word_dim + context_dim, hidden_dim // 2, batch_first=True,
                                    bidirectional=True)
@@ -165,14 +166,14 @@ class AnANet(nn.Module):
         # Without an association net its two losses are 0, so ``loss`` is L_c alone.
         invariant_loss = orthogonality_loss = V.new_zeros(())
         terms = []
-        if self.association is not None:
+        if self.variant in ("full", "association"):
             association = self.association(V, T, t_lengths)
             terms.append(self._arguments["global_weight"] * self.global_head(association.r_g))
             invariant_loss = AssociationNet.invariant_loss(association)
             orthogonality_loss = self.association.orthogonality_loss()
-        elif self.global_head is not None:  # concat
+        elif self.variant == "concat":
             terms.append(self.global_head(torch.cat(mean_pool(V, T, t_lengths), dim=1)))
-        if self.alignment is not None:
+        if self.variant in ("full", "alignment"):
             r_l = self.alignment(V, T, t_lengths)
             terms.append(self._arguments["local_weight"] * self.local_head(r_l))
         return AnANetOutput(sum(terms), invariant_loss, orthogonality_loss)
