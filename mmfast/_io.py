@@ -6,6 +6,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+from safetensors.torch import save_file
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
@@ -27,6 +30,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
         Path(temporary).write_text(text, encoding="utf-8")
+
+
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``tensors`` (detached, on the CPU, contiguous) as one safetensors file, atomically.
+    A saved model's writer removes its config.json first and writes it last, after this."""
+    with atomic_path(path) as temporary:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
+                  temporary)
 
 
 def cache_dir() -> Path:

@@ -127,6 +127,9 @@ def emoji_dataset(task: str = "group", root: str | Path | None = None) -> DemoDa
     built_here = images_file.is_file() and images_file.read_text().strip() == images
     if not (labels_file.is_file() and built_here):
         records = build_records(task)
+        # labels.json first out, as save_checkpoint does with config.json: a crash while
+        # rewriting leaves no marker beside half-new manifests
+        labels_file.unlink(missing_ok=True)
         write_manifest(train, [r for r in records if not is_heldout(r.id)])
         write_manifest(heldout, [r for r in records if is_heldout(r.id)])
         labels = sorted({label for record in records for label in record.labels})

@@ -32,21 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmfast._io import atomic_path, write_text_atomic
+from mmfast._io import save_tensors_atomic, write_text_atomic
 from mmfast.features.image import load_image
 from mmfast.ops.pq_encode import pq_encode
-from mmfast.quant.kmeans import kmeans
+from mmfast.quant.kmeans import KMEANS_INITS, kmeans
 
 NUM_CELLS = 4  # spatial cells per side of a patch
 NUM_ORIENTATIONS = 8
 DESCRIPTOR_DIM = NUM_CELLS * NUM_CELLS * NUM_ORIENTATIONS  # 128
 FLAT_WORD = 0  # the visual word of patches without gradient (zero descriptors)
 NORMS = ("l2", "l1")
-KMEANS_INITS = ("random", "k-means++")
 _CLIP = 0.2  # Lowe's cap on one entry of the unit descriptor: less weight on a few strong edges
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") and OpenCV use
 _PATCHES_PER_CHUNK = 8  # neighbouring patches pooled by one kernel matrix (see _AxisGrid)
@@ -401,10 +400,8 @@ class BagOfVisualWords:
         if self.codebook is None:
             raise RuntimeError("BagOfVisualWords is not fitted: nothing to save")
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         (directory / _CONFIG).unlink(missing_ok=True)
-        with atomic_path(directory / _WEIGHTS) as temporary:
-            save_file({"codebook": self.codebook.cpu().contiguous()}, temporary)
+        save_tensors_atomic(directory / _WEIGHTS, {"codebook": self.codebook})
         write_text_atomic(directory / _CONFIG, json.dumps(self.config(), indent=2) + "\n")
 
     @classmethod

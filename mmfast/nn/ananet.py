@@ -1,9 +1,10 @@
 """AnANet (paper 004, DESIGN 3.4): association and alignment of image regions and words.
 
-Inputs are precomputed features: region features [B, Kr, 1024] (``mmfast.features.regions``),
-word vectors [B, N, d_G] (GloVe-style) and contextual vectors [B, N, d_B] (BERT-family), and the
-number of valid words per sample ``t_lengths`` [B]. Kr and N are fixed by the model, because the
-alignment net's representation ``r_l = [t_bar, v_bar]`` feeds a linear layer of Kr + N inputs.
+Inputs are precomputed features: region features [B, Kr, region_dim] (``mmfast.features.regions``:
+1024-d detector regions or 1280-d grid cells), word vectors [B, N, d_G] (GloVe-style) and
+contextual vectors [B, N, d_B] (BERT-family), and the number of valid words per sample
+``t_lengths`` [B]. Kr and N are fixed by the model, because the alignment net's representation
+``r_l = [t_bar, v_bar]`` feeds a linear layer of Kr + N inputs.
 """
 
 from typing import NamedTuple
@@ -102,7 +103,10 @@ class AssociationNet(nn.Module):
 
 class AnANetOutput(NamedTuple):
     logits: torch.Tensor
-    """[B, C]: ``lambda (w_g r_g + b_g) + eta (w_l r_l + b_l)``; softmax gives y_hat."""
+    """[B, C], by variant: ``lambda (w_g r_g + b_g) + eta (w_l r_l + b_l)`` ("full"), its first
+    term alone ("association") or its second alone ("alignment"), lambda = global_weight and
+    eta = local_weight; ``w_c [f_img, f_txt] + b_c`` on the mean-pooled encodings, unweighted
+    ("concat"). Softmax gives y_hat."""
     invariant_loss: torch.Tensor
     orthogonality_loss: torch.Tensor
 
@@ -129,6 +133,7 @@ class AnANet(nn.Module):
         if variant not in VARIANTS:
             raise ValueError(f"AnANet: variant must be one of {VARIANTS}, got {variant!r}")
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.variant = variant  # a plain attribute: not in the state dict
         self.region_encoder = nn.Sequential(nn.Linear(region_dim, hidden_dim), nn.ReLU())
         self.word_encoder = nn.GRU(word_dim + context_dim, hidden_dim // 2, batch_first=True,
                                    bidirectional=True)
@@ -161,14 +166,14 @@ class AnANet(nn.Module):
         # Without an association net its two losses are 0, so ``loss`` is L_c alone.
         invariant_loss = orthogonality_loss = V.new_zeros(())
         terms = []
-        if self.association is not None:
+        if self.variant in ("full", "association"):
             association = self.association(V, T, t_lengths)
             terms.append(self._arguments["global_weight"] * self.global_head(association.r_g))
             invariant_loss = AssociationNet.invariant_loss(association)
             orthogonality_loss = self.association.orthogonality_loss()
-        elif self.global_head is not None:  # concat
+        elif self.variant == "concat":
             terms.append(self.global_head(torch.cat(mean_pool(V, T, t_lengths), dim=1)))
-        if self.alignment is not None:
+        if self.variant in ("full", "alignment"):
             r_l = self.alignment(V, T, t_lengths)
             terms.append(self._arguments["local_weight"] * self.local_head(r_l))
         return AnANetOutput(sum(terms), invariant_loss, orthogonality_loss)

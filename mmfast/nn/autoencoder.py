@@ -21,14 +21,12 @@ Two small GEMMs that ATen already runs at full speed: there is no fused op to pi
 ``mmfast.backend`` switch does not apply.
 """
 
-import math
-import numbers
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from mmfast.ops._checks import check_finite, check_same_device, check_tensor
+from mmfast.ops._checks import check_finite, check_number, check_same_device, check_tensor
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 CROSS_MODAL_MODES = ("I", "II")
@@ -71,14 +69,6 @@ def _check_positive_int(where: str, name: str, value) -> None:
         raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
 
 
-def _check_number(where: str, name: str, value, minimum: float, strict: bool) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value) or value < minimum or (strict and value == minimum)):
-        bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
 class _Autoencoder(nn.Module):
     """The layers, checks and loss the three models share; subclasses say what goes in
     (``reads_text``) and what comes out (``reconstructs_visual``)."""
@@ -93,8 +83,8 @@ class _Autoencoder(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"{name}: activation must be one of {tuple(ACTIVATIONS)}, "
                              f"got {activation!r}")
-        self.hidden_ratio = _check_number(name, "hidden_ratio", hidden_ratio, 0.0, strict=True)
-        self.weight_decay = _check_number(name, "weight_decay", weight_decay, 0.0, strict=False)
+        self.hidden_ratio = check_number(name, "hidden_ratio", hidden_ratio, 0.0, strict=True)
+        self.weight_decay = check_number(name, "weight_decay", weight_decay, 0.0, strict=False)
         self.visual_dim, self.text_dim, self.activation = visual_dim, text_dim, activation
         self.reads_text, self.reconstructs_visual = reads_text, reconstructs_visual
         self.text_weight = text_weight
@@ -214,7 +204,7 @@ class JointAutoencoder(_Autoencoder):
     def __init__(self, visual_dim: int, text_dim: int, hidden_ratio: float = 1.4,
                  activation: str = "sigmoid", mu: float = DEFAULT_MU,
                  weight_decay: float = DEFAULT_WEIGHT_DECAY):
-        mu = _check_number("JointAutoencoder", "mu", mu, 0.0, strict=True)
+        mu = check_number("JointAutoencoder", "mu", mu, 0.0, strict=True)
         super().__init__(visual_dim, text_dim, reads_text=True, reconstructs_visual=True,
                          hidden_ratio=hidden_ratio, activation=activation, text_weight=mu,
                          weight_decay=weight_decay)
@@ -258,8 +248,8 @@ class CrossModalAutoencoder(_Autoencoder):
                              f"the visual one, which mode 'I' does not have; it must be None, "
                              f"got {mu!r}")
         if mode == "II":
-            mu = _check_number("CrossModalAutoencoder", "mu", DEFAULT_MU if mu is None else mu,
-                               0.0, strict=True)
+            mu = check_number("CrossModalAutoencoder", "mu", DEFAULT_MU if mu is None else mu,
+                              0.0, strict=True)
         super().__init__(visual_dim, text_dim, reads_text=False,
                          reconstructs_visual=mode == "II", hidden_ratio=hidden_ratio,
                          activation=activation, text_weight=1.0 if mu is None else mu,

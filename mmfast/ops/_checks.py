@@ -1,5 +1,10 @@
 """Argument checks shared by the op wrappers: messages name the argument, what was expected
-and what came. They read only metadata, so they cost nothing under ``torch.compile``."""
+and what came. ``check_tensor``, ``check_same_device`` and ``check_same_dtype`` read only
+metadata, so they cost nothing under ``torch.compile``; ``check_ids`` and ``check_finite`` read
+the values (one device sync each); ``check_number`` checks a Python number."""
+
+import math
+import numbers
 
 import torch
 
@@ -53,3 +58,13 @@ def check_finite(op: str, name: str, value: torch.Tensor) -> None:
         row = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])
         raise ValueError(f"{op}: {name} must be finite, but row {row} has a NaN or infinite "
                          "value")
+
+
+def check_number(where: str, name: str, value, minimum: float, strict: bool) -> float:
+    """``value`` a finite real number (not a bool) ``> minimum`` (``strict``) or ``>= minimum``,
+    as a float; the message writes the bound as ``minimum`` is written (0 or 0.0)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < minimum or (strict and value == minimum)):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
+    return float(value)

@@ -10,6 +10,7 @@ import torch
 
 from mmfast.ops.pq_encode import pq_encode
 
+KMEANS_INITS = ("random", "k-means++")  # the ``init`` values k-means takes
 _SPLIT_EPS = 1.0 / 1024.0
 
 
@@ -99,7 +100,7 @@ def _check_training_args(x, num_subspaces, k, iters, max_points_per_centroid, in
             f"kmeans: iters must be >= 0 and max_points_per_centroid >= 1, "
             f"got {iters} and {max_points_per_centroid}"
         )
-    if init not in ("random", "k-means++"):
+    if init not in KMEANS_INITS:
         raise ValueError(f"kmeans: init must be 'random' or 'k-means++', got {init!r}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("kmeans: x must be finite, found a NaN or infinite value")

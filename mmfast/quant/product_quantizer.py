@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from mmfast._io import atomic_path, write_text_atomic
+from mmfast._io import save_tensors_atomic, write_text_atomic
 from mmfast.ops._checks import check_ids
 from mmfast.ops.pq_encode import pq_encode
 from mmfast.quant.kmeans import train_subspace_codebooks
@@ -152,15 +152,17 @@ class ProductQuantizer(nn.Module):
         }
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``quantizer.safetensors`` into ``directory``."""
+        """Write ``config.json`` and ``quantizer.safetensors`` into ``directory``. Each file is
+        written atomically; an existing config.json is removed first and the new one written
+        last, so a directory with a config.json holds a complete quantizer, also after a crash
+        while overwriting an earlier save."""
         self._check_fitted()
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {"codebooks": self.codebooks.detach().cpu().contiguous()}
+        (directory / _CONFIG).unlink(missing_ok=True)
+        tensors = {"codebooks": self.codebooks}
         if self.perm is not None:
-            tensors["perm"] = self.perm.cpu().contiguous()
-        with atomic_path(directory / _WEIGHTS) as temporary:
-            save_file(tensors, temporary)
+            tensors["perm"] = self.perm
+        save_tensors_atomic(directory / _WEIGHTS, tensors)
         write_text_atomic(directory / _CONFIG, json.dumps(self.config(), indent=2) + "\n")
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Training AnANet (paper 004) from precomputed features, with safetensors + JSON checkpoints.
 
 Features are a mapping of tensors (in memory, or a safetensors feature store on disk):
-``regions`` [S, Kr, 1024], ``word_vectors`` [S, N, d_G], ``context_vectors`` [S, N, d_B],
+``regions`` [S, Kr, region_dim], ``word_vectors`` [S, N, d_G], ``context_vectors`` [S, N, d_B],
 ``t_lengths`` [S] int64 and, to train or evaluate, ``labels`` [S] int64.
 """
 
@@ -9,7 +9,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -18,6 +17,7 @@ from mmfast.data import FeatureStore, Pair
 from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
 from mmfast.train import checkpoint
+from mmfast.train.kiela import store_features
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
 
@@ -34,10 +34,10 @@ def relevance_features(pairs: Sequence[Pair], regions: FeatureStore, vectors: Wo
     """AnANet's inputs for image-text ``pairs`` (``mmfast.data.relevance_pairs``): each pair's
     image regions from the store's ``image`` feature [items, Kr, d], its caption's word vectors
     padded to ``num_words``, and no contextual vectors (width 0: ``AnANet(context_dim=0)``)."""
-    rows = regions.rows([pair.image.id for pair in pairs])
+    image = store_features(regions, [pair.image for pair in pairs])
     words, lengths, _ = token_vectors([pair.caption.text for pair in pairs], vectors, num_words)
     return {
-        "regions": torch.from_numpy(np.asarray(regions["image"])[rows]),
+        "regions": torch.from_numpy(image),
         "word_vectors": torch.from_numpy(words),
         "context_vectors": torch.zeros(len(pairs), num_words, 0),
         "t_lengths": torch.from_numpy(lengths),

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from mmfast._io import atomic_path, write_text_atomic
+from mmfast._io import save_tensors_atomic, write_text_atomic
 
 CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safetensors"
 
@@ -25,11 +25,11 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict 
     between leaves no config.json, never new weights beside the old config)."""
     directory = Path(directory)
     (directory / CONFIG).unlink(missing_ok=True)
-    _save_tensors(directory / WEIGHTS, model.state_dict())
+    save_tensors_atomic(directory / WEIGHTS, model.state_dict())
     config = {"model": type(model).__name__, "args": model.config(), **(extra or {})}
     if optimizer is not None:
         tensors, config["optimizer"] = _split_optimizer_state(optimizer.state_dict())
-        _save_tensors(directory / OPTIMIZER, tensors)
+        save_tensors_atomic(directory / OPTIMIZER, tensors)
     write_text_atomic(directory / CONFIG, json.dumps(config, indent=1) + "\n")
 
 
@@ -88,12 +88,6 @@ def _load_optimizer(directory: Path, config: dict, optimizer: torch.optim.Optimi
                          "(save_checkpoint was not given an optimizer)")
     tensors = load_file(str(directory / OPTIMIZER))
     optimizer.load_state_dict(_join_optimizer_state(tensors, config["optimizer"]))
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    with atomic_path(path) as temporary:
-        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
-                  temporary)
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:

@@ -103,11 +103,11 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
-    weight = model.embedding.weight if isinstance(model, FastText) else None
     # Exact types: subclasses such as ContinuousFusion have more than the one embedding bag.
     return (not _backend.use_reference() and loss == "softmax"
             and type(model) in (FastText, DiscretizedFastText)
-            and weight.device.type == "cpu" and weight.dtype == torch.float32)
+            and model.embedding.weight.device.type == "cpu"
+            and model.embedding.weight.dtype == torch.float32)
 
 
 @torch.no_grad()
@@ -128,8 +128,7 @@ def _train_fused(model: FastText, examples: Examples, epochs: int, lr: float,
         ids, starts, weights = model.bags(words, offsets, image)
         bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
         losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
-                               lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs),
-                               threads=torch.get_num_threads())
+                               lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs))
         epoch_loss = float(losses.mean()) if losses.numel() else 0.0
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "items_per_s": epochs * len(kept) / seconds,

@@ -2,15 +2,12 @@
 feature representation, fitted on the train split, scored by ROC AUC on a held-out split and
 averaged over the concepts (``mmfast.metrics.mean_roc_auc``)."""
 
-import math
-import numbers
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mmfast import metrics
-from mmfast.ops._checks import check_finite
+from mmfast.ops._checks import check_finite, check_number
 
 
 def _as_matrix(fn: str, name: str, value, rows: int | None = None) -> torch.Tensor:
@@ -71,10 +68,7 @@ class LogisticRegression:
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"LogisticRegression: max_iter must be an int >= 1, got "
                              f"{max_iter!r}")
-        if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (
-                0 < tolerance < math.inf):
-            raise ValueError(f"LogisticRegression: tolerance must be a finite number > 0, got "
-                             f"{tolerance!r}")
+        check_number("LogisticRegression", "tolerance", tolerance, 0, strict=True)
         self.l2, self.standardize = float(l2), standardize
         self.max_iter, self.tolerance = max_iter, tolerance
         self.weight = self.bias = self.mean = self.scale = None
