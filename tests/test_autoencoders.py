@@ -3,6 +3,7 @@ their trainer, the per-concept logistic regression protocol and the Table 2 pipe
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -480,7 +481,9 @@ def synthetic_records(num_items, offset, rng):
     return records, np.array(histograms, dtype=np.float32)
 
 
-def test_table2_pipeline_on_tiny_synthetic_data():
+@pytest.fixture(scope="module")
+def tiny_table2():
+    """The tiny synthetic problem and its Table 2, computed once for the tests below."""
     rng = np.random.default_rng(0)
     train, train_histograms = synthetic_records(90, 0, rng)
     heldout, heldout_histograms = synthetic_records(45, 1000, rng)
@@ -488,6 +491,16 @@ def test_table2_pipeline_on_tiny_synthetic_data():
     training = Training(epochs=3, batch_size=16)
     table = table2(train, heldout, train_histograms, heldout_histograms, labels,
                    num_concepts=3, tag_dim=4, training=training)
+    return SimpleNamespace(train=train, heldout=heldout, train_histograms=train_histograms,
+                           heldout_histograms=heldout_histograms, labels=labels,
+                           training=training, table=table)
+
+
+def test_table2_pipeline_on_tiny_synthetic_data(tiny_table2):
+    train, heldout, labels = tiny_table2.train, tiny_table2.heldout, tiny_table2.labels
+    train_histograms = tiny_table2.train_histograms
+    heldout_histograms = tiny_table2.heldout_histograms
+    training, table = tiny_table2.training, tiny_table2.table
     assert table.concepts == ("weather", "sky", "red")
     assert table.removed == ("sky",) and set(table.untagged) == {"", "sky"}
     assert table.visual_dim == 12  # 200 capped by the histogram width
@@ -514,14 +527,11 @@ def test_table2_pipeline_on_tiny_synthetic_data():
         table2(train, heldout, train_histograms, heldout_histograms, labels, num_concepts=5)
 
 
-def test_table2_removes_the_tag_of_a_capitalized_concept_label():
-    rng = np.random.default_rng(0)
-    train, train_histograms = synthetic_records(90, 0, rng)
-    heldout, heldout_histograms = synthetic_records(45, 1000, rng)
-    training = Training(epochs=3, batch_size=16)
-    expected = table2(train, heldout, train_histograms, heldout_histograms,
-                      ["rare", "red", "sky", "weather"], num_concepts=3, tag_dim=4,
-                      training=training)
+def test_table2_removes_the_tag_of_a_capitalized_concept_label(tiny_table2):
+    train, heldout = tiny_table2.train, tiny_table2.heldout
+    train_histograms = tiny_table2.train_histograms
+    heldout_histograms = tiny_table2.heldout_histograms
+    training, expected = tiny_table2.training, tiny_table2.table
 
     def relabel(records, names):
         return [dataclasses.replace(r, labels=tuple(names.get(label, label)
