@@ -1,4 +1,4 @@
-"""Paper 002 (DESIGN 3.3): tag vectors, PCA whitening, the joint and cross-modal autoencoders,
+"""Paper 002 (DESIGN 3.3): tag vectors, the joint and cross-modal autoencoders,
 their trainer, the per-concept logistic regression protocol and the Table 2 pipeline."""
 
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmfast.data import Record
-from mmfast.features import PCA, TagVectors
+from mmfast.features import TagVectors
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
 from mmfast.nn.autoencoder import CROSS_MODAL_MODES
 from mmfast.train import (AutoencoderTrainer, LogisticRegression, concept_auc, load_checkpoint,
@@ -439,26 +439,6 @@ def test_tag_vectors_exclude_standardize_and_unknown_tags():
         vectors.transform(["sky blue"])
     with pytest.raises(ValueError, match="at least one tag outside exclude"):
         TagVectors.fit([["sky"], []], exclude={"sky"})
-
-
-def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)) * 5 + 2
-    plain, white = PCA.fit(x, 4), PCA.fit(x, 4, whiten=True)
-    np.testing.assert_allclose(plain.components @ plain.components.T, np.eye(4), atol=1e-5)
-    np.testing.assert_allclose(np.cov(white(x), rowvar=False), np.eye(4), atol=1e-4)
-    # same directions, rescaled
-    np.testing.assert_allclose(white(x) * np.sqrt(np.var(plain(x), axis=0, ddof=1)), plain(x),
-                               rtol=1e-3, atol=1e-3)
-    # l1-normalized histograms have a direction of zero variance (their fixed sum)
-    histograms = rng.random((50, 5))
-    histograms /= histograms.sum(1, keepdims=True)
-    whitened = PCA.fit(histograms, 5, whiten=True)(histograms)
-    assert np.abs(whitened[:, 4]).max() < 1e-2 and np.abs(whitened[:, :4]).max() < 10
-    with pytest.raises(ValueError, match="eps must be >= 0"):
-        PCA.fit(x, 2, whiten=True, eps=-1.0)
-    with pytest.raises(ValueError, match="rows are all equal"):
-        PCA.fit(np.ones((5, 3)), 2, whiten=True)
 
 
 # ---------------------------------------------------------------- Table 2 pipeline
