@@ -1,6 +1,7 @@
 """Paper 002 (DESIGN 3.3): tag vectors, the joint and cross-modal autoencoders,
 their trainer, the per-concept logistic regression protocol and the Table 2 pipeline."""
 
+import copy
 import dataclasses
 import math
 from types import SimpleNamespace
@@ -217,9 +218,7 @@ def test_loss_and_training_step_on_the_device(device, mode):
     present = torch.arange(32) % 4 != 0
     torch.manual_seed(0)
     model = JointAutoencoder(12, 4) if mode is None else CrossModalAutoencoder(12, 4, mode)
-    torch.manual_seed(0)
-    on_device = (JointAutoencoder(12, 4) if mode is None
-                 else CrossModalAutoencoder(12, 4, mode)).to(device)
+    on_device = copy.deepcopy(model).to(device)
     inputs = (v, tau, present)
     with torch.no_grad():
         expected = model.loss(*inputs)
