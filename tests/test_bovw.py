@@ -231,6 +231,14 @@ def tiles_model():
         training, init="k-means++", progress=False)
 
 
+def _borrowing(tiles_model, norm, device):
+    """A model of tiles_model's words and geometry with another norm or device, using its
+    codebook."""
+    model = BagOfVisualWords(4, patch_size=8, stride=16, norm=norm, device=device)
+    model.codebook = tiles_model.codebook
+    return model
+
+
 def test_histograms_count_the_known_tiles(tiles_model):
     pure = tiles_model.transform(_tiled_batch([{kind: 16} for kind in KINDS]), progress=False)
     # each kind is one word, flat patches the flat word, and the kinds get different words
@@ -248,8 +256,7 @@ def test_histograms_count_the_known_tiles(tiles_model):
 
 
 def test_l2_histograms_are_unit_length_and_flat_images_are_defined(tiles_model):
-    model = BagOfVisualWords(4, patch_size=8, stride=16, norm="l2", device="cpu")
-    model.codebook = tiles_model.codebook
+    model = _borrowing(tiles_model, norm="l2", device="cpu")
     histograms = model.transform(_tiled_batch([{"horizontal": 8, "vertical": 8},
                                                {"flat": 16}]), progress=False)
     torch.testing.assert_close(histograms.norm(dim=1), torch.ones(2))
@@ -276,34 +283,31 @@ def test_codebook_and_histograms_are_ordinary_tensors(tiles_model):
     linear = torch.nn.Linear(4, 2)
     linear(histograms).square().sum().backward()
     assert linear.weight.grad.abs().sum() > 0
-    model = BagOfVisualWords(4, patch_size=8, stride=16, device="cpu").fit(
-        _tiled_batch([{kind: 4 for kind in KINDS}]), progress=False)
-    assert not model.codebook.is_inference()
-    model.codebook += 0
+    assert not tiles_model.codebook.is_inference()
+    tiles_model.codebook += 0  # in place, as an inference tensor refuses; adds nothing
 
 
 def test_transform_batches_sizes_lists_and_files_alike(tmp_path, tiles_model):
     from PIL import Image
 
-    model = BagOfVisualWords(4, patch_size=8, stride=16, norm="l1", device="cpu")
-    model.codebook = tiles_model.codebook
     wide = _tiled([["vertical"] * 6 + ["flat"] * 2, ["checkerboard"] * 8])  # [1, 32, 128]
     square = _tiled_batch([{"horizontal": 10, "checkerboard": 6}])[0]
     batch = torch.stack([square, square.flip(-1), square.flip(-2)])
-    expected = torch.cat([model.transform(image[None], progress=False) for image in batch])
+    expected = torch.cat([tiles_model.transform(image[None], progress=False) for image in batch])
     for batch_size in (1, 2, 64):
-        torch.testing.assert_close(model.transform(batch, batch_size, progress=False), expected)
-    mixed = model.transform([square, wide, square.flip(-1)], batch_size=1, progress=False)
+        torch.testing.assert_close(tiles_model.transform(batch, batch_size, progress=False),
+                                   expected)
+    mixed = tiles_model.transform([square, wide, square.flip(-1)], batch_size=1, progress=False)
     torch.testing.assert_close(mixed[[0, 2]], expected[:2])
-    torch.testing.assert_close(mixed[1], model.transform(wide[None], progress=False)[0])
+    torch.testing.assert_close(mixed[1], tiles_model.transform(wide[None], progress=False)[0])
     # files are read at their own size, RGBA over white; uint8 gray and RGBA agree with floats
     path = tmp_path / "wide.png"
     pixels = (wide[0] * 255).round().to(torch.uint8)
     Image.fromarray(pixels.numpy()).convert("RGBA").save(path)
-    from_file = model.transform([str(path), path], progress=False)
+    from_file = tiles_model.transform([str(path), path], progress=False)
     torch.testing.assert_close(from_file, mixed[[1, 1]])
     rgba = torch.cat([pixels[None].expand(3, -1, -1), torch.full_like(pixels[None], 255)])
-    torch.testing.assert_close(model.transform([rgba], progress=False), mixed[[1]])
+    torch.testing.assert_close(tiles_model.transform([rgba], progress=False), mixed[[1]])
 
 
 def test_empty_input_gives_empty_histograms(tiles_model):
@@ -312,8 +316,8 @@ def test_empty_input_gives_empty_histograms(tiles_model):
 
 
 def test_transform_on_the_device(device, tiles_model):
-    model = BagOfVisualWords(4, patch_size=8, stride=16, norm="l1", device=device)
-    model.codebook = tiles_model.codebook  # on the CPU: transform moves it to the device
+    # tiles_model's codebook is on the CPU: transform moves it to the device
+    model = _borrowing(tiles_model, norm="l1", device=device)
     images = _tiled_batch([{"horizontal": 8, "vertical": 8}, {"flat": 16}])
     expected = tiles_model.transform(images, progress=False)
     torch.testing.assert_close(model.transform(images, progress=False), expected)

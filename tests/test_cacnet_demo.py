@@ -1,32 +1,11 @@
 """Paper 000's Table 4 pipeline (mmfast.train.cacnet_demo) on a slice of the emoji tags task, with
-random image features in place of the EfficientNet extraction; and the PCA it uses."""
+random image features in place of the EfficientNet extraction (its PCA: tests/test_features.py)."""
 
 import numpy as np
-import pytest
 import torch
 
 from mmfast.data import emoji_dataset, read_manifest
-from mmfast.features import PCA
 from mmfast.train.cacnet_demo import HASHTAG_METRICS, cacnet_features, table4
-
-
-def test_pca_keeps_the_leading_variance_and_is_fitted_once():
-    rng = np.random.default_rng(0)
-    scales = np.array([10.0, 3.0, 1.0, 0.1], dtype=np.float32)
-    x = rng.standard_normal((500, 4)).astype(np.float32) * scales + 7.0
-    pca = PCA.fit(x, 2)
-    reduced = pca(x)
-    assert reduced.shape == (500, 2) and pca.dim == 2
-    np.testing.assert_allclose(reduced.mean(0), 0.0, atol=1e-4)
-    # the two largest-variance axes, in order, each with its largest loading positive
-    np.testing.assert_allclose(np.abs(pca.components), np.eye(4)[:2], atol=0.05)
-    assert (pca.components[np.arange(2), np.abs(pca.components).argmax(1)] > 0).all()
-    # another split is centred with the fitted mean, not its own
-    np.testing.assert_allclose(pca(x[:1] + 1.0), pca(x[:1]) + pca.components.sum(1), rtol=1e-5)
-    with pytest.raises(ValueError, match="dim must be in"):
-        PCA.fit(x[:3], 4)
-    with pytest.raises(ValueError, match=r"x must have shape \[N, 4\]"):
-        pca(x[:, :3])
 
 
 def test_table4_pipeline_on_a_slice_of_the_tags_task(tmp_path):

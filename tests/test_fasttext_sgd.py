@@ -36,6 +36,11 @@ def _run(params, inputs, lr=(0.5, 0.1), threads=None):
                          threads=threads)
 
 
+def _run_reference(params, inputs, lr=(0.5, 0.1)):
+    return reference.fasttext_sgd_(params["embedding"], params["weight"], params["bias"],
+                                   *inputs, *lr)
+
+
 @pytest.mark.parametrize("dim", [20, 37, 100])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weighted", [True, False])
@@ -43,8 +48,7 @@ def test_single_thread_matches_reference(dim, bias, weighted):
     params, inputs = _problem(dim=dim, bias=bias, weighted=weighted)
     expected = _clone(params)
     losses = _run(params, inputs, threads=1)
-    expected_losses = reference.fasttext_sgd_(expected["embedding"], expected["weight"],
-                                              expected["bias"], *inputs, 0.5, 0.1)
+    expected_losses = _run_reference(expected, inputs)
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
     for name, value in params.items():
         if value is not None:
@@ -56,8 +60,7 @@ def test_reference_backend_runs_the_reference():
     expected = _clone(params)
     with mmfast.backend("reference"):
         losses = _run(params, inputs)
-    expected_losses = reference.fasttext_sgd_(expected["embedding"], expected["weight"],
-                                              expected["bias"], *inputs, 0.5, 0.1)
+    expected_losses = _run_reference(expected, inputs)
     torch.testing.assert_close(losses, expected_losses, rtol=0, atol=0)
 
 
@@ -208,9 +211,8 @@ def test_kernel_checks_direct_calls():
            0.5, 0.0)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_tensors_are_refused():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     params, inputs = _problem()
     with pytest.raises(ValueError, match="CPU training kernel"):
         _run({k: None if v is None else v.cuda() for k, v in params.items()},

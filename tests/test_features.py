@@ -1,11 +1,12 @@
-"""Image and text feature extractors, on tiny random-weight models and tiny local files."""
+"""Image and text feature extractors, on tiny random-weight models and tiny local files; the PCA
+that reduces and whitens features (Paper 000's Table 4 and Paper 002's Table 2 use it)."""
 
 import numpy as np
 import pytest
 import torch
 
 from mmfast.features import ImageFeatureExtractor, WordVectors, token_vectors, weighted_average
-from mmfast.features import word_probabilities
+from mmfast.features import PCA, word_probabilities
 from mmfast.features.image import build_backbone
 
 
@@ -88,3 +89,42 @@ def test_sentence_encoder_from_a_local_directory(tmp_path):
     features = SentenceEncoder(tmp_path)(["red apple", "car"], progress=False)
     assert features.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def test_pca_keeps_the_leading_variance_and_is_fitted_once():
+    rng = np.random.default_rng(0)
+    scales = np.array([10.0, 3.0, 1.0, 0.1], dtype=np.float32)
+    x = rng.standard_normal((500, 4)).astype(np.float32) * scales + 7.0
+    pca = PCA.fit(x, 2)
+    reduced = pca(x)
+    assert reduced.shape == (500, 2) and pca.dim == 2
+    np.testing.assert_allclose(reduced.mean(0), 0.0, atol=1e-4)
+    # the two largest-variance axes, in order, each with its largest loading positive
+    np.testing.assert_allclose(np.abs(pca.components), np.eye(4)[:2], atol=0.05)
+    assert (pca.components[np.arange(2), np.abs(pca.components).argmax(1)] > 0).all()
+    # another split is centred with the fitted mean, not its own
+    np.testing.assert_allclose(pca(x[:1] + 1.0), pca(x[:1]) + pca.components.sum(1), rtol=1e-5)
+    with pytest.raises(ValueError, match="dim must be in"):
+        PCA.fit(x[:3], 4)
+    with pytest.raises(ValueError, match=r"x must have shape \[N, 4\]"):
+        pca(x[:, :3])
+
+
+def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6)) * 5 + 2
+    plain, white = PCA.fit(x, 4), PCA.fit(x, 4, whiten=True)
+    np.testing.assert_allclose(plain.components @ plain.components.T, np.eye(4), atol=1e-5)
+    np.testing.assert_allclose(np.cov(white(x), rowvar=False), np.eye(4), atol=1e-4)
+    # same directions, rescaled
+    np.testing.assert_allclose(white(x) * np.sqrt(np.var(plain(x), axis=0, ddof=1)), plain(x),
+                               rtol=1e-3, atol=1e-3)
+    # l1-normalized histograms have a direction of zero variance (their fixed sum)
+    histograms = rng.random((50, 5))
+    histograms /= histograms.sum(1, keepdims=True)
+    whitened = PCA.fit(histograms, 5, whiten=True)(histograms)
+    assert np.abs(whitened[:, 4]).max() < 1e-2 and np.abs(whitened[:, :4]).max() < 10
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        PCA.fit(x, 2, whiten=True, eps=-1.0)
+    with pytest.raises(ValueError, match="rows are all equal"):
+        PCA.fit(np.ones((5, 3)), 2, whiten=True)
