@@ -20,8 +20,8 @@ evaluate only the cells the grid needs: along an axis, the weights of one patch'
 convolution, run as one matrix product per chunk of ``_PATCHES_PER_CHUNK`` neighbouring patches. On
 256 of the 72 x 72 demo images on one thread (benchmarks/bench_autoencoders.py, three runs) the
 descriptors come ~3x faster than OpenCV's per-image loop and ~5x faster than kornia's, batched like
-ours; the histograms (descriptors and assignment) ~4-5x faster than a per-image loop over OpenCV
-and ~8-9x faster than one over kornia, and further ahead on two threads.
+ours; the histograms (descriptors, then the same batched assignment for everyone) ~2x faster than
+with OpenCV's descriptors and ~5x than with kornia's per image, and further ahead on two threads.
 """
 
 import json
