@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -10,6 +11,7 @@ import torch
 import mmfast
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.commands import add_kiela_commands, run_demo
+from mmfast.data import image_folder_records, split_records, write_manifest
 
 
 def _info(args) -> int:
@@ -78,6 +80,27 @@ def _demo_pq(args) -> int:
     return 0
 
 
+def _manifest(args) -> int:
+    if args.heldout is not None and os.path.abspath(args.heldout) == os.path.abspath(args.out):
+        raise ValueError(
+            f"--heldout: expected a file other than --out, got {args.heldout} for both")
+    if not 0 <= args.heldout_fraction < 1:  # refused before the folder is scanned
+        raise ValueError(f"--heldout-fraction: expected a number in [0, 1), "
+                         f"got {args.heldout_fraction}")
+    records = image_folder_records(args.image_folder)
+    if args.heldout is None:
+        write_manifest(args.out, records)
+        written = args.out
+    else:
+        train, heldout = split_records(records, args.heldout_fraction, args.seed)
+        write_manifest(args.out, train)
+        write_manifest(args.heldout, heldout)
+        written = f"{args.out} ({len(train)}) and {args.heldout} ({len(heldout)})"
+    skipped = f"; {records.skipped} dangling symlinks skipped" if records.skipped else ""
+    print(f"{len(records)} records of {len(records.classes)} classes written to {written}{skipped}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mmfast {mmfast.__version__}")
@@ -106,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=lambda args: _demo_pq(args) if args.pq else run_demo(args))
     add_kiela_commands(commands)
+
+    manifest = commands.add_parser(
+        "manifest", help="write a JSONL manifest of an image folder (one sub-folder per class)")
+    manifest.add_argument("--image-folder", required=True, help="folder of class folders, "
+                          "images found recursively in each (required)")
+    manifest.add_argument("--out", required=True, help="manifest to write: all records, or the "
+                          "train side with --heldout (required)")
+    manifest.add_argument("--heldout", default=None,
+                          help="also split off a held-out manifest here (default: no split)")
+    manifest.add_argument("--heldout-fraction", type=float, default=0.2,
+                          help="share of the records held out, in [0, 1) (default: 0.2)")
+    manifest.add_argument("--seed", type=int, default=0,
+                          help="seed of the hash that splits the records (default: 0)")
+    manifest.set_defaults(run=_manifest)
     return parser
 
 

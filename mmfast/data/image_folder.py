@@ -1,0 +1,137 @@
+"""Manifests from an image folder laid out as torchvision's ``ImageFolder`` expects.
+
+``root/<class>/**/<name>.<ext>``: each immediate sub-folder of ``root`` is a class, its images are
+found recursively. A record's id is the image's path relative to ``root`` (posix), its image the
+absolute path, its text the sidecar ``<name>.txt`` beside the image when there is one, else the
+file name with ``-`` and ``_`` read as spaces.
+
+The held-out split hashes ``seed`` and the id, so it does not depend on file order and an item
+stays on its side when others are added. It splits items, not names or pixels: the same file
+name in two class folders (oxygen's ``folder-open`` in ``places`` and ``status``), or two links to
+one picture, may land on both sides.
+"""
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from mmfast.data.manifest import Record, write_manifest
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageFolderRecords(list):
+    """The records of an image folder (a ``list[Record]``); ``skipped`` counts the dangling
+    symlinks passed over."""
+
+    skipped: int = 0
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({label for record in self for label in record.labels})
+
+
+def _text(image: Path) -> str:
+    sidecar = image.with_suffix(".txt")
+    if sidecar.is_file():
+        return sidecar.read_text(encoding="utf-8").strip()
+    return " ".join(word for word in re.split(r"[-_\s]+", image.stem) if word)
+
+
+def _image_files(class_dir: Path, extensions: tuple[str, ...]):
+    """Yield (path, is_dangling) for the image files under ``class_dir``. Symlinked folders are
+    followed like torchvision does, each real folder once so that a link cycle ends."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        # hidden folders (.ipynb_checkpoints, .thumbnails) hold copies, not items
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                path = Path(dirpath, name)
+                yield path, not path.exists()  # exists() follows the link to its target
+
+
+def image_folder_records(
+    root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS
+) -> ImageFolderRecords:
+    """One ``Record`` per image under ``root/<class>/``, sorted by id (see the module docstring).
+
+    Extensions match case-insensitively. Raises ``ValueError`` when ``root`` is not a folder of
+    class folders holding at least one image."""
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    extensions = tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+                       for ext in extensions)
+    root = Path(root).absolute()
+    if not root.exists():
+        raise ValueError(f"image folder {root}: expected an existing directory, got no such path")
+    if not root.is_dir():
+        raise ValueError(f"image folder {root}: expected a directory, got a file")
+    class_dirs = sorted(path for path in root.iterdir()
+                        if path.is_dir() and not path.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"image folder {root}: expected one sub-folder per class, got none")
+    records = ImageFolderRecords()
+    for class_dir in class_dirs:
+        for path, dangling in _image_files(class_dir, extensions):
+            if dangling:
+                records.skipped += 1
+                continue
+            records.append(Record(path.relative_to(root).as_posix(), str(path), _text(path),
+                                  (class_dir.name,)))
+    if not records:
+        dangling = f" ({records.skipped} dangling symlinks skipped)" if records.skipped else ""
+        raise ValueError(
+            f"image folder {root}: expected images ({', '.join(extensions)}) inside its "
+            f"{len(class_dirs)} class folders, got none{dangling}")
+    records.sort(key=lambda record: record.id)
+    return records
+
+
+def _check_fraction(heldout_fraction: float) -> None:
+    if isinstance(heldout_fraction, bool) or not 0 <= heldout_fraction < 1:
+        raise ValueError(f"heldout_fraction: expected a number in [0, 1), got {heldout_fraction!r}")
+
+
+def split_records(
+    records: Iterable[Record], heldout_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """``(train, heldout)``: each record goes to held-out when a hash of ``seed`` and its id
+    falls below ``heldout_fraction``, so the split depends on neither order nor the other
+    records. Both lists keep the input order."""
+    _check_fraction(heldout_fraction)
+    train, heldout = [], []
+    for record in records:
+        digest = hashlib.blake2b(f"{seed}\0{record.id}".encode(), digest_size=8).digest()
+        side = heldout if int.from_bytes(digest, "little") < heldout_fraction * 2**64 else train
+        side.append(record)
+    return train, heldout
+
+
+def write_image_folder_manifest(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    heldout: str | os.PathLike | None = None,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[int, int]:
+    """Write the records of ``root`` to ``out`` (all of them when ``heldout`` is None, else the
+    train side, the held-out side going to ``heldout``); returns ``(len(out), len(heldout))``."""
+    if heldout is not None and Path(heldout).absolute() == Path(out).absolute():
+        raise ValueError(f"heldout: expected a file other than out, got {heldout} for both")
+    _check_fraction(heldout_fraction)  # refused before the folder is scanned
+    records = image_folder_records(root)
+    if heldout is None:
+        write_manifest(out, records)
+        return len(records), 0
+    train, held = split_records(records, heldout_fraction, seed)
+    write_manifest(out, train)
+    write_manifest(heldout, held)
+    return len(train), len(held)
