@@ -6,6 +6,9 @@
   CACNet (paper 000) for multi-label targets.
 - ``mean_roc_auc`` and ``average_precision`` per label and averaged (paper 002's concept
   evaluation, and the Avg.Precision of paper 000's Table 2).
+- ``confusion_matrix`` and ``precision_recall_f1`` (per class, the counts behind ``f1_score``), and
+  ``classification_report``, every figure of ``mmfast eval`` in one JSON-ready dict
+  (``mmfast.report`` formats it).
 
 Every function runs on the device of its inputs and returns a Python float, or a float64 tensor on
 that device for per-class values. Tied scores: the top-K metrics rank the lower label index first;
@@ -14,6 +17,7 @@ ROC AUC and average precision treat a run of equal scores as one threshold, as s
 """
 
 import numbers
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -21,15 +25,24 @@ import torch
 from mmfast.ops._checks import check_same_device, check_tensor
 
 __all__ = [
+    "UNKNOWN_TARGET",
     "PerLabelScore",
+    "PrecisionRecallF1",
     "accuracy",
     "accuracy_at_k",
     "average_precision",
+    "classification_report",
+    "confusion_matrix",
     "f1_score",
     "mean_roc_auc",
     "precision_at_k",
+    "precision_recall_f1",
     "recall_at_k",
 ]
+
+UNKNOWN_TARGET = -100
+"""A single-label target for an item whose label the model does not know (``cross_entropy``'s
+``ignore_index``): ``classification_report`` counts it as a miss."""
 
 _F1_AVERAGES = ("micro", "macro", "weighted", None)
 
@@ -43,6 +56,20 @@ class PerLabelScore(NamedTuple):
     """[L] float64 on the input's device; NaN for a label that was skipped."""
     num_skipped: int
     """How many labels were skipped because the metric is undefined for them."""
+
+
+class PrecisionRecallF1(NamedTuple):
+    """Per-class figures of ``precision_recall_f1``, each [C] on the input's device; a ratio
+    whose denominator is 0 is 0 (scikit-learn's ``zero_division=0``)."""
+
+    precision: torch.Tensor
+    """[C] float64: TP / predicted."""
+    recall: torch.Tensor
+    """[C] float64: TP / true."""
+    f1: torch.Tensor
+    """[C] float64: 2 TP / (predicted + true)."""
+    support: torch.Tensor
+    """[C] int64: the number of true samples of each class."""
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -94,8 +121,8 @@ def _check_indicator(fn: str, name: str, value, shape: torch.Size) -> torch.Tens
     return value.bool()
 
 
-def _check_class_indices(fn: str, name: str, value, num_samples: int, num_classes: int | None):
-    """value: [num_samples] integer class indices in [0, num_classes) (only >= 0 when None)."""
+def _check_index_vector(fn: str, name: str, value, num_samples: int) -> None:
+    """value: [num_samples] integer tensor (its values unchecked)."""
     check_tensor(fn, name, value, ndim=1)
     if not _is_integer_dtype(value.dtype):
         raise TypeError(
@@ -105,6 +132,11 @@ def _check_class_indices(fn: str, name: str, value, num_samples: int, num_classe
         raise ValueError(
             f"{fn}: {name} must have {num_samples} entries (one per sample), got {value.shape[0]}"
         )
+
+
+def _check_class_indices(fn: str, name: str, value, num_samples: int, num_classes: int | None):
+    """value: [num_samples] integer class indices in [0, num_classes) (only >= 0 when None)."""
+    _check_index_vector(fn, name, value, num_samples)
     if num_samples == 0:
         return
     low, high = value.min().item(), value.max().item()
@@ -157,6 +189,16 @@ def accuracy(scores_or_predictions: torch.Tensor, targets: torch.Tensor) -> floa
 # ----------------------------------------------------------------------------- top K (paper 000)
 
 
+def _top_k_hit_counts(scores: torch.Tensor, relevant: torch.Tensor, ks) -> list[torch.Tensor]:
+    """For each k of ``ks`` (each in [1, L]), [N] the number of true labels among each sample's k
+    highest-scored labels, from one sort. scores: [N, L]; relevant: [N, L] bool."""
+    # A stable descending sort keeps tied labels in index order, so ties go to the lowest label
+    # index and the top K does not depend on the device or the sorting algorithm.
+    top_labels = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : max(ks)]
+    cumulative_hits = relevant.gather(1, top_labels).cumsum(dim=1)  # [N, max k]
+    return [cumulative_hits[:, k - 1] for k in ks]
+
+
 def _top_k_hits(fn: str, scores, targets, k) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Checks the arguments of a top-K metric. Returns ([N] true labels among each sample's K
     highest-scored labels, [N] true labels per sample, K)."""
@@ -164,11 +206,24 @@ def _top_k_hits(fn: str, scores, targets, k) -> tuple[torch.Tensor, torch.Tensor
     relevant = _check_indicator(fn, "targets", targets, scores.shape)
     check_same_device(fn, "targets", targets, scores)
     k = _check_positive_int(fn, "k", k, upper=scores.shape[1])
-    # A stable descending sort keeps tied labels in index order, so ties go to the lowest label
-    # index and the top K does not depend on the device or the sorting algorithm.
-    top_labels = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]  # [N, K]
-    hits = relevant.gather(1, top_labels).sum(dim=1)
+    (hits,) = _top_k_hit_counts(scores, relevant, (k,))
     return hits, relevant.sum(dim=1), k
+
+
+def _mean_precision(hits: torch.Tensor, k: int) -> float:
+    return (hits.double() / k).mean().item()
+
+
+def _mean_recall(hits: torch.Tensor, num_relevant: torch.Tensor) -> float | None:
+    """None when no sample has a true label (recall 0/0 everywhere)."""
+    has_relevant = num_relevant > 0
+    if not has_relevant.any():
+        return None
+    return (hits[has_relevant].double() / num_relevant[has_relevant]).mean().item()
+
+
+def _hit_rate(hits: torch.Tensor) -> float:
+    return (hits > 0).double().mean().item()
 
 
 def precision_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -180,7 +235,7 @@ def precision_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float
     1 <= k <= L. Among equal scores the lower label index ranks first (a stable sort).
     """
     hits, _, k = _top_k_hits("precision_at_k", scores, targets, k)
-    return (hits.double() / k).mean().item()
+    return _mean_precision(hits, k)
 
 
 def recall_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -195,10 +250,10 @@ def recall_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     """
     fn = "recall_at_k"
     hits, num_relevant, _ = _top_k_hits(fn, scores, targets, k)
-    has_relevant = num_relevant > 0
-    if not has_relevant.any():
+    recall = _mean_recall(hits, num_relevant)
+    if recall is None:
         raise ValueError(f"{fn}: targets has no sample with a true label, so recall is undefined")
-    return (hits[has_relevant].double() / num_relevant[has_relevant]).mean().item()
+    return recall
 
 
 def accuracy_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
@@ -210,7 +265,7 @@ def accuracy_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int) -> float:
     1 <= k <= L. Among equal scores the lower label index ranks first (a stable sort).
     """
     hits, _, _ = _top_k_hits("accuracy_at_k", scores, targets, k)
-    return (hits > 0).double().mean().item()
+    return _hit_rate(hits)
 
 
 # ----------------------------------------------------------------------------- ranking per label
@@ -331,6 +386,17 @@ def average_precision(
 # ----------------------------------------------------------------------------- F1
 
 
+class _ClassCounts(NamedTuple):
+    """The counts every per-class figure comes from, each [C] int64."""
+
+    true_positives: torch.Tensor
+    num_predicted: torch.Tensor
+    num_true: torch.Tensor
+    macro_over_seen: bool
+    """True: the macro average runs over the classes seen in targets or predictions only
+    (scikit-learn's default label set); False: over all C classes."""
+
+
 def _single_label_counts(fn: str, predictions, targets, num_classes: int | None):
     """Per-class (TP, predicted, true) counts [C] of [N] class indices; C is num_classes or
     the largest index seen + 1."""
@@ -366,6 +432,58 @@ def _multilabel_counts(fn: str, predictions, targets, num_classes: int | None):
     return (predicted & relevant).sum(dim=0), predicted.sum(dim=0), relevant.sum(dim=0)
 
 
+def _count_classes(fn: str, predictions, targets, num_classes) -> _ClassCounts:
+    """Checks the arguments of ``f1_score`` and ``precision_recall_f1`` and counts per class."""
+    if num_classes is not None:
+        num_classes = _check_positive_int(fn, "num_classes", num_classes)
+    check_tensor(fn, "predictions", predictions)
+    if predictions.dim() == 1:
+        counts = _single_label_counts(fn, predictions, targets, num_classes)
+        # Without num_classes the label set is inferred, as scikit-learn infers it.
+        return _ClassCounts(*counts, macro_over_seen=num_classes is None)
+    if predictions.dim() == 2:
+        return _ClassCounts(
+            *_multilabel_counts(fn, predictions, targets, num_classes), macro_over_seen=False
+        )
+    raise ValueError(
+        f"{fn}: predictions must have 1 dimension (class indices [N]) or 2 (a multi-label "
+        f"{{0,1}} matrix [N, L]), got shape {tuple(predictions.shape)}"
+    )
+
+
+def _ratio_or_zero(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator in float64, 0 where the denominator is 0."""
+    denominator = denominator.double()
+    return torch.where(denominator > 0, numerator / denominator, 0.0)
+
+
+def _per_class_figures(counts: _ClassCounts) -> PrecisionRecallF1:
+    true_positives = counts.true_positives.double()
+    return PrecisionRecallF1(
+        precision=_ratio_or_zero(true_positives, counts.num_predicted),
+        recall=_ratio_or_zero(true_positives, counts.num_true),
+        # 2 TP + FP + FN = (TP + FP) + (TP + FN): predicted plus true counts.
+        f1=_ratio_or_zero(2 * true_positives, counts.num_predicted + counts.num_true),
+        support=counts.num_true,
+    )
+
+
+def _average_f1(counts: _ClassCounts, per_class_f1: torch.Tensor, average: str) -> float:
+    """The "micro", "macro" or "weighted" F1 of ``f1_score``; 0 where its denominator is 0."""
+    if average == "micro":
+        denominator = (counts.num_predicted + counts.num_true).sum().item()
+        return 2 * counts.true_positives.sum().item() / denominator if denominator > 0 else 0.0
+    if average == "weighted":
+        total_true = counts.num_true.sum().item()
+        if total_true == 0:
+            return 0.0
+        return (per_class_f1 * counts.num_true).sum().item() / total_true
+    if counts.macro_over_seen:
+        seen = (counts.num_predicted + counts.num_true) > 0
+        return per_class_f1[seen].mean().item() if seen.any() else 0.0
+    return per_class_f1.mean().item()
+
+
 def f1_score(
     predictions: torch.Tensor,
     targets: torch.Tensor,
@@ -395,34 +513,177 @@ def f1_score(
     fn = "f1_score"
     if average not in _F1_AVERAGES:
         raise ValueError(f"{fn}: average must be one of {_F1_AVERAGES}, got {average!r}")
-    if num_classes is not None:
-        num_classes = _check_positive_int(fn, "num_classes", num_classes)
-    check_tensor(fn, "predictions", predictions)
-    if predictions.dim() == 1:
-        counts = _single_label_counts(fn, predictions, targets, num_classes)
-        # Without num_classes the label set is inferred, as scikit-learn infers it.
-        classes_given = num_classes is not None
-    elif predictions.dim() == 2:
-        counts = _multilabel_counts(fn, predictions, targets, num_classes)
-        classes_given = True
-    else:
-        raise ValueError(
-            f"{fn}: predictions must have 1 dimension (class indices [N]) or 2 (a multi-label "
-            f"{{0,1}} matrix [N, L]), got shape {tuple(predictions.shape)}"
-        )
-    true_positives, num_predicted, num_true = counts
-
-    # 2 TP + FP + FN = (TP + FP) + (TP + FN): predicted plus true counts.
-    denominators = (num_predicted + num_true).double()
-    per_class = torch.where(denominators > 0, 2 * true_positives / denominators, 0.0)
+    counts = _count_classes(fn, predictions, targets, num_classes)
+    per_class_f1 = _per_class_figures(counts).f1
     if average is None:
-        return per_class
-    if average == "micro":
-        denominator = denominators.sum().item()
-        return 2 * true_positives.sum().item() / denominator if denominator > 0 else 0.0
-    if average == "weighted":
-        total_true = num_true.sum().item()
-        return (per_class * num_true).sum().item() / total_true if total_true > 0 else 0.0
-    if not classes_given:  # macro over the classes seen in targets or predictions
-        return per_class[denominators > 0].mean().item()
-    return per_class.mean().item()
+        return per_class_f1
+    return _average_f1(counts, per_class_f1, average)
+
+
+def precision_recall_f1(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int | None = None
+) -> PrecisionRecallF1:
+    """Precision, recall, F1 and support of each class, as scikit-learn's
+    ``precision_recall_fscore_support(average=None, zero_division=0)``.
+
+    The inputs are those of ``f1_score``: [N] integer class indices (classes 0 .. C-1 with
+    C = ``num_classes``, or the largest index seen + 1 when it is None), or [N, L] {0,1}
+    matrices (C = L). A ratio whose denominator is 0 is 0: the precision of a class never
+    predicted, the recall of a class never true, the F1 of a class neither.
+
+    Returns ``PrecisionRecallF1(precision, recall, f1, support)``, each [C] on the input's
+    device: float64, and int64 for support.
+    """
+    return _per_class_figures(_count_classes("precision_recall_f1", predictions, targets,
+                                             num_classes))
+
+
+def confusion_matrix(
+    predictions: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """The [C, C] int64 matrix whose entry (i, j) counts the samples of true class i predicted
+    as class j (rows: true class, columns: predicted), as scikit-learn's ``confusion_matrix``
+    with ``labels=range(C)``.
+
+    predictions, targets: [N] integer class indices in [0, num_classes). N = 0 gives zeros.
+    A target unknown to the model (``UNKNOWN_TARGET``) has no row: leave those samples out.
+    """
+    fn = "confusion_matrix"
+    num_classes = _check_positive_int(fn, "num_classes", num_classes)
+    check_tensor(fn, "predictions", predictions, ndim=1)
+    _check_class_indices(fn, "predictions", predictions, predictions.shape[0], num_classes)
+    _check_class_indices(fn, "targets", targets, predictions.shape[0], num_classes)
+    check_same_device(fn, "targets", targets, predictions)
+    cells = targets.long() * num_classes + predictions.long()
+    return torch.bincount(cells, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _report_ks(fn: str, ks, num_classes: int) -> list[int]:
+    """The ks of a report, each capped at the number of classes, repeats dropped, in order."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence):
+        raise TypeError(f"{fn}: ks must be a sequence of ints, got {type(ks).__name__}")
+    if not ks:
+        raise ValueError(f"{fn}: ks must hold at least one k, got an empty {type(ks).__name__}")
+    capped = (min(_check_positive_int(fn, f"ks[{i}]", k), num_classes) for i, k in enumerate(ks))
+    return list(dict.fromkeys(capped))
+
+
+def _check_threshold(fn: str, threshold) -> float:
+    if (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+            or not 0 < threshold < 1):
+        raise ValueError(f"{fn}: threshold must be a number in (0, 1), got {threshold!r}")
+    return float(threshold)
+
+
+def _check_known_targets(fn: str, targets, num_samples: int, num_classes: int) -> torch.Tensor:
+    """targets: [N] class indices in [0, num_classes) or UNKNOWN_TARGET. Returns [N] bool, True
+    where the target is known."""
+    _check_index_vector(fn, "targets", targets, num_samples)
+    known = targets != UNKNOWN_TARGET
+    bad = known & ((targets < 0) | (targets >= num_classes))
+    if bad.any():
+        raise ValueError(
+            f"{fn}: targets must hold class indices in [0, {num_classes}) or {UNKNOWN_TARGET} "
+            f"(a label unknown to the model), got {targets[bad][0].item()}"
+        )
+    return known
+
+
+def classification_report(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    multilabel: bool,
+    ks: Sequence[int] = (1, 3, 5),
+    threshold: float = 0.5,
+) -> dict:
+    """Every figure of an evaluation, as a dict of Python numbers and lists (JSON-ready).
+
+    Single-label (``multilabel=False``): scores [N, C] floating logits or probabilities (only
+    their order matters), targets [N] integer class indices in [0, C) or ``UNKNOWN_TARGET``
+    (-100: the item's label is unknown to the model). An unknown target counts as a miss in
+    the accuracy and the top-K figures and is left out of the per-class figures. The
+    prediction is the top-scored class, the lowest index among ties. Keys:
+    - "multilabel" False, "items" N, "unknown_targets": how many targets are -100;
+    - "accuracy": the fraction of the N items whose prediction is their target;
+    - "f1_micro", "f1_macro", "f1_weighted": F1 averages (``f1_score``) over the known items,
+      the macro one over the classes seen among their targets or predictions;
+    - "P@k", "R@k", "Acc@k" for each k of ``ks`` (capped at C; repeats dropped): with one true
+      label, P@k is hits / k, and R@k = Acc@k the fraction of items whose target is in their k
+      top-scored classes;
+    - "per_class": {"precision", "recall", "f1", "support"}, lists of C values indexed by class.
+
+    Multi-label (``multilabel=True``): scores [N, C] logits, targets [N, C] {0,1}. A label is
+    predicted where ``sigmoid(score) >= threshold``. Keys:
+    - "multilabel" True, "items" N;
+    - "mAP": ``average_precision`` of the scores, the mean over the labels with a positive
+      (None when no label has one);
+    - "subset_accuracy": the fraction of items whose predicted label set is exactly their own;
+    - "f1_micro", "f1_macro", "f1_weighted": F1 averages of the predictions over all C labels;
+    - "P@k", "R@k", "Acc@k" as ``precision_at_k``, ``recall_at_k`` (None when no item has a
+      true label) and ``accuracy_at_k``;
+    - "per_class" as above, of the predictions.
+
+    Ratios whose denominator is 0 are 0, as scikit-learn's ``zero_division=0``.
+    """
+    fn = "classification_report"
+    if not isinstance(multilabel, bool):
+        raise TypeError(f"{fn}: multilabel must be a bool, got {type(multilabel).__name__}")
+    threshold = _check_threshold(fn, threshold)
+    _check_scores(fn, "scores", scores)
+    num_samples, num_classes = scores.shape
+    ks = _report_ks(fn, ks, num_classes)
+
+    if multilabel:
+        relevant = _check_indicator(fn, "targets", targets, scores.shape)
+        check_same_device(fn, "targets", targets, scores)
+        # float16 logits near 0 would round in a float16 sigmoid.
+        logits = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        predicted = torch.sigmoid(logits) >= threshold
+        counts = _ClassCounts(*_multilabel_counts(fn, predicted, relevant, None),
+                              macro_over_seen=False)
+        report = {
+            "multilabel": True,
+            "items": num_samples,
+            "mAP": average_precision(scores, relevant) if relevant.any() else None,
+            "subset_accuracy": (predicted == relevant).all(dim=1).double().mean().item(),
+        }
+    else:
+        known = _check_known_targets(fn, targets, num_samples, num_classes)
+        check_same_device(fn, "targets", targets, scores)
+        # One true label per known item, none for an unknown one: the top-K figures then count
+        # an unknown target as a miss.
+        relevant = torch.zeros_like(scores, dtype=torch.bool).scatter_(
+            1, targets.long().clamp(min=0).unsqueeze(1), known.unsqueeze(1)
+        )
+        predictions = scores.argmax(dim=1)  # the first maximal index, as the top-K sort
+        if known.any():
+            counts = _ClassCounts(
+                *_single_label_counts(fn, predictions[known], targets[known], num_classes),
+                macro_over_seen=True,
+            )
+        else:
+            nothing = torch.zeros(num_classes, dtype=torch.int64, device=scores.device)
+            counts = _ClassCounts(nothing, nothing, nothing, macro_over_seen=True)
+        report = {
+            "multilabel": False,
+            "items": num_samples,
+            "unknown_targets": num_samples - int(known.sum()),
+            "accuracy": (predictions == targets).double().mean().item(),
+        }
+
+    figures = _per_class_figures(counts)
+    for average in ("micro", "macro", "weighted"):
+        report[f"f1_{average}"] = _average_f1(counts, figures.f1, average)
+    num_relevant = relevant.sum(dim=1)
+    for k, hits in zip(ks, _top_k_hit_counts(scores, relevant, ks)):
+        report[f"P@{k}"] = _mean_precision(hits, k)
+        # With one true label, recall is a hit or a miss.
+        report[f"R@{k}"] = _mean_recall(hits, num_relevant) if multilabel else _hit_rate(hits)
+        report[f"Acc@{k}"] = _hit_rate(hits)
+    report["per_class"] = {name: getattr(figures, name).tolist() for name in figures._fields}
+    return report
