@@ -56,8 +56,9 @@ TORCH_LIBRARY(mmfast, m) {
 
   m.set_python_module("mmfast.ops.fasttext_sgd");
   // DESIGN 3.1. A training step, not a differentiable function: per-example SGD on softmax
-  // cross-entropy over the bags indices[offsets[b]:offsets[b+1]], updating embedding [V, H],
-  // weight [K, H] and bias [K] in place; per_sample_weights [nnz] or None (bag mean); labels [B];
+  // cross-entropy (labels [B] int64) or one-vs-all (labels [B, K] float 0/1) over the bags
+  // indices[offsets[b]:offsets[b+1]], updating embedding [V, H], weight [K, H] and bias [K] in
+  // place; per_sample_weights [nnz] or None (bag mean);
   // the learning rate falls linearly from lr_start to lr_end; threads None: all intra-op threads.
   // Returns losses [B], each example's loss before its own step.
   m.def("fasttext_sgd_(Tensor(a!) embedding, Tensor(b!) weight, Tensor(c!)? bias, "

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -11,7 +10,7 @@ import torch
 import mmfast
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.commands import add_kiela_commands, run_demo
-from mmfast.data import image_folder_records, split_records, write_manifest
+from mmfast.data import write_image_folder_manifest
 
 
 def _info(args) -> int:
@@ -81,21 +80,10 @@ def _demo_pq(args) -> int:
 
 
 def _manifest(args) -> int:
-    if args.heldout is not None and os.path.abspath(args.heldout) == os.path.abspath(args.out):
-        raise ValueError(
-            f"--heldout: expected a file other than --out, got {args.heldout} for both")
-    if not 0 <= args.heldout_fraction < 1:  # refused before the folder is scanned
-        raise ValueError(f"--heldout-fraction: expected a number in [0, 1), "
-                         f"got {args.heldout_fraction}")
-    records = image_folder_records(args.image_folder)
-    if args.heldout is None:
-        write_manifest(args.out, records)
-        written = args.out
-    else:
-        train, heldout = split_records(records, args.heldout_fraction, args.seed)
-        write_manifest(args.out, train)
-        write_manifest(args.heldout, heldout)
-        written = f"{args.out} ({len(train)}) and {args.heldout} ({len(heldout)})"
+    records, train, heldout = write_image_folder_manifest(
+        args.image_folder, args.out, args.heldout, args.heldout_fraction, args.seed)
+    written = args.out if args.heldout is None else (
+        f"{args.out} ({train}) and {args.heldout} ({heldout})")
     skipped = f"; {records.skipped} dangling symlinks skipped" if records.skipped else ""
     print(f"{len(records)} records of {len(records.classes)} classes written to {written}{skipped}")
     return 0

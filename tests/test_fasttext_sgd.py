@@ -55,6 +55,41 @@ def test_single_thread_matches_reference(dim, bias, weighted):
             torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
 
 
+def _one_vs_all(inputs, classes=5, seed=1):
+    """The same bags with multi-label 0/1 targets [B, K] (rows with none, one and several)."""
+    indices, offsets, per_sample_weights, labels = inputs
+    g = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(labels.shape[0], classes, generator=g) < 0.3).float()
+    return indices, offsets, per_sample_weights, targets
+
+
+@pytest.mark.parametrize("dim", [20, 37])
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_vs_all_single_thread_matches_reference(dim, bias):
+    params, inputs = _problem(dim=dim, bias=bias, weighted=True)
+    inputs = _one_vs_all(inputs)
+    expected = _clone(params)
+    losses = _run(params, inputs, threads=1)
+    expected_losses = _run_reference(expected, inputs)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
+    for name, value in params.items():
+        if value is not None:
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+
+
+def test_one_vs_all_loss_is_the_sum_of_binary_losses():
+    """fastText's -loss ova: each example's loss sums its K binary losses (not their mean)."""
+    params, inputs = _problem(classes=5)
+    indices, offsets, _, targets = _one_vs_all(inputs)
+    hidden = torch.nn.functional.embedding_bag(indices, params["embedding"], offsets[:-1],
+                                               mode="mean")
+    logits = hidden @ params["weight"].T + params["bias"]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:1], targets[:1], reduction="sum")
+    losses = _run(params, (indices, offsets, None, targets), lr=(0.0, 0.0), threads=1)
+    torch.testing.assert_close(losses[0], expected)
+
+
 def test_reference_backend_runs_the_reference():
     params, inputs = _problem()
     expected = _clone(params)
@@ -181,6 +216,12 @@ BAD_INPUTS = {
     "label range": (lambda a: {"labels": a["labels"] + 5}, IndexError,
                     r"labels must be in \[0, 5\), got values in"),
     "lr": (lambda a: {"lr_start": float("nan")}, ValueError, "lr_start and lr_end must be finite"),
+    "ova dtype": (lambda a: {"labels": torch.zeros(40, 5, dtype=torch.float64)}, TypeError,
+                  "labels must be one of float32, got torch.float64"),
+    "ova width": (lambda a: {"labels": torch.zeros(40, 4)}, ValueError,
+                  r"one-vs-all labels must have shape \[B, 5\]"),
+    "ova values": (lambda a: {"labels": torch.full((40, 5), 0.5)}, ValueError,
+                   "one-vs-all labels must hold only 0 and 1"),
 }
 
 

@@ -108,12 +108,12 @@ def test_split_refuses_bad_fractions(fraction):
 
 
 def test_write_image_folder_manifest(folder, tmp_path):
-    assert write_image_folder_manifest(folder, tmp_path / "all.jsonl") == (4, 0)
+    assert write_image_folder_manifest(folder, tmp_path / "all.jsonl")[1:] == (4, 0)
     assert read_manifest(tmp_path / "all.jsonl") == image_folder_records(folder)
-    counts = write_image_folder_manifest(folder, tmp_path / "train.jsonl", tmp_path / "held.jsonl",
-                                         heldout_fraction=0.5, seed=3)
+    _, *counts = write_image_folder_manifest(folder, tmp_path / "train.jsonl",
+                                             tmp_path / "held.jsonl", heldout_fraction=0.5, seed=3)
     train, heldout = read_manifest(tmp_path / "train.jsonl"), read_manifest(tmp_path / "held.jsonl")
-    assert counts == (len(train), len(heldout)) and train + heldout != []
+    assert counts == [len(train), len(heldout)] and train + heldout != []
     assert sorted(train + heldout, key=lambda r: r.id) == image_folder_records(folder)
     with pytest.raises(ValueError, match="heldout: expected a file other than out"):
         write_image_folder_manifest(folder, tmp_path / "a.jsonl", tmp_path / "a.jsonl")
@@ -131,9 +131,9 @@ def test_manifest_command(folder, tmp_path, capsys):
     assert sorted(records, key=lambda r: r.id) == image_folder_records(folder)
     assert main(["manifest", "--image-folder", str(folder), "--out", str(out)]) == 0
     assert len(read_manifest(out)) == 4 and "skipped" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="--heldout: expected a file other than --out"):
+    with pytest.raises(ValueError, match="heldout: expected a file other than out"):
         main(["manifest", "--image-folder", str(folder), "--out", str(out), "--heldout", str(out)])
-    with pytest.raises(ValueError, match=r"--heldout-fraction: expected a number in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"heldout_fraction: expected a number in \[0, 1\)"):
         main(["manifest", "--image-folder", str(folder), "--out", str(out), "--heldout", str(held),
               "--heldout-fraction", "1"])
 

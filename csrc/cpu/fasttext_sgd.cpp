@@ -1,6 +1,8 @@
 // fasttext_sgd_ on the CPU (DESIGN 3.1): fastText's training loop as one op. Each example is one
-// SGD step on softmax cross-entropy, applied at once to the embedding rows of its bag, the
-// classifier and the bias, with the learning rate falling linearly over the examples.
+// SGD step on softmax cross-entropy (labels [B], class indices) or on one-vs-all, the sum of K
+// binary logistic losses (labels [B, K], 0/1 targets: fastText's -loss ova), applied at once to
+// the embedding rows of its bag, the classifier and the bias, with the learning rate falling
+// linearly over the examples.
 //
 // Threads run Hogwild, as fastText does: the examples are cut into one contiguous chunk per
 // thread, and every thread reads and writes the shared parameters without locks. Two threads may
@@ -64,7 +66,8 @@ struct Problem {
   const int64_t* indices;     // [nnz]
   const int64_t* offsets;     // [B + 1]
   const float* bag_weights;   // [nnz] or nullptr: 1 / bag size
-  const int64_t* labels;      // [B]
+  const int64_t* labels;      // [B] class indices (softmax), or nullptr
+  const float* targets;       // [B, K] 0/1 targets (one-vs-all), or nullptr
   float* losses;              // [B]
   int64_t dim, classes;
 };
@@ -133,22 +136,35 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
       axpy(dim, w, p.embedding + p.indices[j] * dim, hidden.data());
     }
 
-    float max_logit = -INFINITY;
     for (int64_t k = 0; k < classes; ++k) {
       logits[k] = simd::dot(p.weight + k * dim, hidden.data(), dim);
       if (p.bias) logits[k] += p.bias[k];
-      max_logit = std::max(max_logit, logits[k]);
     }
-    float sum = 0.f;
-    for (int64_t k = 0; k < classes; ++k) sum += std::exp(logits[k] - max_logit);
-    const float log_sum = max_logit + std::log(sum);
-    const int64_t label = p.labels[b];
-    p.losses[b] = log_sum - logits[label];
+    // logits becomes d loss / d logits: softmax - onehot, or sigmoid - target per label.
+    if (p.targets) {
+      const float* target = p.targets + b * classes;
+      float loss = 0.f;
+      for (int64_t k = 0; k < classes; ++k) {
+        const float z = logits[k];
+        // -t log sigmoid(z) - (1 - t) log(1 - sigmoid(z)), without overflow for large |z|
+        loss += std::max(z, 0.f) - z * target[k] + std::log1p(std::exp(-std::abs(z)));
+        logits[k] = 1.f / (1.f + std::exp(-z)) - target[k];
+      }
+      p.losses[b] = loss;
+    } else {
+      const float max_logit = *std::max_element(logits.begin(), logits.end());
+      float sum = 0.f;
+      for (int64_t k = 0; k < classes; ++k) sum += std::exp(logits[k] - max_logit);
+      const float log_sum = max_logit + std::log(sum);
+      const int64_t label = p.labels[b];
+      p.losses[b] = log_sum - logits[label];
+      for (int64_t k = 0; k < classes; ++k) logits[k] = std::exp(logits[k] - log_sum);
+      logits[label] -= 1.f;
+    }
 
-    // d loss / d logit k = softmax_k - [k == label]
     std::fill(grad_hidden.begin(), grad_hidden.end(), 0.f);
     for (int64_t k = 0; k < classes; ++k) {
-      const float g = std::exp(logits[k] - log_sum) - (k == label ? 1.f : 0.f);
+      const float g = logits[k];
       classifier_row_step(dim, g, lr, hidden.data(), p.weight + k * dim, grad_hidden.data());
       if (p.bias) p.bias[k] -= lr * g;
     }
@@ -206,7 +222,15 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
   }
   check_cpu_tensor("indices", indices, at::kLong, 1);
   check_cpu_tensor("offsets", offsets, at::kLong, 1);
-  check_cpu_tensor("labels", labels, at::kLong, 1);
+  // labels [B] int64: softmax over classes; [B, K] float32 0/1 targets: one-vs-all
+  const bool one_vs_all = labels.dim() == 2;
+  if (one_vs_all) {
+    check_cpu_tensor("labels", labels, at::kFloat, 2);
+    TORCH_CHECK_VALUE(labels.size(1) == classes, kOp, ": one-vs-all labels must have shape [B, ",
+                      classes, "] (K = weight.size(0)), got ", labels.sizes());
+  } else {
+    check_cpu_tensor("labels", labels, at::kLong, 1);
+  }
   const int64_t batch = labels.size(0), nnz = indices.size(0);
   TORCH_CHECK_VALUE(offsets.size(0) == batch + 1, kOp, ": offsets must have B + 1 = ", batch + 1,
                     " entries (B = labels.size(0)), got ", offsets.size(0));
@@ -232,7 +256,12 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
   TORCH_CHECK_VALUE(batch == 0 || (offsets_c.diff() >= 0).all().item<bool>(), kOp,
                     ": offsets must be non-decreasing");
   check_range("indices", indices_c, vocabulary);
-  check_range("labels", labels_c, classes);
+  if (one_vs_all) {
+    TORCH_CHECK_VALUE(((labels_c == 0) | (labels_c == 1)).all().item<bool>(), kOp,
+                      ": one-vs-all labels must hold only 0 and 1");
+  } else {
+    check_range("labels", labels_c, classes);
+  }
 
   at::Tensor losses = at::empty({batch}, embedding.options());  // [B]
   if (batch == 0) return losses;
@@ -242,7 +271,8 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
                         indices_c.const_data_ptr<int64_t>(),
                         offset_data,
                         per_sample_weights ? bag_weights.const_data_ptr<float>() : nullptr,
-                        labels_c.const_data_ptr<int64_t>(),
+                        one_vs_all ? nullptr : labels_c.const_data_ptr<int64_t>(),
+                        one_vs_all ? labels_c.const_data_ptr<float>() : nullptr,
                         losses.data_ptr<float>(),
                         dim,
                         classes};

@@ -28,12 +28,15 @@ def fasttext_sgd_(
     threads: int | None = None,
 ) -> torch.Tensor:
     """Train the fastText model ``weight @ (sum_j w_j embedding[i_j]) + bias`` on B examples by
-    per-example SGD on softmax cross-entropy, in place, as fastText does.
+    per-example SGD, in place, as fastText does: on softmax cross-entropy when ``labels`` are
+    class indices, on one-vs-all (the sum over the K classes of binary logistic losses,
+    fastText's ``-loss ova``) when ``labels`` are a 0/1 target matrix.
 
     embedding [V, H], weight [K, H], bias [K] or None: contiguous float32 CPU tensors, updated
     in place. Example b is the bag ``indices[offsets[b]:offsets[b+1]]`` (int64 [nnz], offsets
     int64 [B+1] from 0 to nnz) with weights ``per_sample_weights`` [nnz] (None: the bag mean)
-    and class ``labels[b]`` (int64 [B], in [0, K)). The learning rate falls linearly from
+    and class ``labels[b]`` (int64 [B], in [0, K)) or targets ``labels[b]`` (float32 [B, K],
+    each 0 or 1). The learning rate falls linearly from
     ``lr_start`` to ``lr_end`` over the examples, in order.
 
     ``threads`` (None: ``torch.get_num_threads()``) run Hogwild like fastText's: each takes a
@@ -63,13 +66,17 @@ def fasttext_sgd_(
         if not value.is_contiguous():
             raise ValueError(f"{_OP}: {name} must be contiguous (it is updated in place), "
                              f"got strides {value.stride()}")
-    inputs = {"indices": indices, "offsets": offsets, "labels": labels}
+    one_vs_all = isinstance(labels, torch.Tensor) and labels.dim() == 2
+    inputs = {"indices": (indices, 1, torch.int64), "offsets": (offsets, 1, torch.int64),
+              "labels": (labels, 2, torch.float32) if one_vs_all else (labels, 1, torch.int64)}
     if per_sample_weights is not None:
-        inputs["per_sample_weights"] = per_sample_weights
-    for name, value in inputs.items():
-        dtype = torch.float32 if name == "per_sample_weights" else torch.int64
-        check_tensor(_OP, name, value, ndim=1, dtypes=(dtype,))
+        inputs["per_sample_weights"] = (per_sample_weights, 1, torch.float32)
+    for name, (value, ndim, dtype) in inputs.items():
+        check_tensor(_OP, name, value, ndim=ndim, dtypes=(dtype,))
         check_same_device(_OP, name, value, embedding)
+    if one_vs_all and labels.shape[1] != weight.shape[0]:
+        raise ValueError(f"{_OP}: one-vs-all labels must have shape [B, {weight.shape[0]}] "
+                         f"(K = weight.shape[0]), got {tuple(labels.shape)}")
     batch, nnz = labels.shape[0], indices.shape[0]
     if offsets.shape[0] != batch + 1:
         raise ValueError(f"{_OP}: offsets must have B + 1 = {batch + 1} entries "
@@ -100,7 +107,11 @@ def _check_values(embedding, weight, indices, offsets, labels) -> None:
     if bool((offsets.diff() < 0).any()):
         raise ValueError(f"{_OP}: offsets must be non-decreasing")
     check_ids(_OP, "indices must be", indices, embedding.shape[0], error=IndexError)
-    check_ids(_OP, "labels must be", labels, weight.shape[0], error=IndexError)
+    if labels.dim() == 2:
+        if not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError(f"{_OP}: one-vs-all labels must hold only 0 and 1")
+    else:
+        check_ids(_OP, "labels must be", labels, weight.shape[0], error=IndexError)
 
 
 @torch.library.register_fake("mmfast::fasttext_sgd_")

@@ -17,6 +17,8 @@ def fasttext_sgd_(
 
         hidden = sum_j w_j embedding[i_j]            logits = weight @ hidden + bias
         g = softmax(logits) - onehot(labels[b])      grad_hidden = weight^T g
+            (one-vs-all, labels [B, K]: g = sigmoid(logits) - labels[b], the loss the sum of
+            the K binary cross-entropies)
         weight -= lr g hidden^T,  bias -= lr g,  embedding[i_j] -= lr w_j grad_hidden
 
     with ``lr = lr_start + (lr_end - lr_start) * b / B``. Updates the parameters in place and
@@ -37,10 +39,15 @@ def fasttext_sgd_(
             logits = weight @ hidden  # [K]
             if bias is not None:
                 logits = logits + bias
-            log_probs = torch.log_softmax(logits, 0)
-            losses[b] = -log_probs[labels[b]]
-            grad_logits = log_probs.exp()
-            grad_logits[labels[b]] -= 1.0
+            if labels.dim() == 2:
+                losses[b] = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, labels[b], reduction="sum")
+                grad_logits = torch.sigmoid(logits) - labels[b]
+            else:
+                log_probs = torch.log_softmax(logits, 0)
+                losses[b] = -log_probs[labels[b]]
+                grad_logits = log_probs.exp()
+                grad_logits[labels[b]] -= 1.0
             grad_hidden = weight.T @ grad_logits  # with the classifier before its step
             weight -= lr * torch.outer(grad_logits, hidden)
             if bias is not None:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mmfast import _backend
+from mmfast import _backend, metrics
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
@@ -48,91 +48,160 @@ class Examples:
         targets = None if self.targets is None else self.targets[index]
         return words, offsets, image, targets
 
+    def subset(self, index: torch.Tensor) -> "Examples":
+        """The items ``index`` as their own ``Examples``."""
+        return Examples(*self.batch(index))
+
 
 def loss_function(loss: str):
+    """The training loss of ``loss``: a mean over the batch of each example's loss. One-vs-all
+    sums its K binary losses per example, as fastText's ``-loss ova`` does: averaged over the
+    labels instead, each label's gradient would be K times smaller and a multi-label model
+    would not move from the label prior at fastText's learning rates."""
     if loss == "softmax":
         return nn.functional.cross_entropy
     if loss == "ova":
-        return nn.functional.binary_cross_entropy_with_logits
+        return _one_vs_all
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def _one_vs_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    summed = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+    return summed / max(logits.shape[0], 1)
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> float:
+    """The model-selection score of ``logits`` against ``targets`` (higher is better): accuracy
+    for softmax, an item whose target is -100 (a label the model never saw) counting as a miss;
+    mean average precision over the labels with a positive for one-vs-all."""
+    if loss == "ova":
+        has_positive = targets.sum(0) > 0
+        if not bool(has_positive.any()):
+            return 0.0
+        return metrics.average_precision(logits[:, has_positive], targets[:, has_positive])
+    return float((logits.argmax(1) == targets).double().mean()) if len(targets) else 0.0
+
+
+SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}
 
 
 def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float = 0.5,
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
+          valid: Examples | None = None, patience: int | None = None,
           progress: bool = False) -> dict:
-    """Train ``model`` in place; returns ``{"seconds", "items_per_s", "final_loss"}``.
+    """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
+    ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
+    selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
+    ``valid``, on it), and with ``valid`` also ``best_epoch`` and ``valid_score``.
 
     The learning rate falls linearly from ``lr`` to 0 over all steps (fastText's schedule).
-    On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` with the softmax
-    loss trains as fastText does, one SGD step per example with ``torch.get_num_threads()``
+    On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` trains as
+    fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with ``torch.get_num_threads()``
     Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
     (the reference backend, other models, losses or devices) minibatches of ``batch_size`` take
     autograd SGD steps, embedding tables with sparse gradients getting sparse updates.
+
+    With ``valid``, the model is scored on it after every epoch and ends with the weights of
+    its best epoch (the first of equal scores); ``patience`` epochs without a better score stop
+    the run early (None: run all ``epochs``).
     """
-    if examples.targets is None:
-        raise ValueError("train: examples must have targets")
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    if examples.targets is None or (valid is not None and valid.targets is None):
+        raise ValueError("train: examples (and valid) must have targets")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"train: epochs and batch_size must be >= 1 and lr > 0, got "
                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
     if _fused_sgd_applies(model, loss):
-        return _train_fused(model, examples, epochs, lr, generator, progress)
+        epoch_losses = _fused_epochs(model, examples, epochs, lr, generator)
+    else:
+        epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
+                                         generator)
+    # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
+    sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
+    name = SCORE_NAMES[loss]
+    history, best, best_state, seconds, stale = [], None, None, 0.0, 0
+    with tqdm(total=epochs, desc=f"train {type(model).__name__}", unit="epoch",
+              disable=not progress, leave=False) as bar:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            epoch_loss = next(epoch_losses)
+            seconds += time.perf_counter() - start
+            row = {"epoch": epoch, "loss": epoch_loss,
+                   f"train_{name}": score(predict(model, sample), sample.targets, loss)}
+            if valid is not None:
+                row[f"valid_{name}"] = score(predict(model, valid), valid.targets, loss)
+                if best is None or row[f"valid_{name}"] > best[f"valid_{name}"]:
+                    best, stale = row, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    stale += 1
+            history.append(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"})
+            bar.update()
+            if patience is not None and stale >= patience:
+                break
+    model.train(False)
+    stats = {"seconds": seconds, "items_per_s": len(history) * len(examples) / max(seconds, 1e-9),
+             "final_loss": history[-1]["loss"], "history": history, "metric": name}
+    if best is not None:
+        model.load_state_dict(best_state)
+        stats.update(best_epoch=best["epoch"], valid_score=best[f"valid_{name}"])
+    return stats
+
+
+_TRAIN_SAMPLE = 2048
+
+
+def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, generator):
+    """Autograd SGD by minibatches; yields each epoch's mean loss."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     steps_per_epoch = -(-len(examples) // batch_size)
     total_steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
-    model.train()
-    start = time.perf_counter()
-    running = 0.0
-    with tqdm(total=total_steps, desc=f"train {type(model).__name__}", disable=not progress,
-              leave=False) as bar:
-        for _ in range(epochs):
-            for index in torch.randperm(len(examples), generator=generator).split(batch_size):
-                words, offsets, image, targets = examples.batch(index)
-                optimizer.zero_grad(set_to_none=True)
-                value = criterion(model(words, offsets, image), targets)
-                value.backward()
-                optimizer.step()
-                schedule.step()
-                running = 0.95 * running + 0.05 * value.item() if running else value.item()
-                bar.update()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "items_per_s": epochs * len(examples) / seconds,
-            "final_loss": running}
+    for _ in range(epochs):
+        model.train()
+        total = torch.zeros(())
+        for index in torch.randperm(len(examples), generator=generator).split(batch_size):
+            words, offsets, image, targets = examples.batch(index)
+            optimizer.zero_grad(set_to_none=True)
+            value = criterion(model(words, offsets, image), targets)
+            value.backward()
+            optimizer.step()
+            schedule.step()
+            total += value.detach() * len(index)
+        yield float(total) / max(len(examples), 1)
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
     # Exact types: subclasses such as ContinuousFusion have more than the one embedding bag.
-    return (not _backend.use_reference() and loss == "softmax"
+    return (not _backend.use_reference()
             and type(model) in (FastText, DiscretizedFastText)
             and model.embedding.weight.device.type == "cpu"
             and model.embedding.weight.dtype == torch.float32)
 
 
-@torch.no_grad()
-def _train_fused(model: FastText, examples: Examples, epochs: int, lr: float,
-                 generator: torch.Generator, progress: bool) -> dict:
+def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
+                  generator: torch.Generator):
     """One ``fasttext_sgd_`` call per epoch over a fresh shuffle, each taking its share of the
-    run's linear decay."""
-    model.train()
-    kept = (examples.targets >= 0).nonzero().flatten()  # items without a known label take no step
+    run's linear decay; yields each epoch's mean loss."""
+    targets = examples.targets
+    # softmax: items without a known label (-100) take no step, as cross_entropy ignores them
+    kept = (targets >= 0).nonzero().flatten() if targets.dim() == 1 else torch.arange(len(targets))
     parameters = (model.embedding.weight.detach(), model.classifier.weight.detach(),
                   model.classifier.bias.detach())
-    start = time.perf_counter()
-    epoch_loss = 0.0
-    for epoch in tqdm(range(epochs), desc=f"train {type(model).__name__}", disable=not progress,
-                      leave=False):
+    for epoch in range(epochs):
+        model.train()
         words, offsets, image, targets = examples.batch(
             kept[torch.randperm(len(kept), generator=generator)])
-        ids, starts, weights = model.bags(words, offsets, image)
-        bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
-        losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
-                               lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs))
-        epoch_loss = float(losses.mean()) if losses.numel() else 0.0
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "items_per_s": epochs * len(kept) / seconds,
-            "final_loss": epoch_loss}
+        with torch.no_grad():
+            ids, starts, weights = model.bags(words, offsets, image)
+            bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
+            losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
+                                   lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs))
+        yield float(losses.mean()) if losses.numel() else 0.0
 
 
 @torch.no_grad()

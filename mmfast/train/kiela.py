@@ -43,6 +43,7 @@ class Recipe:
     subvectors: int = 8
     centroids: int = 64
     repetitions: int = 4
+    patience: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -175,8 +176,11 @@ class Trained:
 
 
 def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Sequence[str],
-        multilabel: bool, progress: bool = False) -> Trained:
-    """Train ``recipe.model`` on ``records`` with image features ``image`` [N, D]."""
+        multilabel: bool, progress: bool = False,
+        valid: tuple[Sequence[Record], np.ndarray] | None = None) -> Trained:
+    """Train ``recipe.model`` on ``records`` with image features ``image`` [N, D]. With
+    ``valid`` = (records, image features), the model is scored on them after every epoch and
+    keeps its best epoch's weights; ``recipe.patience`` epochs without progress end the run."""
     torch.manual_seed(recipe.seed)
     hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
                               ngrams=recipe.ngrams)
@@ -184,7 +188,9 @@ def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Se
     model = build_model(recipe, hasher, image.shape[1], len(labels), quantizer)
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
     data = trained.examples(records, image)
+    valid_data = None if valid is None else trained.examples(*valid)
     trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
-                          seed=recipe.seed, progress=progress)
+                          seed=recipe.seed, valid=valid_data, patience=recipe.patience,
+                          progress=progress)
     return trained
