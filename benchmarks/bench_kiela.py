@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from mmfast.commands import DEMO_RECIPES
 from mmfast.train import predict
 from mmfast.train.kiela import MODELS, Recipe, demo_features, fit
 
@@ -33,7 +32,7 @@ def test_models_trade_off(emoji, two_threads, tmp_path):
     data, train, heldout, train_image, heldout_image = emoji
     rows = []
     for name in MODELS:
-        trained = fit(Recipe(model=name, **DEMO_RECIPES[name]), train, train_image, data.labels,
+        trained = fit(Recipe.default(name), train, train_image, data.labels,
                       False)
         examples = trained.examples(heldout, heldout_image)
         accuracy = _held_out_accuracy(trained.model, examples)
@@ -72,7 +71,7 @@ def _fasttext_lines(records, tokens):
 def test_pq_training_throughput_vs_fasttext(emoji, threads):
     fasttext = pytest.importorskip("fasttext")
     data, train, heldout, train_image, heldout_image = emoji
-    recipe = Recipe(model="pq", **DEMO_RECIPES["pq"])
+    recipe = Recipe.default("pq")
     trained = fit(recipe, train, train_image, data.labels, False)
     ours = recipe.epochs * len(train) / trained.stats["seconds"]
     examples = trained.examples(heldout, heldout_image)

@@ -50,6 +50,22 @@ class Recipe:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
 
+    @classmethod
+    def default(cls, model: str, **overrides) -> "Recipe":
+        """``model``'s default recipe (``DEFAULT_RECIPES``) with ``overrides`` on top."""
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        return cls(**{"model": model, **DEFAULT_RECIPES[model], **overrides})
+
+
+# Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use
+# with no flags. Measured on the emoji tasks against autotune (benchmarks/bench_kiela.py).
+DEFAULT_RECIPES = {
+    "text": {}, "continuous": {}, "additive": {}, "max": {}, "gated": {"gate": "text"},
+    "bilinear": {}, "bilinear_gated": {"gate": "text"},
+    "pq": {"alpha": 0.5}, "rspq": {"alpha": 0.5},
+}
+
 
 def image_store(records: Sequence[Record], directory: str | os.PathLike,
                 extractor: ImageFeatureExtractor | None = None, progress: bool = True
@@ -139,6 +155,12 @@ def build_quantizer(recipe: Recipe, train_image: np.ndarray) -> ProductQuantizer
     return quantizer.fit(torch.from_numpy(np.asarray(train_image, np.float32)), iters=15)
 
 
+# What a checkpoint records of its training run (``Trained.stats``): the selection metric, the
+# chosen epoch and its validation score, the per-epoch history, and an autotune summary.
+_RECORDED = ("metric", "best_epoch", "valid_score", "valid_items", "history", "seconds",
+             "autotune")
+
+
 @dataclass
 class Trained:
     model: torch.nn.Module
@@ -162,6 +184,7 @@ class Trained:
             "labels": list(self.labels), "multilabel": self.multilabel,
             "recipe": asdict(self.recipe), "text": self.hasher.config(),
             "extractor": extractor, "quantizer": self.quantizer is not None,
+            "training": {key: self.stats[key] for key in _RECORDED if key in self.stats},
         })
 
     @classmethod
