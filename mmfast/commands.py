@@ -3,7 +3,7 @@
 import csv
 import json
 import time
-from dataclasses import fields
+from dataclasses import asdict, fields
 from itertools import islice
 from pathlib import Path
 
@@ -12,32 +12,17 @@ from tqdm import tqdm
 
 from mmfast import metrics
 from mmfast._io import atomic_path
-from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest
+from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest, split_records
 from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
+from mmfast.report import format_report, plot_report, write_confusion_csv
+from mmfast.train.autotune import autotune
 from mmfast.train.fasttext import predict
 from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, demo_image_store, fit,
                                 image_store, store_features)
 
-# Per-model settings of the demo (chosen on the emoji group task; paper 003's grid).
-DEMO_RECIPES = {
-    "text": {}, "continuous": {}, "additive": {}, "max": {}, "gated": {"gate": "text"},
-    "bilinear": {"lr": 2.0}, "bilinear_gated": {"gate": "text"},
-    "pq": {"alpha": 0.5}, "rspq": {"alpha": 0.5},
-}
-
-
 def _scores(trained: Trained, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
-
-
-def _evaluate(trained: Trained, logits: torch.Tensor, targets: torch.Tensor) -> dict:
-    if trained.multilabel:
-        return {"P@1": metrics.precision_at_k(logits, targets, 1),
-                "mAP": metrics.average_precision(logits, targets)}
-    keep = targets >= 0  # items whose label the model never saw count as errors
-    hits = metrics.accuracy(logits[keep], targets[keep]) * int(keep.sum()) if keep.any() else 0
-    return {"accuracy": hits / max(len(targets), 1)}
 
 
 def run_demo(args) -> int:
@@ -60,16 +45,13 @@ def run_demo(args) -> int:
     print(f"{'model':<15} {metric:>9} {'train s':>8} {'train items/s':>14} "
           f"{'classify items/s':>17}")
     for name in names:
-        settings = {"model": name, **DEMO_RECIPES.get(name, {})}
-        if args.epochs:
-            settings["epochs"] = args.epochs
-        trained = fit(Recipe(**settings), train_records, train_image, data.labels,
-                      data.multilabel)
+        recipe = Recipe.default(name, **({"epochs": args.epochs} if args.epochs else {}))
+        trained = fit(recipe, train_records, train_image, data.labels, data.multilabel)
         examples = trained.examples(heldout, heldout_image)
         begin = time.perf_counter()
         logits = predict(trained.model, examples)
         rate = len(heldout) / (time.perf_counter() - begin)
-        score = _evaluate(trained, logits, examples.targets)[metric]
+        score = metrics.classification_report(logits, examples.targets, data.multilabel)[metric]
         print(f"{name:<15} {score:>9.3f} {trained.stats['seconds']:>8.2f} "
               f"{trained.stats['items_per_s']:>14,.0f} {rate:>17,.0f}")
     print(f"total {time.perf_counter() - start:.1f} s; train items/s counts items x epochs; "
@@ -91,18 +73,63 @@ def _features(args) -> int:
     return 0
 
 
+def _validation_split(args, records: list) -> tuple[list, list]:
+    """``(train, valid)``: ``--valid``'s records, or a seeded ``--valid-fraction`` of the
+    training manifest (none when 0)."""
+    if args.valid:
+        return records, read_manifest(args.valid)
+    if args.valid_fraction == 0:
+        return records, []
+    train, valid = split_records(records, args.valid_fraction, seed=args.seed or 0)
+    if not train or not valid:
+        raise ValueError(f"--valid-fraction {args.valid_fraction} of {len(records)} items leaves "
+                         f"{len(train)} to train and {len(valid)} to validate: pass --valid or "
+                         "--valid-fraction 0")
+    return train, valid
+
+
 def _train(args) -> int:
     records = read_manifest(args.train)
+    if not records:
+        raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
     store = FeatureStore(args.store)
     multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
     labels = sorted({label for record in records for label in record.labels})
-    settings = {f.name: getattr(args, f.name) for f in fields(Recipe)
-                if getattr(args, f.name, None) is not None}
-    trained = fit(Recipe(**settings), records, store_features(store, records), labels,
-                  multilabel, progress=not args.quiet)
+    train_records, valid_records = _validation_split(args, records)
+    valid = (valid_records, store_features(store, valid_records)) if valid_records else None
+    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)
+                 if f.name != "model" and getattr(args, f.name, None) is not None}
+    recipe = Recipe.default(args.model, **overrides)
+    train_image = store_features(store, train_records)
+    if args.autotune:
+        if valid is None:
+            raise ValueError("--autotune needs a validation split: pass --valid or a "
+                             "--valid-fraction above 0")
+        result = autotune(args.model, train_records, train_image, labels, multilabel, valid,
+                          duration=args.autotune_duration, seed=recipe.seed, base=recipe,
+                          progress=not args.quiet)
+        trained = result.trained
+        print(f"autotune: {len(result.trials)} trials in {args.autotune_duration:g} s, best "
+              f"valid {result.metric} {result.score:.4f}; recipe "
+              f"{json.dumps(asdict(result.recipe))}")
+    else:
+        trained = fit(recipe, train_records, train_image, labels, multilabel,
+                      progress=not args.quiet, valid=valid)
+    if valid is not None:
+        trained.stats["valid_items"] = len(valid_records)
     trained.save(args.out, extractor=store.meta.get("extractor"))
-    print(f"trained {args.model} on {len(records)} items in {trained.stats['seconds']:.2f} s "
-          f"({trained.stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
+    stats = trained.stats
+    print(f"trained {args.model} on {len(train_records)} items in {stats['seconds']:.2f} s "
+          f"({stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
+    last = stats["history"][-1]
+    if valid is not None:
+        best = stats["history"][stats["best_epoch"] - 1]
+        print(f"kept epoch {stats['best_epoch']} of {len(stats['history'])}: valid "
+              f"{stats['metric']} {stats['valid_score']:.4f} on {len(valid_records)} items, "
+              f"train {best['train_' + stats['metric']]:.4f}")
+    else:
+        print(f"no validation split: kept the last epoch, train {stats['metric']} "
+              f"{last['train_' + stats['metric']]:.4f}")
     return 0
 
 
@@ -183,10 +210,28 @@ def _classify(args) -> int:
 def _eval(args) -> int:
     trained, config = Trained.load(args.checkpoint)
     records = read_manifest(args.input)
+    if not records:
+        raise ValueError(f"--input {args.input}: expected items to evaluate, got none")
     images = _image_source(args, config)
     examples = trained.examples(records, images(records))
-    result = _evaluate(trained, predict(trained.model, examples), examples.targets)
-    print(json.dumps({"items": len(records), **result}))
+    logits = predict(trained.model, examples)
+    report = metrics.classification_report(logits, examples.targets, trained.multilabel)
+    if args.confusion:
+        if trained.multilabel:
+            raise ValueError("--confusion: a confusion matrix needs a single-label model, got "
+                             "a multi-label one (see --per-class)")
+        known = examples.targets != metrics.UNKNOWN_TARGET
+        write_confusion_csv(args.confusion, metrics.confusion_matrix(
+            logits.argmax(1)[known], examples.targets[known], len(trained.labels)),
+            trained.labels)
+    if args.plot:
+        plot_report(args.plot, report, trained.labels)
+    if args.json:
+        if not args.per_class:
+            report.pop("per_class")
+        print(json.dumps(report))
+    else:
+        print(format_report(report, trained.labels, per_class=args.per_class))
     return 0
 
 
@@ -210,12 +255,32 @@ def add_kiela_commands(commands) -> None:
     train.add_argument("--model", default="additive", choices=MODELS)
     train.add_argument("--multilabel", action="store_true",
                        help="one-vs-all sigmoid loss (implied when an item has several labels)")
-    for name, kind in (("dim", int), ("epochs", int), ("lr", float), ("batch_size", int),
-                       ("alpha", float), ("ngrams", int), ("buckets", int),
-                       ("subvectors", int), ("centroids", int), ("repetitions", int),
-                       ("seed", int)):
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None)
-    train.add_argument("--gate", choices=("text", "image"), default=None)
+    train.add_argument("--valid", default=None,
+                       help="validation manifest: scored every epoch, the best epoch is kept")
+    train.add_argument("--valid-fraction", type=float, default=0.1,
+                       help="without --valid, hold out this seeded share of --train to validate "
+                       "(0: no validation, the last epoch is kept)")
+    train.add_argument("--autotune", action="store_true",
+                       help="search the model's recipe on the validation split (fastText's "
+                       "-autotune-validation); explicit flags set the first trial")
+    train.add_argument("--autotune-duration", type=float, default=60.0,
+                       help="autotune's time budget in seconds")
+    defaults = Recipe()
+    for name, kind, meaning in (
+            ("dim", int, "embedding width H"), ("epochs", int, "passes over the data"),
+            ("lr", float, "initial learning rate (decays linearly to 0)"),
+            ("batch_size", int, "minibatch of the autograd models"),
+            ("alpha", float, "weight of the image tokens (pq, rspq)"),
+            ("ngrams", int, "word n-grams up to this n"), ("buckets", int, "n-gram hash buckets"),
+            ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
+            ("repetitions", int, "RSPQ repetitions R"),
+            ("patience", int, "stop after this many epochs without a better valid score"),
+            ("seed", int, "seed of initialization, shuffling and the validation split")):
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                           help=f"{meaning} (default: the model's recipe; "
+                           f"{getattr(defaults, name)} for most)")
+    train.add_argument("--gate", choices=("text", "image"), default=None,
+                       help="the gating modality of gated and bilinear_gated (default: text)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(run=_train)
 
@@ -236,4 +301,11 @@ def add_kiela_commands(commands) -> None:
                           help="skip and count bad records instead of stopping at the first")
     classify.add_argument("--quiet", action="store_true")
     classify.set_defaults(run=_classify)
+    evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    evaluate.add_argument("--per-class", action="store_true",
+                          help="precision, recall, F1 and support of every class")
+    evaluate.add_argument("--confusion", default=None,
+                          help="write the confusion matrix here (CSV; single-label models)")
+    evaluate.add_argument("--plot", default=None,
+                          help="write a per-class F1 chart here (.png, .svg, .pdf)")
     evaluate.set_defaults(run=_eval)

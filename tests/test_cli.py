@@ -59,7 +59,11 @@ def test_features_train_classify_eval(tmp_path, capsys):
                  "--quiet"]) == 0
     assert main(["train", "--train", str(train), "--store", str(store), "--out", str(checkpoint),
                  "--model", "pq", "--epochs", "2", "--subvectors", "4", "--centroids", "4",
-                 "--quiet"]) == 0
+                 "--valid-fraction", "0.3", "--quiet"]) == 0
+    assert "valid accuracy" in capsys.readouterr().out
+    training = json.loads((checkpoint / "config.json").read_text())["training"]
+    assert training["metric"] == "accuracy" and training["best_epoch"] in (1, 2)
+    assert len(training["history"]) == 2 and training["valid_items"] > 0
     output = tmp_path / "predictions.jsonl"
     assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(heldout),
                  "--store", str(store), "--output", str(output), "--top-k", "2",
@@ -68,8 +72,18 @@ def test_features_train_classify_eval(tmp_path, capsys):
     assert len(rows) == len(read_manifest(heldout)) and all(len(r["labels"]) == 2 for r in rows)
     assert "items/s" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(checkpoint), "--input", str(heldout), "--store",
-                 str(store)]) == 0
-    assert 0 <= json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] <= 1
+                 str(store), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert 0 <= report["accuracy"] <= 1 and {"f1_macro", "P@3", "Acc@5"} <= set(report)
+    confusion, plot = tmp_path / "confusion.csv", tmp_path / "f1.png"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--input", str(heldout), "--store",
+                 str(store), "--per-class", "--confusion", str(confusion), "--plot",
+                 str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy" in table and "Smileys & Emotion" in table  # a row per class
+    rows = confusion.read_text().splitlines()
+    assert rows[0].startswith("true\\predicted,") and len(rows) == 1 + len(data.labels)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(heldout.read_text() + '{"id": "x"}\n')
