@@ -52,6 +52,16 @@ class Examples:
         """The items ``index`` as their own ``Examples``."""
         return Examples(*self.batch(index))
 
+    def slices(self, size: int):
+        """``(words, offsets, image, targets)`` of consecutive runs of ``size`` items: views,
+        no gather (``batch`` of a shuffled ``subset`` costs a gather per run)."""
+        ends = torch.cat([self.offsets, self.offsets.new_tensor([self.words.numel()])]).tolist()
+        for begin in range(0, len(self), size):
+            end = min(begin + size, len(self))
+            yield (self.words[ends[begin]:ends[end]], self.offsets[begin:end] - ends[begin],
+                   None if self.image is None else self.image[begin:end],
+                   None if self.targets is None else self.targets[begin:end])
+
 
 def loss_function(loss: str):
     """The training loss of ``loss``: a mean over the batch of each example's loss. One-vs-all
@@ -164,14 +174,14 @@ def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, genera
     for _ in range(epochs):
         model.train()
         total = torch.zeros(())
-        for index in torch.randperm(len(examples), generator=generator).split(batch_size):
-            words, offsets, image, targets = examples.batch(index)
+        shuffled = examples.subset(torch.randperm(len(examples), generator=generator))
+        for words, offsets, image, targets in shuffled.slices(batch_size):
             optimizer.zero_grad(set_to_none=True)
             value = criterion(model(words, offsets, image), targets)
             value.backward()
             optimizer.step()
             schedule.step()
-            total += value.detach() * len(index)
+            total += value.detach() * len(targets)
         yield float(total) / max(len(examples), 1)
 
 
@@ -209,7 +219,6 @@ def predict(model: nn.Module, examples: Examples, batch_size: int = 1024) -> tor
     """Logits [N, K] in the order of ``examples``."""
     model.eval()
     outputs = []
-    for index in torch.arange(len(examples)).split(batch_size):
-        words, offsets, image, _ = examples.batch(index)
+    for words, offsets, image, _ in examples.slices(batch_size):
         outputs.append(model(words, offsets, image))
     return torch.cat(outputs) if outputs else torch.empty(0)
