@@ -111,6 +111,8 @@ def test_search_space_fits_the_model_and_data():
     assert rspq["centroids"].values == (16, 32, 64) and "repetitions" in rspq
     assert search_space("pq", 12, 100)["subvectors"].values == (2, 4)
     assert search_space("text", 10, 10)["lr"].high > search_space("max", 10, 10)["lr"].high
+    softmax_lr, ova_lr = (search_space("pq", 10, 10, multilabel)["lr"] for multilabel in (0, 1))
+    assert ova_lr.high < softmax_lr.high  # one-vs-all steps sum every label's gradient
     rng = random.Random(0)
     for model in MODELS:
         for _ in range(20):
