@@ -130,7 +130,7 @@ def test_duration_bounds_the_search():
     assert elapsed <= 2.0 + result.trials[-1].seconds + 1.0
     assert result.trained.stats["autotune"]["seconds"] <= elapsed
     single = _run("additive", max_trials=None, duration=1e-3)
-    assert len(single.trials) == 1 and single.recipe == Recipe(model="additive")
+    assert len(single.trials) == 1 and single.recipe == Recipe.default("additive")
 
 
 def test_failing_trials_are_skipped():
