@@ -240,3 +240,28 @@ def test_validation_keeps_the_best_epoch_and_patience_stops():
     valid.targets[:] = -100
     stats = train(model, data, epochs=20, lr=1.0, valid=valid, patience=2)
     assert len(stats["history"]) == 3 and stats["best_epoch"] == 1
+
+
+def test_divergence_keeps_the_best_epoch_or_raises():
+    """A learning rate that blows the weights up ends the run at the last good epoch, or says
+    so when there is none, instead of returning NaN scores."""
+    data, valid = _toy_task(seed=0), _toy_task(n=90, seed=1)
+    model = ContinuousFusion(30, 8, 10, 3, fusion="additive")
+    with pytest.raises(ValueError, match=r"diverged at epoch 1 .*lr 1e\+30 is too high"):
+        train(model, data, epochs=3, lr=1e30, batch_size=16)
+    calls = []
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):  # sane for the first epoch's 15 steps, then blows up
+        calls.append(None)
+        if len(calls) > 15:
+            for group in self.param_groups:
+                group["lr"] = 1e30
+        return original(self, *args, **kwargs)
+
+    model = ContinuousFusion(30, 8, 10, 3, fusion="additive")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", step)
+        stats = train(model, data, epochs=4, lr=1.0, batch_size=16, valid=valid)
+    assert stats["diverged_epoch"] == 2 and stats["best_epoch"] == 1
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())

@@ -1,5 +1,6 @@
 """fastText-style training: SGD with the learning rate decaying linearly to 0 over the run."""
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -113,7 +114,9 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
 
     With ``valid``, the model is scored on it after every epoch and ends with the weights of
     its best epoch (the first of equal scores); ``patience`` epochs without a better score stop
-    the run early (None: run all ``epochs``).
+    the run early (None: run all ``epochs``). An epoch that leaves a non-finite loss or weight
+    (``lr`` too high) ends the run at the best epoch before it (``diverged_epoch`` in the
+    figures), or, with no such epoch, raises ValueError.
     """
     if examples.targets is None or (valid is not None and valid.targets is None):
         raise ValueError("train: examples (and valid) must have targets")
@@ -132,13 +135,20 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
     sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
     name = SCORE_NAMES[loss]
-    history, best, best_state, seconds, stale = [], None, None, 0.0, 0
+    history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
     with tqdm(total=epochs, desc=f"train {type(model).__name__}", unit="epoch",
               disable=not progress, leave=False) as bar:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             epoch_loss = next(epoch_losses)
             seconds += time.perf_counter() - start
+            if not (math.isfinite(epoch_loss) and _finite(model)):
+                if best is None:
+                    raise ValueError(f"train: diverged at epoch {epoch} (loss {epoch_loss:.4g}, "
+                                     f"non-finite weights): lr {lr} is too high for this model "
+                                     "and data, lower it")
+                diverged = epoch  # the best epoch before it is kept
+                break
             row = {"epoch": epoch, "loss": epoch_loss,
                    f"train_{name}": score(predict(model, sample), sample.targets, loss)}
             if valid is not None:
@@ -156,6 +166,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     model.train(False)
     stats = {"seconds": seconds, "items_per_s": len(history) * len(examples) / max(seconds, 1e-9),
              "final_loss": history[-1]["loss"], "history": history, "metric": name}
+    if diverged is not None:
+        stats["diverged_epoch"] = diverged
     if best is not None:
         model.load_state_dict(best_state)
         stats.update(best_epoch=best["epoch"], valid_score=best[f"valid_{name}"])
@@ -163,6 +175,10 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
 
 
 _TRAIN_SAMPLE = 2048
+
+
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, generator):
