@@ -281,6 +281,7 @@ def add_kiela_commands(commands) -> None:
             ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
             ("repetitions", int, "RSPQ repetitions R"),
             ("patience", int, "stop after this many epochs without a better valid score"),
+            ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
             ("seed", int, "seed of initialization, shuffling and the validation split")):
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                            help=f"{meaning} (default: the model's recipe; "

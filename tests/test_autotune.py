@@ -103,7 +103,8 @@ def test_result_is_the_best_trial_and_beats_the_base(model):
 
 
 def test_search_space_fits_the_model_and_data():
-    assert set(search_space("continuous", 1280, 500)) == {"lr", "epochs", "dim", "batch_size"}
+    assert set(search_space("continuous", 1280, 500)) == {"lr", "epochs", "dim", "batch_size",
+                                                         "weight_decay"}
     assert set(search_space("text", 1280, 500)) == {"lr", "epochs", "dim", "ngrams", "buckets"}
     assert "gate" in search_space("bilinear_gated", 1280, 500)
     rspq = search_space("rspq", 1280, 100)

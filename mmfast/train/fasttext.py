@@ -99,7 +99,7 @@ SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}
 def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float = 0.5,
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
-          progress: bool = False) -> dict:
+          weight_decay: float = 0.0, progress: bool = False) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -107,10 +107,12 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
 
     The learning rate falls linearly from ``lr`` to 0 over all steps (fastText's schedule).
     On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` trains as
-    fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with ``torch.get_num_threads()``
-    Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
+    fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with
+    ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
     (the reference backend, other models, losses or devices) minibatches of ``batch_size`` take
-    autograd SGD steps, embedding tables with sparse gradients getting sparse updates.
+    autograd SGD steps, embedding tables with sparse gradients getting sparse updates, and the
+    dense parameters (image projection, classifier, bilinear form) an L2 penalty
+    ``weight_decay`` (the fused path, like fastText, has none).
 
     With ``valid``, the model is scored on it after every epoch and ends with the weights of
     its best epoch (the first of equal scores); ``patience`` epochs without a better score stop
@@ -125,13 +127,15 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
     if patience is not None and patience < 1:
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
+    if not weight_decay >= 0:
+        raise ValueError(f"train: weight_decay must be >= 0, got {weight_decay}")
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
     if _fused_sgd_applies(model, loss):
         epoch_losses = _fused_epochs(model, examples, epochs, lr, generator)
     else:
         epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
-                                         generator)
+                                         weight_decay, generator)
     # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
     sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
     name = SCORE_NAMES[loss]
@@ -181,9 +185,15 @@ def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, generator):
+def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,
+                      generator):
     """Autograd SGD by minibatches; yields each epoch's mean loss."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    # SGD's weight decay is dense: the sparse-gradient embedding tables go without it.
+    sparse = [module.weight for module in model.modules()
+              if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
+    dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+    optimizer = torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
+                                 {"params": dense, "weight_decay": weight_decay}], lr=lr)
     steps_per_epoch = -(-len(examples) // batch_size)
     total_steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)

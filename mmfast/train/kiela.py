@@ -44,6 +44,7 @@ class Recipe:
     centroids: int = 64
     repetitions: int = 4
     patience: int | None = None
+    weight_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -225,5 +226,5 @@ def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Se
     trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
-                          progress=progress)
+                          weight_decay=recipe.weight_decay, progress=progress)
     return trained
