@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 
@@ -90,8 +92,10 @@ def _manifest(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmfast", description=__doc__)
+    parser = _Parser(prog="mmfast", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mmfast {mmfast.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (also MMFAST_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="build facts: version, torch, compiler, ISA, CUDA")
@@ -134,12 +138,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input can cause: a bad file, record, checkpoint or value. They print as one
+# line (DESIGN 6); anything else is a bug in mmfast and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, UnicodeError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``mmfast <command>: <what is wrong>``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _check_values(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse before any work the values that would silently produce nothing or lose data."""
+    parser.prog = f"mmfast {args.command}"
+    if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
+        parser.error("--num-train must be smaller than --num-vectors")
+    for name in ("batch_size", "top_k", "epochs", "dim", "patience"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
+    for name in ("lr", "autotune_duration"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+    fraction = getattr(args, "valid_fraction", None)
+    if fraction is not None and not 0 <= fraction < 1:
+        parser.error(f"--valid-fraction: expected a number in [0, 1), got {fraction}")
+    threshold = getattr(args, "threshold", None)
+    if threshold is not None and not 0 <= threshold <= 1:
+        parser.error(f"--threshold: expected a probability in [0, 1], got {threshold}")
+    output, inputs = getattr(args, "output", None), getattr(args, "input", None)
+    if output and inputs and os.path.abspath(output) == os.path.abspath(inputs):
+        parser.error(f"--output: expected a file other than --input, got {output} for both "
+                     "(it would replace the manifest)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
-        parser.error("--num-train must be smaller than --num-vectors")
-    return args.run(args)
+    _check_values(parser, args)
+    try:
+        return args.run(args)
+    except USER_ERRORS as error:
+        if args.debug or os.environ.get("MMFAST_DEBUG", "") not in ("", "0"):
+            raise
+        # a KeyError's str() is the repr of its message
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mmfast {args.command}: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -174,8 +174,6 @@ def _classify(args) -> int:
     trained, config = Trained.load(args.checkpoint)
     images = _image_source(args, config)
     thresholds = _thresholds(args, trained.labels)
-    if args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     k = min(args.top_k, len(trained.labels))
     manifest = Manifest(args.input, skip_bad=args.skip_bad)
     output = Path(args.output)

@@ -1,6 +1,8 @@
 """The mmfast command and the build facts it reports."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -88,9 +90,11 @@ def test_features_train_classify_eval(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(heldout.read_text() + '{"id": "x"}\n')
     csv_output = tmp_path / "predictions.csv"
-    with pytest.raises(ValueError, match=r"bad.jsonl:\d+: missing field"):
-        main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
-              str(store), "--output", str(csv_output), "--quiet"])
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
+                 str(store), "--output", str(csv_output), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"mmfast classify: \S*bad.jsonl:\d+: missing field\(s\) text; [^\n]*\n",
+                        error)
     assert not csv_output.exists()  # no partial output
     assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
                  str(store), "--output", str(csv_output), "--skip-bad", "--quiet"]) == 0
@@ -103,3 +107,33 @@ def test_real_demo_small_run(capsys, tmp_path, monkeypatch):
     assert main(["demo", "--limit", "80", "--epochs", "1", "--models", "text,additive,rspq"]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "rspq" in out and "classify items/s" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1, got 0"),
+    (["--threshold", "nan"], r"--threshold: expected a probability in \[0, 1\], got nan"),
+    (["--top-k", "0"], "--top-k: expected an integer >= 1, got 0"),
+    (["--output", "SAME"], "--output: expected a file other than --input"),
+])
+def test_values_that_would_lose_data_are_refused_up_front(tmp_path, capsys, flags, message):
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text('{"id": "a", "text": "x"}\n')
+    flags = [str(manifest) if flag == "SAME" else flag for flag in flags]
+    args = ["classify", "--checkpoint", str(tmp_path / "none"), "--input", str(manifest),
+            "--output", str(tmp_path / "out.jsonl"), *flags]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert manifest.read_text() == '{"id": "a", "text": "x"}\n'
+
+
+def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch):
+    command = [sys.executable, "-m", "mmfast.cli", "eval", "--checkpoint", str(tmp_path),
+               "--input", str(tmp_path / "missing.jsonl")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("mmfast eval: ") and result.stderr.count("\n") == 1
+    assert "is not an mmfast checkpoint" in result.stderr
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, "MMFAST_DEBUG": "1"})
+    assert result.returncode == 1 and "Traceback" in result.stderr
