@@ -1,6 +1,7 @@
 """Atomic file output: a reader never sees a half-written file (DESIGN 6)."""
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,18 +14,44 @@ from safetensors.torch import save_file
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only if the block ends
-    without an exception, otherwise remove it."""
+    without an exception, otherwise remove it. The file gets the mode an ordinary ``open``
+    would give it (0666 less the umask; ``mkstemp`` makes it 0600). The temporary's name holds
+    the writer's pid, so the temporaries of a killed writer are removed by the next write of
+    ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                         suffix=".tmp")
     os.close(handle)
     try:
         yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``atomic_path`` temporaries of ``path`` whose writer process no longer runs."""
+    for temporary in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = temporary.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,6 +1,7 @@
 """Manifests, feature stores and the embedded emoji dataset."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +77,42 @@ def test_emoji_dataset_rebuilds_a_cache_built_by_another_environment(tmp_path):
     data.train.write_text(data.train.read_text().replace(str(Path(image).parent), "/gone"))
     rebuilt = emoji_dataset("group", root=tmp_path)
     assert all(Path(record.image).is_file() for record in read_manifest(rebuilt.train))
+
+
+def test_atomic_files_respect_the_umask(tmp_path):
+    from mmfast._io import write_text_atomic
+
+    previous = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        write_text_atomic(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_killed_writers_temporaries_go_with_the_next_write(tmp_path):
+    """A SIGKILLed writer leaves its temporary; the next write of the same file removes it,
+    and leaves a live writer's alone."""
+    import signal
+    import subprocess
+    import sys
+
+    from mmfast._io import write_text_atomic
+
+    target = tmp_path / "out.jsonl"
+    code = ("import sys, time; from mmfast._io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as t:\n"
+            "    open(t, 'w').write('partial'); print(t, flush=True); time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE,
+                              text=True)
+    stale = writer.stdout.readline().strip()
+    live = tmp_path / f".out.jsonl.{os.getpid()}.abc.tmp"
+    live.write_text("mine")
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert os.path.exists(stale)
+    write_text_atomic(target, "done")
+    assert not os.path.exists(stale) and live.exists() and target.read_text() == "done"
