@@ -239,6 +239,16 @@ def _eval(args) -> int:
     return 0
 
 
+def _recipe_defaults(field: str) -> str:
+    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max"."""
+    models_of: dict = {}
+    for model in MODELS:
+        models_of.setdefault(getattr(Recipe.default(model), field), []).append(model)
+    if len(models_of) == 1:
+        return str(next(iter(models_of)))
+    return "; ".join(f"{value} for {', '.join(models)}" for value, models in models_of.items())
+
+
 def add_kiela_commands(commands) -> None:
     features = commands.add_parser("features", help="extract image features into a store")
     features.add_argument("--manifest", action="append", required=True,
@@ -256,20 +266,20 @@ def add_kiela_commands(commands) -> None:
     train.add_argument("--train", required=True, help="training manifest")
     train.add_argument("--store", required=True, help="feature store with its image features")
     train.add_argument("--out", required=True, help="checkpoint directory")
-    train.add_argument("--model", default="additive", choices=MODELS)
+    train.add_argument("--model", default="additive", choices=MODELS,
+                       help="the paper-003 model (default: %(default)s)")
     train.add_argument("--multilabel", action="store_true",
                        help="one-vs-all sigmoid loss (implied when an item has several labels)")
     train.add_argument("--valid", default=None,
                        help="validation manifest: scored every epoch, the best epoch is kept")
     train.add_argument("--valid-fraction", type=float, default=0.1,
                        help="without --valid, hold out this seeded share of --train to validate "
-                       "(0: no validation, the last epoch is kept)")
+                       "(0: no validation, the last epoch is kept; default: %(default)s)")
     train.add_argument("--autotune", action="store_true",
                        help="search the model's recipe on the validation split (fastText's "
                        "-autotune-validation); explicit flags set the first trial")
     train.add_argument("--autotune-duration", type=float, default=60.0,
-                       help="autotune's time budget in seconds")
-    defaults = Recipe()
+                       help="autotune's time budget in seconds (default: %(default)s)")
     for name, kind, meaning in (
             ("dim", int, "embedding width H"), ("epochs", int, "passes over the data"),
             ("lr", float, "initial learning rate (decays linearly to 0)"),
@@ -282,8 +292,7 @@ def add_kiela_commands(commands) -> None:
             ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
             ("seed", int, "seed of initialization, shuffling and the validation split")):
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                           help=f"{meaning} (default: the model's recipe; "
-                           f"{getattr(defaults, name)} for most)")
+                           help=f"{meaning} (default: {_recipe_defaults(name)})")
     train.add_argument("--gate", choices=("text", "image"), default=None,
                        help="the gating modality of gated and bilinear_gated (default: text)")
     train.add_argument("--quiet", action="store_true")
