@@ -66,6 +66,14 @@ def test_features_train_classify_eval(tmp_path, capsys):
     training = json.loads((checkpoint / "config.json").read_text())["training"]
     assert training["metric"] == "accuracy" and training["best_epoch"] in (1, 2)
     assert len(training["history"]) == 2 and training["valid_items"] > 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--train", str(train), "--store", str(store), "--out", str(tuned),
+                 "--model", "text", "--valid-fraction", "0.3", "--autotune",
+                 "--autotune-duration", "1", "--quiet"]) == 0
+    assert "autotune: " in capsys.readouterr().out
+    config = json.loads((tuned / "config.json").read_text())
+    assert config["training"]["autotune"]["trials"] >= 1
+    assert config["recipe"] == config["training"]["autotune"]["recipe"]
     output = tmp_path / "predictions.jsonl"
     assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(heldout),
                  "--store", str(store), "--output", str(output), "--top-k", "2",
