@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import mmfast
@@ -145,3 +146,42 @@ def test_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkey
     result = subprocess.run(command, capture_output=True, text=True,
                             env={**os.environ, "MMFAST_DEBUG": "1"})
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def _checkpoint(tmp_path):
+    """A small trained text checkpoint and a manifest to run it on."""
+    from mmfast.data import FeatureStore, Record, write_manifest
+
+    records = [Record(f"i{n}", "", f"word{n % 3} other", (f"c{n % 3}",)) for n in range(30)]
+    manifest = tmp_path / "items.jsonl"
+    write_manifest(manifest, records)
+    store = tmp_path / "store"
+    FeatureStore.write(store, [r.id for r in records], {"image": np.zeros((30, 4), np.float32)})
+    checkpoint = tmp_path / "ckpt"
+    assert main(["train", "--train", str(manifest), "--store", str(store), "--out",
+                 str(checkpoint), "--model", "text", "--epochs", "2", "--quiet"]) == 0
+    return checkpoint, manifest, store
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: (c / "model.safetensors").write_bytes((c / "model.safetensors").read_bytes()[:50]),
+     r"model.safetensors: expected a safetensors file, got one that cannot be read"),
+    (lambda c: (c / "config.json").write_text("{not json"),
+     r"config.json: expected an mmfast checkpoint's JSON config, got unreadable JSON"),
+    (lambda c: (c / "config.json").write_text(json.dumps(
+        {**json.loads((c / "config.json").read_text()), "labels": "abc"})),
+     r"config.json: labels must be a list of 3 strings"),
+    (lambda c: (c / "config.json").write_text(json.dumps(
+        {key: value for key, value in json.loads((c / "config.json").read_text()).items()
+         if key not in ("labels", "quantizer")})),
+     r"config.json: expected a checkpoint of mmfast train .* without \['labels', 'quantizer'\]"),
+])
+def test_broken_checkpoints_are_one_clear_line(tmp_path, capsys, damage, message):
+    checkpoint, manifest, store = _checkpoint(tmp_path)
+    capsys.readouterr()
+    damage(checkpoint)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--input", str(manifest), "--store",
+                 str(store)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("mmfast eval: ") and error.count("\n") == 1
+    assert re.search(message, error), error

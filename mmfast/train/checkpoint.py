@@ -39,7 +39,27 @@ def _read_config(directory: str | os.PathLike) -> dict:
     if not (directory / CONFIG).is_file():
         raise FileNotFoundError(f"{directory} is not an mmfast checkpoint (no {CONFIG}: never "
                                 f"saved, or its save did not finish)")
-    return json.loads((directory / CONFIG).read_text())
+    try:
+        config = json.loads((directory / CONFIG).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{directory / CONFIG}: expected an mmfast checkpoint's JSON config, "
+                         f"got unreadable JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{directory / CONFIG}: expected a JSON object, got "
+                         f"{type(config).__name__}")
+    return config
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or foreign file is a ValueError naming
+    it (safetensors' own error names neither the file nor what was expected)."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except Exception as error:  # safetensors raises its own SafetensorError, not an OSError
+        raise ValueError(f"{path}: expected a safetensors file, got one that cannot be read "
+                         f"({error}); it may be truncated") from None
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
@@ -51,8 +71,12 @@ def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
     if config.get("model") not in MODELS:
         raise ValueError(f"{directory / CONFIG}: model must be one of {sorted(MODELS)}, "
                          f"got {config.get('model')!r}")
-    model = MODELS[config["model"]](**config["args"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    try:
+        model = MODELS[config["model"]](**config["args"])
+        model.load_state_dict(load_tensors(directory / WEIGHTS))
+    except (KeyError, TypeError, RuntimeError) as error:  # args or weights of another model
+        raise ValueError(f"{directory}: config.json and model.safetensors do not make a "
+                         f"{config['model']} ({error})") from None
     return model.eval(), config
 
 
@@ -77,7 +101,7 @@ def resume(directory: str | os.PathLike, model: nn.Module, optimizer: torch.opti
         lacking = f" without {missing}" if missing else ""
         raise ValueError(f"{where}: {directory / CONFIG} holds a model {found}{lacking}; it "
                          f"must hold a trainer checkpoint of {expected}")
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    model.load_state_dict(load_tensors(directory / WEIGHTS))
     _load_optimizer(directory, config, optimizer)
     return config
 
@@ -86,7 +110,7 @@ def _load_optimizer(directory: Path, config: dict, optimizer: torch.optim.Optimi
     if "optimizer" not in config:
         raise ValueError(f"{directory / CONFIG}: the checkpoint holds no optimizer state "
                          "(save_checkpoint was not given an optimizer)")
-    tensors = load_file(str(directory / OPTIMIZER))
+    tensors = load_tensors(directory / OPTIMIZER)
     optimizer.load_state_dict(_join_optimizer_state(tensors, config["optimizer"]))
 
 

@@ -200,13 +200,30 @@ class Trained:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> tuple["Trained", dict]:
+        """The model ``save`` wrote; another checkpoint (a CACNet trainer's, a hand-edited
+        config) is a ValueError naming what it lacks."""
         model, config = load_checkpoint(directory)
+        where = Path(directory) / "config.json"
+        missing = [key for key in ("labels", "multilabel", "recipe", "text", "quantizer")
+                   if key not in config]
+        if missing:
+            raise ValueError(f"{where}: expected a checkpoint of mmfast train (paper 003's "
+                             f"models), got a {config['model']} one without {missing}")
+        labels = config["labels"]
+        if not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)
+                and len(labels) == model.num_classes):
+            raise ValueError(f"{where}: labels must be a list of {model.num_classes} strings "
+                             f"(one per output of the model), got {labels!r:.80}")
+        try:
+            recipe = Recipe(**config["recipe"])
+            hasher = TextHasher.from_config(config["text"])
+        except (TypeError, KeyError) as error:
+            raise ValueError(f"{where}: recipe or text hasher not as mmfast train writes them "
+                             f"({error})") from None
         quantizer = (ProductQuantizer.load(Path(directory) / "quantizer")
                      if config["quantizer"] else None)
-        trained = cls(model, TextHasher.from_config(config["text"]), quantizer,
-                      tuple(config["labels"]), config["multilabel"], Recipe(**config["recipe"]),
-                      {})
-        return trained, config
+        return cls(model, hasher, quantizer, tuple(labels), bool(config["multilabel"]), recipe,
+                   {}), config
 
 
 def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Sequence[str],
