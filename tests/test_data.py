@@ -116,3 +116,22 @@ def test_a_killed_writers_temporaries_go_with_the_next_write(tmp_path):
     assert os.path.exists(stale)
     write_text_atomic(target, "done")
     assert not os.path.exists(stale) and live.exists() and target.read_text() == "done"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_text_that_is_not_utf8_is_a_named_skippable_bad_record(tmp_path, suffix):
+    """A latin-1 byte, or a JSON escape of a lone surrogate (which no UTF-8 output can hold),
+    is refused with the file and line, and --skip-bad passes over that record alone."""
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".csv":
+        path.write_bytes(b"id,image,text,labels\na,,ok,x\nb,,caf\xe9,y\nc,,fine,z\n")
+    else:
+        path.write_bytes(b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n'
+                         b'{"id": "c\\ud800", "text": "x"}\n{"id": "d", "text": "fine"}\n')
+    line = 3 if suffix == ".csv" else 2  # the CSV header is line 1
+    with pytest.raises(ManifestError, match=rf"m\.\w+:{line}: field 'text' must be UTF-8 text"):
+        read_manifest(path)
+    manifest = Manifest(path, skip_bad=True)
+    kept = [r.id for r in manifest]
+    assert kept == (["a", "c"] if suffix == ".csv" else ["a", "d"])
+    assert manifest.skipped == (1 if suffix == ".csv" else 2)

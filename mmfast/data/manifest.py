@@ -49,6 +49,14 @@ def _record(raw, where: str, base: Path) -> Record:
         labels = [labels]
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ManifestError(f"{where}: field 'labels' must be a list of strings, got {labels!r}")
+    for field, value in (*((f, raw.get(f, "")) for f in ("id", "image", "text")),
+                         *(("labels", label) for label in labels)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ManifestError(f"{where}: field {field!r} must be UTF-8 text, got "
+                                f"{value[error.start]!r} (a byte that is not UTF-8, or a lone "
+                                f"surrogate) at position {error.start}") from None
     image = raw.get("image", "")
     if image and not os.path.isabs(image):
         image = str(base / image)
@@ -66,24 +74,31 @@ class Manifest:
         self.skip_bad = skip_bad
         self.skipped = 0
 
+    def _lines(self) -> Iterator[str]:
+        # Bytes that are not UTF-8 survive decoding as lone surrogates ("surrogateescape"), so
+        # the record holding them is refused on its own (named, skippable with skip_bad) and
+        # the read goes on; a JSON "\\ud800" escape yields the same lone surrogate.
+        with open(self.path, "rb") as handle:
+            for raw in handle:
+                yield raw.decode("utf-8", "surrogateescape")
+
     def _raw(self) -> Iterator[tuple[int, object]]:
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            if self.path.suffix.lower() == ".csv":
-                reader = csv.DictReader(handle)
-                for row in reader:
-                    if row.get("labels") is not None:
-                        row["labels"] = [
-                            label for label in row["labels"].split(_CSV_LABEL_SEPARATOR) if label
-                        ]
-                    yield reader.line_num, row
-                return
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
+        if self.path.suffix.lower() == ".csv":
+            reader = csv.DictReader(self._lines())
+            for row in reader:
+                if row.get("labels") is not None:
+                    row["labels"] = [
+                        label for label in row["labels"].split(_CSV_LABEL_SEPARATOR) if label
+                    ]
+                yield reader.line_num, row
+            return
+        for number, line in enumerate(self._lines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
 
     def __iter__(self) -> Iterator[Record]:
         self.skipped = 0
