@@ -498,3 +498,36 @@ def test_fused_step_rejects_what_the_reference_step_rejects():
             assert str(error.value).split(": ", 1)[1] == expected, backend
     for name, value in model.named_parameters():
         assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("case", ["fewer rows", "more rows", "other width", "float64",
+                                  "hidden1 of another shape"])
+def test_saved_forward_tensors_must_match_the_call(case):
+    """The backward ops index hidden1/hidden2/logits/layer1 by this call's shapes: a forward of
+    another batch or model was read out of bounds (segfault, or gradients that changed from
+    run to run). Every such tensor is checked, through the wrapper and the raw ops."""
+    model, x_img, x_txt, targets = _problem(9, 7, 5, 8, 6)
+    params = [p.detach() for p in model.op_params()]
+    forward = ops.cacnet_phase2_forward(x_img, x_txt, targets, params)
+    other = {"fewer rows": lambda t: t[..., :4, :].contiguous() if t.dim() == 3 else t[:4],
+             "more rows": lambda t: torch.cat([t, t], -2),
+             "other width": lambda t: torch.cat([t, t], -1),
+             "float64": lambda t: t.double(),
+             "hidden1 of another shape": lambda t: t}[case]
+    saved = forward._replace(hidden1=other(forward.hidden1).contiguous(),
+                             hidden2=other(forward.hidden2).contiguous()
+                             if case != "hidden1 of another shape" else forward.hidden2,
+                             logits=other(forward.logits).contiguous(),
+                             layer1=other(forward.layer1).contiguous())
+    if case == "hidden1 of another shape":
+        saved = forward._replace(hidden1=forward.hidden1[:, :, :3].contiguous())
+    error = TypeError if case == "float64" else ValueError
+    with pytest.raises(error, match=r"cacnet_phase2_full_backward: (hidden1|logits) must"):
+        ops.cacnet_phase2_full_backward(x_img, x_txt, targets, params, saved)
+    if case != "hidden1 of another shape":
+        with pytest.raises(error, match=r"cacnet_phase2_cross_active: layer1 must"):
+            ops.cacnet_phase2_cross_active(x_img, x_txt, targets, params, saved)
+    logits = torch.zeros(9, 6)
+    with pytest.raises(error, match=r"_cacnet_forward_backward: hidden1 must"):
+        torch.ops.mmfast._cacnet_forward_backward(logits, x_img, x_txt, params, saved.hidden1,
+                                                  forward.hidden2, "relu", True)

@@ -132,6 +132,17 @@ inline Shape check_args(const char* op, const at::Tensor& x_img, const at::Tenso
   return shape;
 }
 
+// A tensor an earlier op of this family computed and the caller hands back (Phase2Forward's
+// hidden1, hidden2, logits, layer1): the kernels index it by the shape of this call, so one from
+// another batch or width would be read out of bounds.
+inline void check_saved(const char* op, const char* name, const at::Tensor& t,
+                        const at::Tensor& x_img, at::IntArrayRef sizes) {
+  MMFAST_CHECK_SAME_DTYPE(op, name, t, x_img);
+  MMFAST_CHECK_SAME_DEVICE(op, name, t, x_img);
+  TORCH_CHECK_VALUE(t.sizes() == sizes, op, ": ", name, " must have shape ", sizes,
+                    " (from the forward of this batch and model), got ", t.sizes());
+}
+
 // `Kernels` supplies a DeviceGuard type (constructed from x's device) and, for contiguous tensors
 // of x's dtype and device:
 //   bias_activation(out, pre, pre2, bias, act)  out = act(pre [+ pre2] + bias), rows of bias's
@@ -256,7 +267,9 @@ struct Schedule {
     constexpr const char* op = "_cacnet_forward_backward";
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    check_args(op, x_img, x_txt, &grad_logits, params, "grad_logits");
+    const Shape s = check_args(op, x_img, x_txt, &grad_logits, params, "grad_logits");
+    check_saved(op, "hidden1", hidden1, x_img, {2, s.batch, s.half});
+    check_saved(op, "hidden2", hidden2, x_img, {2, s.batch, s.half});
     return full_backward(grad_logits.contiguous(), x_img.contiguous(), x_txt.contiguous(), params,
                          hidden1.contiguous(), hidden2.contiguous(),
                          parse_activation(op, activation), input_grads);
@@ -383,6 +396,9 @@ struct Schedule {
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
     const Shape s = check_args(op, x_img, x_txt, &targets, params);
+    check_saved(op, "hidden1", hidden1, x_img, {2, s.batch, s.half});
+    check_saved(op, "hidden2", hidden2, x_img, {2, s.batch, s.half});
+    check_saved(op, "logits", logits, x_img, {s.batch, s.classes});
     const Activation act = parse_activation(op, activation);
     Tensor grad_logits = at::empty({s.batch, s.classes}, x_img.options());
     // The logits already hold b_y.
@@ -400,9 +416,7 @@ struct Schedule {
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
     const Shape s = check_args(op, x_img, x_txt, &targets, params);
-    TORCH_CHECK_VALUE(layer1.sizes() == at::IntArrayRef({4, s.batch, s.half}), op,
-                      ": layer1 must have shape [4, ", s.batch, ", ", s.half, "], got ",
-                      layer1.sizes());
+    check_saved(op, "layer1", layer1, x_img, {4, s.batch, s.half});
     return train_pair(kCrossImage, kCrossText, x_img.contiguous(), x_txt.contiguous(),
                       targets.contiguous(), layer1.contiguous(), params,
                       parse_activation(op, activation), train_output);
