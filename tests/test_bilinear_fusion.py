@@ -325,3 +325,15 @@ def test_inputs_are_left_untouched():
     bilinear_fusion(u, v, weight, b, "first")
     for t, c in zip((u, v, weight, b), copies):
         assert torch.equal(t, c)
+
+
+def test_double_backward_is_refused_clearly():
+    """The backward kernel has no derivative: create_graph=True says so instead of an unclear
+    mm() error or silently constant second derivatives."""
+    u, v = torch.randn(3, 4, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    weight = torch.randn(2, 4, 5, requires_grad=True)
+    out = mmfast.ops.bilinear_fusion(u, v, weight)
+    with pytest.raises(NotImplementedError, match="bilinear_fusion: double backward"):
+        torch.autograd.grad(out.sum(), u, create_graph=True)
+    (grad_u,) = torch.autograd.grad(mmfast.ops.bilinear_fusion(u, v, weight).sum(), u)
+    assert grad_u.shape == u.shape  # the first derivative still works

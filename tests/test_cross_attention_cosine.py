@@ -238,3 +238,11 @@ def test_bad_values_raise_from_the_kernel():
     with pytest.raises(ValueError, match=r"grad_v_bar must have shape \[2, 3\], got \[2, 4\]"):
         torch.ops.mmfast._cross_attention_cosine_backward(
             torch.zeros(2, 4), torch.zeros(2, 4), V, T, None, scale)
+
+
+def test_double_backward_is_refused_clearly():
+    """gradgradcheck used to pass through a silently None second derivative."""
+    V, T = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 5, 4, requires_grad=True)
+    v_bar, t_bar = mmfast.ops.cross_attention_cosine(V, T)
+    with pytest.raises(NotImplementedError, match="cross_attention_cosine: double backward"):
+        torch.autograd.grad(v_bar.sum() + t_bar.sum(), V, create_graph=True)

@@ -68,3 +68,13 @@ def check_number(where: str, name: str, value, minimum: float, strict: bool) -> 
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ValueError(f"{where}: {name} must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+def refuse_double_backward(op: str) -> None:
+    """Called first in an op's registered backward. Its backward kernel has no derivative of
+    its own, so under ``create_graph=True`` (grad mode is on while the backward runs) the
+    gradients would silently come out as constants: say so instead."""
+    if torch.is_grad_enabled():
+        raise NotImplementedError(f"{op}: double backward (create_graph=True, gradgradcheck, "
+                                  "gradient penalties) is not supported; the first derivative "
+                                  "is. Use mmfast.backend('reference') for higher derivatives")

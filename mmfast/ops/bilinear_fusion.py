@@ -3,7 +3,8 @@
 import torch
 
 from mmfast import _backend, reference
-from mmfast.ops._checks import FLOAT_DTYPES, check_same_device, check_same_dtype, check_tensor
+from mmfast.ops._checks import (FLOAT_DTYPES, check_same_device, check_same_dtype, check_tensor,
+                                refuse_double_backward)
 
 _OP = "bilinear_fusion"
 GATES = ("none", "first", "second")
@@ -79,6 +80,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out):
+    refuse_double_backward("bilinear_fusion")
     u, v, weight = ctx.saved_tensors
     grad_u, grad_v, grad_weight, grad_bias = torch.ops.mmfast._bilinear_fusion_backward(
         grad_out, u, v, weight, ctx.gate

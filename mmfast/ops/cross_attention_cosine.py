@@ -9,7 +9,8 @@ import math
 import torch
 
 from mmfast import _backend, reference
-from mmfast.ops._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from mmfast.ops._checks import (FLOAT_DTYPES, check_same_device, check_tensor,
+                                refuse_double_backward)
 
 _OP = "cross_attention_cosine"
 
@@ -69,6 +70,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_v_bar, grad_t_bar):
+    refuse_double_backward("cross_attention_cosine")
     V, T, t_lengths = ctx.saved_tensors
     if grad_v_bar is None:
         grad_v_bar = V.new_zeros(V.shape[:2])
