@@ -1,6 +1,7 @@
 """Atomic file output: a reader never sees a half-written file (DESIGN 6)."""
 
 import contextlib
+import fcntl
 import glob
 import os
 import tempfile
@@ -52,6 +53,36 @@ def _running(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+class InUseError(OSError):
+    """A folder another mmfast process is writing (``locked``)."""
+
+
+LOCK_FILE = ".mmfast.lock"
+
+
+@contextlib.contextmanager
+def locked(directory: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``directory``'s advisory lock (``fcntl.flock`` on ``directory/.mmfast.lock``, which
+    holds the holder's pid) for the block; another holder means ``InUseError`` at once, naming
+    its pid. The kernel releases the lock when its process ends, killed or not, so no stale
+    lock outlives a crash."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise InUseError(f"{directory}: in use by pid {holder} ({what} cannot share it): "
+                             "wait for that run or choose another folder") from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(handle)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

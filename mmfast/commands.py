@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from mmfast import metrics
-from mmfast._io import atomic_path
+from mmfast._io import atomic_path, locked
 from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest, split_records
 from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
@@ -101,6 +101,11 @@ def _train(args) -> int:
     store = FeatureStore(args.store)
     multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
     labels = sorted({label for record in records for label in record.labels})
+    with locked(args.out, "another mmfast train"):
+        return _train_locked(args, records, store, multilabel, labels)
+
+
+def _train_locked(args, records, store, multilabel, labels) -> int:
     train_records, valid_records = _validation_split(args, records)
     valid = (valid_records, store_features(store, valid_records)) if valid_records else None
     overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)

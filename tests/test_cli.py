@@ -185,3 +185,33 @@ def test_broken_checkpoints_are_one_clear_line(tmp_path, capsys, damage, message
     error = capsys.readouterr().err
     assert error.startswith("mmfast eval: ") and error.count("\n") == 1
     assert re.search(message, error), error
+
+
+def test_a_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
+    """Two `mmfast train` into one --out (or two `features` into one store) silently replaced
+    the first one's work: the folder is locked while written, and a second writer stops at
+    once naming the holder's pid; a killed holder leaves no stale lock."""
+    checkpoint, manifest, store = _checkpoint(tmp_path)
+    capsys.readouterr()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mmfast._io import locked\n"
+         "with locked(sys.argv[1], 'test'):\n    print('held', flush=True); time.sleep(60)",
+         str(checkpoint)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = (checkpoint / "model.safetensors").read_bytes()
+        assert main(["train", "--train", str(manifest), "--store", str(store), "--out",
+                     str(checkpoint), "--model", "text", "--epochs", "3", "--quiet"]) == 1
+        error = capsys.readouterr().err
+        assert f"in use by pid {holder.pid}" in error and error.count("\n") == 1
+        assert (checkpoint / "model.safetensors").read_bytes() == before
+        from mmfast.data import Record
+        from mmfast.train.kiela import image_store
+
+        with pytest.raises(OSError, match=f"in use by pid {holder.pid}"):
+            image_store([Record("new", "x.png", "t")], checkpoint)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--train", str(manifest), "--store", str(store), "--out",
+                 str(checkpoint), "--model", "text", "--epochs", "3", "--quiet"]) == 0

@@ -135,3 +135,26 @@ def test_text_that_is_not_utf8_is_a_named_skippable_bad_record(tmp_path, suffix)
     kept = [r.id for r in manifest]
     assert kept == (["a", "c"] if suffix == ".csv" else ["a", "d"])
     assert manifest.skipped == (1 if suffix == ".csv" else 2)
+
+
+def test_repeated_ids_are_extracted_once_and_conflicting_ones_refused(tmp_path):
+    from mmfast.train.kiela import image_store
+
+    class Extractor:
+        calls = []
+
+        def __call__(self, images, progress=False):
+            self.calls.append(list(images))
+            return np.ones((len(images), 2), np.float32)
+
+        def config(self):
+            return {"backbone": "test"}
+
+    extractor = Extractor()
+    records = [Record("a", "a.png", ""), Record("b", "b.png", ""), Record("a", "a.png", "")]
+    with pytest.warns(UserWarning, match="1 repeated ids"):
+        store = image_store(records, tmp_path / "store", extractor)
+    assert store.ids == ["a", "b"] and extractor.calls == [["a.png", "b.png"]]
+    with pytest.raises(ValueError, match="id 'a' names two images, a.png and other.png"):
+        image_store([Record("a", "a.png", ""), Record("a", "other.png", "")], tmp_path / "s2",
+                    extractor)

@@ -4,6 +4,7 @@ Shared by ``mmfast demo|train|classify|eval`` and ``benchmarks/bench_kiela.py``.
 """
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmfast._io import locked
 from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
                          read_manifest)
 from mmfast.features import ImageFeatureExtractor
@@ -82,20 +84,38 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
                 extractor: ImageFeatureExtractor | None = None, progress: bool = True
                 ) -> FeatureStore:
     """The feature store at ``directory`` holding ``records``' image features, extracted now
-    only for the ids it lacks (the store is rewritten with old and new rows)."""
-    old = FeatureStore(directory) if FeatureStore.exists(directory) else None
-    missing = [r for r in records if old is None or not old.has(r.id)]
-    if not missing:
-        return old
-    extractor = extractor or ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
-    if old is not None and old.meta.get("extractor") != extractor.config():
-        raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
-                         f"not {extractor.config()}: use another store directory")
-    new = extractor([r.image for r in missing], progress=progress)
-    ids = ([] if old is None else list(old.ids)) + [r.id for r in missing]
-    image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
-    return FeatureStore.write(directory, ids, {"image": image},
-                              meta={"extractor": extractor.config()})
+    only for the ids it lacks (the store is rewritten with old and new rows). A repeated id is
+    extracted once (a warning counts them); two records of one id with different images are a
+    ValueError. The store is locked (``mmfast._io.locked``) from read to write: a second
+    writer gets "in use by pid N" instead of replacing the first one's rows with its own."""
+    unique = _unique_by_id(records, directory)
+    with locked(directory, "another features run"):
+        old = FeatureStore(directory) if FeatureStore.exists(directory) else None
+        missing = [r for r in unique if old is None or not old.has(r.id)]
+        if not missing:
+            return old
+        extractor = extractor or ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
+        if old is not None and old.meta.get("extractor") != extractor.config():
+            raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
+                             f"not {extractor.config()}: use another store directory")
+        new = extractor([r.image for r in missing], progress=progress)
+        ids = ([] if old is None else list(old.ids)) + [r.id for r in missing]
+        image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
+        return FeatureStore.write(directory, ids, {"image": image},
+                                  meta={"extractor": extractor.config()})
+
+
+def _unique_by_id(records: Sequence[Record], directory) -> list[Record]:
+    first: dict[str, Record] = {}
+    for record in records:
+        seen = first.setdefault(record.id, record)
+        if seen.image != record.image:
+            raise ValueError(f"{directory}: id {record.id!r} names two images, {seen.image} and "
+                             f"{record.image}: expected one image per id")
+    if len(first) < len(records):
+        warnings.warn(f"{len(records) - len(first)} repeated ids (same id and image) are "
+                      "extracted once", stacklevel=3)
+    return list(first.values())
 
 
 def demo_image_store(records: Sequence[Record], progress: bool = True) -> FeatureStore:
