@@ -128,3 +128,35 @@ def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
         PCA.fit(x, 2, whiten=True, eps=-1.0)
     with pytest.raises(ValueError, match="rows are all equal"):
         PCA.fit(np.ones((5, 3)), 2, whiten=True)
+
+
+def test_unreadable_images_name_their_file(tmp_path):
+    """A truncated PNG, a file that is no image and a missing one each raise a ValueError
+    naming the file (PIL's own errors named none)."""
+    from PIL import Image
+
+    from mmfast.features.image import load_image
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    for path in (truncated, text, tmp_path / "missing.png"):
+        with pytest.raises(ValueError, match=f"{path.name}: expected an image"):
+            load_image(path, 32)
+    assert load_image(good, 32).shape == (3, 32, 32)
+
+
+def test_jpeg_decodes_at_a_reduced_scale(tmp_path):
+    from PIL import Image
+
+    from mmfast.features.image import load_image
+
+    photo = tmp_path / "big.jpg"
+    Image.new("RGB", (2048, 1536), (10, 200, 30)).save(photo, quality=90)
+    image = load_image(photo, 96)
+    assert image.shape == (3, 96, 96)
+    torch.testing.assert_close(image[:, 40, 40], torch.tensor([10, 200, 30]) / 255.0,
+                               atol=0.03, rtol=0)

@@ -80,16 +80,29 @@ def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED
 
 def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
     """[3, size, size] float in [0, 1], or [3, H, W] at the file's own size for ``size`` None;
-    transparency is composited over white (emoji are drawn on a transparent background)."""
+    transparency is composited over white (emoji are drawn on a transparent background).
+
+    Reads what Pillow reads (PNG, JPEG, GIF, BMP, WebP, TIFF, ...); a JPEG is decoded at the
+    smallest scale still at least ``size`` (``Image.draft``), so a large photo costs a fraction
+    of its full decode. A missing, truncated or undecodable file, or one above Pillow's
+    decompression-bomb limit, is a ValueError naming the file."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image)
-        rgb = canvas.convert("RGB")
-        if size is not None:
-            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    try:
+        with Image.open(path) as image:
+            if size is not None:
+                image.draft("RGB", (size, size))  # no-op for formats without scaled decoding
+            image = image.convert("RGBA")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: expected an image file, got no such file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: expected an image Pillow can decode, got "
+                         f"{type(error).__name__}: {error}") from None
+    canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    canvas.alpha_composite(image)
+    rgb = canvas.convert("RGB")
+    if size is not None:
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     array = np.asarray(rgb, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
