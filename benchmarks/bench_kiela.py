@@ -27,8 +27,8 @@ import torch
 from mmfast import metrics
 from mmfast._io import cache_dir
 from mmfast.data import read_manifest, split_records, write_image_folder_manifest
-from mmfast.train import predict
 from mmfast.train.autotune import autotune
+from mmfast.train.fasttext import predict, score
 from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, demo_features, fit, image_store,
                                 store_features)
 
@@ -171,12 +171,6 @@ def emoji():
     return demo_features("group")
 
 
-def _held_out_accuracy(model, examples) -> float:
-    """The fraction of ``examples`` whose arg max is their target. An item whose target is -100
-    (no label among the model's) counts as a miss: mmfast.metrics.accuracy refuses it."""
-    return float((predict(model, examples).argmax(1) == examples.targets).float().mean())
-
-
 def _fasttext_label(label: str) -> str:
     """A label as one fastText word."""
     return label.replace(" ", "_")
@@ -196,7 +190,7 @@ def test_pq_training_throughput_vs_fasttext(emoji, threads):
     trained = fit(recipe, train, train_image, data.labels, False)
     ours = recipe.epochs * len(train) / trained.stats["seconds"]
     examples = trained.examples(heldout, heldout_image)
-    our_accuracy = _held_out_accuracy(trained.model, examples)
+    our_accuracy = score(predict(trained.model, examples), examples.targets, "softmax")
 
     def tokens(image):
         return trained.quantizer.tokens(torch.from_numpy(image)).tolist()

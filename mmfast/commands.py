@@ -59,7 +59,7 @@ def run_demo(args) -> int:
               + f"{stats['valid_score']:>7.3f} {stats['best_epoch']:>5} {stats['seconds']:>8.2f} "
               f"{stats['items_per_s']:>14,.0f} {rate:>17,.0f}")
     print(f"total {time.perf_counter() - start:.1f} s; valid: the kept epoch's "
-          f"{'mAP' if data.multilabel else 'accuracy'} on {len(valid_records)} training items "
+          f"{trained.stats['metric']} on {len(valid_records)} training items "
           "held out to validate; train items/s counts items x epochs; classify excludes feature "
           "extraction")
     return 0

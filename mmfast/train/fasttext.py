@@ -82,15 +82,14 @@ def _one_vs_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def score(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> float:
-    """The model-selection score of ``logits`` against ``targets`` (higher is better): accuracy
-    for softmax, an item whose target is -100 (a label the model never saw) counting as a miss;
-    mean average precision over the labels with a positive for one-vs-all."""
-    if loss == "ova":
-        has_positive = targets.sum(0) > 0
-        if not bool(has_positive.any()):
-            return 0.0
-        return metrics.average_precision(logits[:, has_positive], targets[:, has_positive])
-    return float((logits.argmax(1) == targets).double().mean()) if len(targets) else 0.0
+    """The model-selection score of ``logits`` against ``targets`` (higher is better), as
+    ``mmfast.metrics.classification_report`` computes it: accuracy for softmax, an item whose
+    target is -100 (a label the model never saw) counting as a miss; for one-vs-all, mean
+    average precision over the labels with a positive (0 when none has one)."""
+    if len(targets) == 0:
+        return 0.0
+    report = metrics.classification_report(logits, targets, loss == "ova", ks=(1,))
+    return report[SCORE_NAMES[loss]] or 0.0
 
 
 SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}

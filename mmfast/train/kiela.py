@@ -56,9 +56,7 @@ class Recipe:
     @classmethod
     def default(cls, model: str, **overrides) -> "Recipe":
         """``model``'s default recipe (``DEFAULT_RECIPES``) with ``overrides`` on top."""
-        if model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        return cls(**{"model": model, **DEFAULT_RECIPES[model], **overrides})
+        return cls(**{"model": model, **DEFAULT_RECIPES.get(model, {}), **overrides})
 
 
 # Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use
