@@ -53,7 +53,9 @@ def test_continuous_fusions_match_their_formulas(fusion, gate):
     model = ContinuousFusion(30, 7, 4, 3, fusion=fusion, gate=gate)
     for parameter in model.parameters():
         torch.nn.init.normal_(parameter)
-    u, v = _text_mean(model, words, lengths), image @ model.image_projection.weight.T
+    model.center_images(torch.randn(9, 7))
+    centered = torch.nn.functional.normalize(image - model.image_mean, dim=1)
+    u, v = _text_mean(model, words, lengths), centered @ model.image_projection.weight.T
     if fusion.startswith("bilinear"):
         if fusion == "bilinear_gated":
             u, v = (u.sigmoid(), v) if gate == "text" else (u, v.sigmoid())
@@ -105,7 +107,7 @@ def _toy_task(n=240, classes=3, seed=0):
 @pytest.mark.parametrize("fusion", ["image", "additive", "bilinear_gated"])
 def test_training_learns_and_checkpoints_round_trip(tmp_path, fusion):
     data = _toy_task()
-    model = ContinuousFusion(30, 8, 10, 3, fusion=fusion)
+    model = ContinuousFusion(30, 8, 10, 3, fusion=fusion).center_images(data.image)
     stats = train(model, data, epochs=8, lr=1.0, batch_size=16)
     assert stats["items_per_s"] > 0
     logits = predict(model, data)
@@ -114,6 +116,28 @@ def test_training_learns_and_checkpoints_round_trip(tmp_path, fusion):
     loaded, config = load_checkpoint(tmp_path / "ckpt")
     assert config["labels"] == ["a", "b", "c"] and config["args"]["fusion"] == fusion
     torch.testing.assert_close(predict(loaded, data), logits)
+
+
+def test_image_centering_is_fitted_saved_and_optional_in_old_checkpoints():
+    images = torch.rand(40, 8) + 1.0  # non-negative like pooled CNN features: a shared offset
+    model = ContinuousFusion(30, 8, 10, 3).center_images(images)
+    torch.testing.assert_close(model.image_mean,
+                               torch.nn.functional.normalize(images, dim=1).mean(0))
+    # the model's image vectors are centered and unit length whatever the input's scale
+    hidden = model.image_projection.weight.T
+    x = torch.nn.functional.normalize(images[:3] - model.image_mean, dim=1)
+    words, offsets = torch.zeros(0, dtype=torch.long), torch.zeros(3, dtype=torch.long)
+    torch.testing.assert_close(model(words, offsets, 5 * images[:3]),
+                               model.classifier(x @ hidden))
+    # a checkpoint written before centering (no image_mean) loads with a zero mean
+    state = {k: v for k, v in model.state_dict().items() if k != "image_mean"}
+    old = ContinuousFusion(30, 8, 10, 3)
+    old.load_state_dict(state)
+    assert not old.image_mean.any()
+    for bad in (torch.rand(0, 8), torch.rand(4, 7), torch.ones(4, 8, dtype=torch.long),
+                torch.full((4, 8), float("nan"))):
+        with pytest.raises(ValueError, match="center_images: images must be"):
+            model.center_images(bad)
 
 
 def test_one_vs_all_training_on_multilabel_targets():
