@@ -147,9 +147,12 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
 
 def _check_values(op, x_img, x_txt, targets) -> None:
     """The kernels' value checks, with their messages, for a path that runs no kernel (the
-    trainer's literal reference step): finite inputs, targets in {0, 1}."""
+    reference backend, the trainer's literal reference step): finite inputs, targets (unless
+    None) in {0, 1}."""
     check_finite(op, "x_img", x_img)
     check_finite(op, "x_txt", x_txt)
+    if targets is None:
+        return
     binary = (targets == 0) | (targets == 1)
     if not bool(binary.all()):
         row = int((~binary).any(1).nonzero()[0, 0])
@@ -161,6 +164,7 @@ def cacnet_forward(x_img, x_txt, params, activation: str = "relu") -> torch.Tens
     """Logits [B, C] of the full network; differentiable in every input and parameter."""
     _check_args("cacnet_forward", x_img, x_txt, None, params, activation)
     if _backend.use_reference():
+        _check_values("cacnet_forward", x_img, x_txt, None)
         named = dict(zip(PARAM_NAMES, params))
         return reference_cacnet.full_logits(x_img, x_txt, named, activation)
     return torch.ops.mmfast.cacnet_forward(x_img, x_txt, list(params), activation)[0]

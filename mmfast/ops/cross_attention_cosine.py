@@ -46,9 +46,34 @@ def cross_attention_cosine(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"{_OP}: scale must be a finite float, got {scale!r}")
     if _backend.use_reference():
+        _check_values(V, T, t_lengths)
         return reference.cross_attention_cosine(V, T, t_lengths, float(scale))
     v_bar, t_bar = torch.ops.mmfast.cross_attention_cosine(V, T, t_lengths, float(scale))
     return v_bar, t_bar
+
+
+def _check_values(V: torch.Tensor, T: torch.Tensor, t_lengths: torch.Tensor | None) -> None:
+    """The kernels' value checks, with their messages, for the reference path: t_lengths in
+    [0, N], V finite, T finite at the valid words."""
+    batch, num_words = V.shape[0], T.shape[1]
+    if batch == 0:
+        return
+    if t_lengths is not None:
+        low, high = (int(value) for value in t_lengths.aminmax())
+        if low < 0 or high > num_words:
+            raise ValueError(f"{_OP}: t_lengths values must be in [0, {num_words}] (N = "
+                             f"T.size(1)), got values from {low} to {high}")
+    bad_regions = ~torch.isfinite(V).all(2)  # [B, Kr]
+    if bad_regions.any():
+        b, i = bad_regions.nonzero()[0].tolist()
+        raise ValueError(f"{_OP}: V must be finite, but V[{b}, {i}] has a NaN or infinite value")
+    valid = torch.arange(num_words, device=T.device) < (
+        num_words if t_lengths is None else t_lengths[:, None])
+    bad_words = ~torch.isfinite(T).all(2) & valid  # [B, N]
+    if bad_words.any():
+        b, j = bad_words.nonzero()[0].tolist()
+        raise ValueError(f"{_OP}: T must be finite, but T[{b}, {j}] (a valid word) has a NaN or "
+                         "infinite value")
 
 
 @torch.library.register_fake("mmfast::cross_attention_cosine")

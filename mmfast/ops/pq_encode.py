@@ -3,7 +3,7 @@
 import torch
 
 from mmfast import _backend, reference
-from mmfast.ops._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from mmfast.ops._checks import FLOAT_DTYPES, check_finite, check_same_device, check_tensor
 from mmfast.reference.pq_encode import code_dtype
 
 _OP = "pq_encode"
@@ -47,6 +47,7 @@ def pq_encode(
             f"but x has {x.shape[1]}"
         )
     if _backend.use_reference():
+        _check_values(x, codebooks, perm)
         return reference.pq_encode(x, codebooks, perm)
     return torch.ops.mmfast.pq_encode(x, codebooks, perm)
 
@@ -54,3 +55,17 @@ def pq_encode(
 @torch.library.register_fake("mmfast::pq_encode")
 def _(x, codebooks, perm):
     return x.new_empty((x.shape[0], codebooks.shape[0]), dtype=code_dtype(codebooks.shape[1]))
+
+
+def _check_values(x: torch.Tensor, codebooks: torch.Tensor, perm: torch.Tensor | None) -> None:
+    """The kernels' value checks, with their messages, for the reference path (made only when
+    there is something to encode, as the kernels do)."""
+    if x.shape[0] == 0 or codebooks.shape[0] == 0:
+        return
+    if not bool(torch.isfinite(codebooks).all()):
+        raise ValueError(f"{_OP}: codebooks must be finite, found a NaN or infinite value")
+    if perm is not None and perm.numel():
+        low, high = (int(value) for value in perm.aminmax())
+        if low < 0 or high >= x.shape[1]:
+            raise ValueError(f"{_OP}: perm values must be column indices in [0, {x.shape[1]})")
+    check_finite(_OP, "x", x)
