@@ -13,7 +13,7 @@ from tqdm import tqdm
 from mmfast import metrics
 from mmfast._io import atomic_path, locked
 from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest, split_records
-from mmfast.features import ImageFeatureExtractor
+from mmfast.features import BadImageError, ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.train.autotune import autotune
@@ -71,12 +71,33 @@ def _extractor(args) -> ImageFeatureExtractor:
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
 
 
+_NAMED_SKIPS = 10  # skipped images listed by manifest line
+
+
 def _features(args) -> int:
-    records = [record for path in args.manifest for record in Manifest(path)]
-    start = time.perf_counter()
-    store = image_store(records, args.store, _extractor(args), progress=not args.quiet)
-    print(f"{len(store)} items in {store.directory} ({time.perf_counter() - start:.1f} s)")
+    manifests = [Manifest(path, skip_bad=args.skip_bad) for path in args.manifest]
+    where, records = {}, []
+    for manifest in manifests:
+        for line, record in manifest.numbered():
+            where.setdefault(record.id, line)
+            records.append(record)
+    start, skipped = time.perf_counter(), []
+    try:
+        store = image_store(records, args.store, _extractor(args), progress=not args.quiet,
+                            skip_bad=args.skip_bad, skipped=skipped)
+    except BadImageError as error:
+        raise ValueError(f"{where[error.record_id]}: {error} (--skip-bad passes over such "
+                         "records)") from None
+    bad_records = sum(manifest.skipped for manifest in manifests)
+    print(f"{len(store)} items in {store.directory} ({time.perf_counter() - start:.1f} s)"
+          + (f", {bad_records} bad records and {len(skipped)} unreadable images skipped"
+             if args.skip_bad else ""))
+    for record in skipped[:_NAMED_SKIPS]:
+        print(f"  skipped {where[record.id]}: image {record.image}")
+    if len(skipped) > _NAMED_SKIPS:
+        print(f"  ... and {len(skipped) - _NAMED_SKIPS} more")
     return 0
+
 
 
 def _validation_split(args, records: list) -> tuple[list, list]:
@@ -145,21 +166,37 @@ def _train_locked(args, records, store, multilabel, labels) -> int:
 
 
 def _batches(manifest: Manifest, size: int):
-    records = iter(manifest)
-    while batch := list(islice(records, size)):
+    """Lists of at most ``size`` ``(where, record)`` pairs."""
+    numbered = manifest.numbered()
+    while batch := list(islice(numbered, size)):
         yield batch
 
 
 def _image_source(args, config: dict):
-    """A function records -> image features: from --store, or extracted now as at training."""
+    """A function of ``(where, record)`` pairs -> ``(image features, records, unreadable)``:
+    features from --store, or extracted now as at training; with --skip-bad, records whose image
+    cannot be read are left out (and counted), else the first is an error naming its line."""
     if args.store:
         store = FeatureStore(args.store)
-        return lambda records: store_features(store, records)
+        return lambda numbered: (store_features(store, [r for _, r in numbered]),
+                                 [r for _, r in numbered], 0)
     recipe = config.get("extractor")
     if recipe is None:
-        raise ValueError("classify: the checkpoint records no image extractor: pass --store")
+        raise ValueError(f"{args.command}: the checkpoint records no image extractor: pass "
+                         "--store")
     extractor = ImageFeatureExtractor(recipe["backbone"], image_size=recipe["image_size"])
-    return lambda records: extractor([r.image for r in records], progress=False)
+    skip_bad = getattr(args, "skip_bad", False)
+
+    def extract(numbered):
+        try:
+            features, bad = extractor.extract([r.image for _, r in numbered], False, skip_bad)
+        except BadImageError as error:
+            raise ValueError(f"{numbered[error.index][0]}: {error}"
+                             + (" (--skip-bad passes over such records)"
+                                if hasattr(args, "skip_bad") else "")) from None
+        unreadable = set(bad)
+        return features, [r for i, (_, r) in enumerate(numbered) if i not in unreadable], len(bad)
+    return extract
 
 
 def _thresholds(args, labels) -> torch.Tensor | None:
@@ -183,15 +220,20 @@ def _classify(args) -> int:
     manifest = Manifest(args.input, skip_bad=args.skip_bad)
     output = Path(args.output)
     as_csv = output.suffix.lower() == ".csv"
-    count, start = 0, time.perf_counter()
+    count, unreadable, start = 0, 0, time.perf_counter()
     with atomic_path(output) as temporary, open(temporary, "w", newline="",
                                                 encoding="utf-8") as out, \
             tqdm(desc="classify", unit="item", disable=args.quiet, leave=False) as bar:
         writer = csv.writer(out) if as_csv else None
         if writer:
             writer.writerow(["id", "labels", "scores"])
-        for batch in _batches(manifest, args.batch_size):
-            examples = trained.examples(batch, images(batch), with_targets=False)
+        for numbered in _batches(manifest, args.batch_size):
+            features, batch, bad = images(numbered)
+            unreadable += bad
+            bar.update(bad)
+            if not batch:
+                continue
+            examples = trained.examples(batch, features, with_targets=False)
             scores = _scores(trained, predict(trained.model, examples))
             for record, row in zip(batch, scores):
                 if thresholds is not None:
@@ -210,7 +252,8 @@ def _classify(args) -> int:
             count += len(batch)
             bar.update(len(batch))
     seconds = time.perf_counter() - start
-    skipped = f", {manifest.skipped} bad records skipped" if args.skip_bad else ""
+    skipped = (f", {manifest.skipped} bad records and {unreadable} unreadable images skipped"
+               if args.skip_bad else "")
     print(f"classified {count} items in {seconds:.2f} s ({count / max(seconds, 1e-9):,.0f} "
           f"items/s) -> {output}{skipped}")
     return 0
@@ -218,11 +261,12 @@ def _classify(args) -> int:
 
 def _eval(args) -> int:
     trained, config = Trained.load(args.checkpoint)
-    records = read_manifest(args.input)
-    if not records:
+    numbered = list(Manifest(args.input).numbered())
+    if not numbered:
         raise ValueError(f"--input {args.input}: expected items to evaluate, got none")
     images = _image_source(args, config)
-    examples = trained.examples(records, images(records))
+    features, records, _ = images(numbered)
+    examples = trained.examples(records, features)
     logits = predict(trained.model, examples)
     report = metrics.classification_report(logits, examples.targets, trained.multilabel)
     if args.confusion:
@@ -264,6 +308,9 @@ def add_kiela_commands(commands) -> None:
                           help="state-dict file, 'packaged' (EfficientNet-Lite0) or 'none'")
     features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
     features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--skip-bad", action="store_true",
+                          help="skip bad records and unreadable images (counted, listed) "
+                               "instead of stopping at the first")
     features.add_argument("--quiet", action="store_true")
     features.set_defaults(run=_features)
 

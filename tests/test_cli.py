@@ -107,7 +107,7 @@ def test_features_train_classify_eval(tmp_path, capsys):
     assert not csv_output.exists()  # no partial output
     assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(bad), "--store",
                  str(store), "--output", str(csv_output), "--skip-bad", "--quiet"]) == 0
-    assert "1 bad records skipped" in capsys.readouterr().out
+    assert "1 bad records and 0 unreadable images skipped" in capsys.readouterr().out
     assert csv_output.read_text().startswith("id,labels,scores")
 
 
@@ -215,3 +215,55 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
         holder.wait()
     assert main(["train", "--train", str(manifest), "--store", str(store), "--out",
                  str(checkpoint), "--model", "text", "--epochs", "3", "--quiet"]) == 0
+
+
+def test_unreadable_images_name_their_manifest_line_or_are_skipped(tmp_path, capsys):
+    """A truncated PNG or a record without an image stopped `features` with the image's error
+    and no manifest line; `classify` had no way to pass over it."""
+    from PIL import Image
+
+    from mmfast.data import FeatureStore, Record, write_manifest
+
+    records = []
+    for n in range(4):
+        path = tmp_path / f"ok{n}.png"
+        Image.new("RGB", (40, 40), (60 * n, 20, 200 - 40 * n)).save(path)
+        records.append(Record(f"ok{n}", str(path), f"item {n % 2}", (f"c{n % 2}",)))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((tmp_path / "ok0.png").read_bytes()[:60])
+    records.insert(2, Record("truncated", str(truncated), "item 0", ("c0",)))
+    records.append(Record("no-image", "", "item 1", ("c1",)))
+    manifest, store = tmp_path / "items.jsonl", tmp_path / "store"
+    write_manifest(manifest, records)
+    features = ["features", "--manifest", str(manifest), "--store", str(store),
+                "--image-size", "32", "--quiet"]
+    assert main(features) == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"mmfast features: \S*items.jsonl:3: id 'truncated': \S*truncated.png: "
+                        r"expected an image Pillow can decode, [^\n]*--skip-bad[^\n]*\n", error)
+    assert not FeatureStore.exists(store)
+    assert main(features + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "4 items in" in out and "0 bad records and 2 unreadable images skipped" in out
+    assert re.search(r"skipped \S*items.jsonl:3: image \S*truncated.png", out)
+    assert re.search(r"skipped \S*items.jsonl:6: image \n", out + "\n")
+    assert sorted(FeatureStore(store).ids) == ["ok0", "ok1", "ok2", "ok3"]
+
+    # classify without --store extracts the images itself, as the checkpoint records
+    good = tmp_path / "good.jsonl"
+    write_manifest(good, [r for r in records if r.id.startswith("ok")])
+    checkpoint, output = tmp_path / "ckpt", tmp_path / "out.jsonl"
+    assert main(["train", "--train", str(good), "--store", str(store), "--out", str(checkpoint),
+                 "--model", "continuous", "--epochs", "2", "--valid-fraction", "0",
+                 "--quiet"]) == 0
+    classify = ["classify", "--checkpoint", str(checkpoint), "--input", str(manifest),
+                "--output", str(output), "--quiet"]
+    capsys.readouterr()
+    assert main(classify) == 1
+    assert re.fullmatch(r"mmfast classify: \S*items.jsonl:3: \S*truncated.png: expected an "
+                        r"image [^\n]*\n", capsys.readouterr().err)
+    assert main(classify + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "classified 4 items" in out and "0 bad records and 2 unreadable images skipped" in out
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [
+        "ok0", "ok1", "ok2", "ok3"]

@@ -143,9 +143,9 @@ def test_repeated_ids_are_extracted_once_and_conflicting_ones_refused(tmp_path):
     class Extractor:
         calls = []
 
-        def __call__(self, images, progress=False):
+        def extract(self, images, progress=False, skip_bad=False):
             self.calls.append(list(images))
-            return np.ones((len(images), 2), np.float32)
+            return np.ones((len(images), 2), np.float32), []
 
         def config(self):
             return {"backbone": "test"}

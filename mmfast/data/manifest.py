@@ -101,17 +101,25 @@ class Manifest:
                 yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
 
     def __iter__(self) -> Iterator[Record]:
+        return (record for _, record in self.numbered())
+
+    def numbered(self) -> Iterator[tuple[str, Record]]:
+        """``(where, record)`` pairs, ``where`` = ``"path:line"``: what a later error about the
+        record (an unreadable image) names."""
         self.skipped = 0
         base = self.path.parent
         for number, raw in self._raw():
+            where = f"{self.path}:{number}"
             try:
                 if isinstance(raw, ManifestError):
                     raise raw
-                yield _record(raw, f"{self.path}:{number}", base)
+                record = _record(raw, where, base)
             except ManifestError:
                 if not self.skip_bad:
                     raise
                 self.skipped += 1
+                continue
+            yield where, record
 
 
 def read_manifest(path: str | os.PathLike, skip_bad: bool = False) -> list[Record]:

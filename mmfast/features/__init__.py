@@ -1,7 +1,8 @@
 """Image, region, tag and text feature extraction, and bags of visual words."""
 
 from mmfast.features.bovw import BagOfVisualWords, dense_sift
-from mmfast.features.image import BACKBONES, ImageFeatureExtractor, build_backbone, load_image
+from mmfast.features.image import (BACKBONES, BadImageError, ImageFeatureExtractor, build_backbone,
+                                  load_image)
 from mmfast.features.pca import PCA
 from mmfast.features.regions import GridRegionFeatureExtractor, RegionFeatureExtractor
 from mmfast.features.tags import TagVectors
@@ -9,8 +10,8 @@ from mmfast.features.text import (SentenceEncoder, WordVectors, token_vectors, w
                                   word_probabilities)
 
 __all__ = [
-    "BagOfVisualWords", "dense_sift", "BACKBONES", "ImageFeatureExtractor", "build_backbone",
-    "load_image", "PCA", "GridRegionFeatureExtractor", "RegionFeatureExtractor",
+    "BagOfVisualWords", "dense_sift", "BACKBONES", "BadImageError", "ImageFeatureExtractor",
+    "build_backbone", "load_image", "PCA", "GridRegionFeatureExtractor", "RegionFeatureExtractor",
     "SentenceEncoder", "TagVectors", "WordVectors", "token_vectors", "weighted_average",
     "word_probabilities",
 ]

@@ -78,6 +78,15 @@ def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED
     return model, dim, _IMAGENET_MEAN, _IMAGENET_STD
 
 
+class BadImageError(ValueError):
+    """An image ``load_image`` cannot read: ``index`` is its position in the extractor's input,
+    ``record_id`` the id of its record when a caller knows it."""
+
+    def __init__(self, index: int, message: str, record_id: str | None = None):
+        super().__init__(message)
+        self.index, self.record_id = index, record_id
+
+
 def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
     """[3, size, size] float in [0, 1], or [3, H, W] at the file's own size for ``size`` None;
     transparency is composited over white (emoji are drawn on a transparent background).
@@ -140,15 +149,32 @@ class ImageFeatureExtractor:
         return nn.functional.normalize(self.trunk(self.normalize(images)).float(), dim=1)
 
     def __call__(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> np.ndarray:
+        """Features [len(paths), ...] of every image; an unreadable one is a ``BadImageError``."""
+        return self.extract(paths, progress)[0]
+
+    def extract(self, paths: Sequence[str | os.PathLike], progress: bool = True,
+                skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:
+        """``(features, bad)``: the features of the readable images in ``paths``' order and the
+        indices of the unreadable ones, which ``skip_bad`` passes over; without it the first
+        one is a ``BadImageError`` carrying its index."""
         out = np.empty((len(paths), *self.feature_shape), dtype=np.float32)
+        bad, kept = [], 0
         with tqdm(total=len(paths), desc=f"image features ({self.backbone})", unit="img",
                   disable=not progress, leave=False) as bar:
             for start in range(0, len(paths), self.batch_size):
-                chunk = paths[start:start + self.batch_size]
-                images = torch.stack([load_image(path, self.image_size) for path in chunk])
-                out[start:start + len(chunk)] = self.features(images).cpu().numpy()
-                bar.update(len(chunk))
-        return out
+                images = []
+                for index in range(start, min(start + self.batch_size, len(paths))):
+                    try:
+                        images.append(load_image(paths[index], self.image_size))
+                    except ValueError as error:
+                        if not skip_bad:
+                            raise BadImageError(index, str(error)) from None
+                        bad.append(index)
+                if images:
+                    out[kept:kept + len(images)] = self.features(torch.stack(images)).cpu().numpy()
+                    kept += len(images)
+                bar.update(min(self.batch_size, len(paths) - start))
+        return out[:kept], bad
 
     def config(self) -> dict:
         return {"backbone": self.backbone, "image_size": self.image_size, "dim": self.dim}

@@ -15,7 +15,7 @@ import torch
 from mmfast._io import locked
 from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
                          read_manifest)
-from mmfast.features import ImageFeatureExtractor
+from mmfast.features import BadImageError, ImageFeatureExtractor
 from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -81,13 +81,15 @@ DEFAULT_RECIPES = {
 
 
 def image_store(records: Sequence[Record], directory: str | os.PathLike,
-                extractor: ImageFeatureExtractor | None = None, progress: bool = True
-                ) -> FeatureStore:
+                extractor: ImageFeatureExtractor | None = None, progress: bool = True,
+                skip_bad: bool = False, skipped: list[Record] | None = None) -> FeatureStore:
     """The feature store at ``directory`` holding ``records``' image features, extracted now
     only for the ids it lacks (the store is rewritten with old and new rows). A repeated id is
     extracted once (a warning counts them); two records of one id with different images are a
-    ValueError. The store is locked (``mmfast._io.locked``) from read to write: a second
-    writer gets "in use by pid N" instead of replacing the first one's rows with its own."""
+    ValueError. An unreadable image is a ``BadImageError`` naming the record's id, or with
+    ``skip_bad`` is left out of the store (appended to ``skipped`` when a list is given). The
+    store is locked (``mmfast._io.locked``) from read to write: a second writer gets "in use
+    by pid N" instead of replacing the first one's rows with its own."""
     unique = _unique_by_id(records, directory)
     with locked(directory, "another features run"):
         old = FeatureStore(directory) if FeatureStore.exists(directory) else None
@@ -98,7 +100,20 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
         if old is not None and old.meta.get("extractor") != extractor.config():
             raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
                              f"not {extractor.config()}: use another store directory")
-        new = extractor([r.image for r in missing], progress=progress)
+        try:
+            new, bad = extractor.extract([r.image for r in missing], progress, skip_bad)
+        except BadImageError as error:
+            record = missing[error.index]
+            raise BadImageError(error.index, f"id {record.id!r}: {error}", record.id) from None
+        if bad:
+            if skipped is not None:
+                skipped.extend(missing[index] for index in bad)
+            bad_ids = {missing[index].id for index in bad}
+            missing = [record for record in missing if record.id not in bad_ids]
+            if not missing:
+                if old is None:
+                    raise ValueError(f"{directory}: none of the {len(bad)} images could be read")
+                return old
         ids = ([] if old is None else list(old.ids)) + [r.id for r in missing]
         image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
         return FeatureStore.write(directory, ids, {"image": image},
