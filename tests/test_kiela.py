@@ -258,12 +258,12 @@ def test_validation_keeps_the_best_epoch_and_patience_stops():
     scores = [row["valid_accuracy"] for row in stats["history"]]
     assert len(scores) == 6 and all("train_accuracy" in row for row in stats["history"])
     assert stats["valid_score"] == max(scores)
-    assert stats["best_epoch"] == scores.index(max(scores)) + 1
+    assert stats["best_epoch"] == len(scores) - scores[::-1].index(max(scores))  # last of ties
     assert accuracy(predict(model, valid), valid.targets) == pytest.approx(max(scores))
     # a run that cannot improve (no validation item has a known label) stops after `patience`
     valid.targets[:] = -100
     stats = train(model, data, epochs=20, lr=1.0, valid=valid, patience=2)
-    assert len(stats["history"]) == 3 and stats["best_epoch"] == 1
+    assert len(stats["history"]) == 3 and stats["best_epoch"] == 3
 
 
 def test_divergence_keeps_the_best_epoch_or_raises():
