@@ -25,7 +25,10 @@ def bilinear_fusion(
     gate is applied inside the kernel. All tensors share one dtype (float32, float16, bfloat16
     with float32 accumulation, or float64) and one device. Differentiable in u, v, weight and
     bias. Like ``torch.nn.functional.bilinear``, a NaN or infinity in a row of u or v reaches that
-    row of out (and only that row); nothing is checked for finiteness."""
+    row of out (and only that row); nothing is checked for finiteness. An infinity gives +-inf
+    or NaN (inf - inf), depending on the signs of the other terms and on the order of the sum,
+    which differs from ``F.bilinear``'s: an output that one of them makes +-inf, the other may
+    make NaN."""
     check_tensor(_OP, "u", u, ndim=2, dtypes=_DTYPES)
     check_tensor(_OP, "v", v, ndim=2, dtypes=_DTYPES)
     check_tensor(_OP, "weight", weight, ndim=3, dtypes=_DTYPES)
