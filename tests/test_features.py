@@ -147,6 +147,32 @@ def test_unreadable_images_name_their_file(tmp_path):
         with pytest.raises(ValueError, match=f"{path.name}: expected an image"):
             load_image(path, 32)
     assert load_image(good, 32).shape == (3, 32, 32)
+    svg = tmp_path / "icon.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"/>')
+    with pytest.raises(ValueError, match="icon.svg: expected a raster image, got SVG .* "
+                                         "rasterize it first"):
+        load_image(svg, 32)
+
+
+def test_large_images_are_reduced_before_the_resize(tmp_path, monkeypatch):
+    """A multi-megapixel PNG was composited and resized at full size; reduce() by an integer
+    factor first makes those steps cost a fraction, with the same picture."""
+    from PIL import Image
+
+    from mmfast.features.image import load_image
+
+    stripes = np.zeros((1000, 1200, 3), np.uint8)
+    stripes[:, ::2] = 255
+    path = tmp_path / "big.png"
+    Image.fromarray(stripes).save(path)
+    factors = []
+    reduce = Image.Image.reduce
+    monkeypatch.setattr(Image.Image, "reduce",
+                        lambda self, factor, *a: factors.append(factor) or reduce(self, factor, *a))
+    image = load_image(path, 96)
+    assert factors[0] == 10 and image.shape == (3, 96, 96)
+    torch.testing.assert_close(image.mean(), torch.tensor(0.5), atol=0.02, rtol=0)
+    assert float(image.std()) < 0.05  # the stripes average to grey, as a direct resize gives
 
 
 def test_jpeg_decodes_at_a_reduced_scale(tmp_path):

@@ -1,5 +1,10 @@
 """A feature store on disk: one ``.npy`` file per feature (memory-mapped on read) and a JSON
-index with the item ids, so features are extracted once and read back without copies."""
+index with the item ids, so features are extracted once and read back without copies.
+
+A long extraction commits its rows as it goes, in chunk files under ``pending/`` (each written
+atomically, ``.npz`` without pickles); a run killed midway leaves them for the next run, which
+extracts only what they lack and merges them into the store.
+"""
 
 import json
 import os
@@ -11,6 +16,7 @@ import numpy as np
 from mmfast._io import atomic_path, write_text_atomic
 
 _INDEX = "index.json"
+_PENDING = "pending"
 
 
 class FeatureStore:
@@ -78,3 +84,49 @@ class FeatureStore:
         index = {"ids": list(ids), "features": entries, "meta": meta or {}}
         write_text_atomic(directory / _INDEX, json.dumps(index) + "\n")
         return FeatureStore(directory)
+
+    @staticmethod
+    def commit_chunk(directory: str | os.PathLike, ids: Sequence[str], rows: np.ndarray,
+                     meta: dict) -> None:
+        """Keep ``rows`` [len(ids), ...] of ``ids`` under ``directory/pending`` until
+        ``merge_pending``, in a chunk file of its own, written atomically."""
+        pending = Path(directory) / _PENDING
+        number = len(list(pending.glob("chunk-*.npz"))) if pending.is_dir() else 0
+        with atomic_path(pending / f"chunk-{number:06d}.npz") as temporary, \
+                open(temporary, "wb") as handle:
+            np.savez(handle, ids=np.array(list(ids), dtype=str), rows=np.ascontiguousarray(rows),
+                     meta=np.array(json.dumps(meta, sort_keys=True)))
+
+    @staticmethod
+    def pending(directory: str | os.PathLike, meta: dict) -> tuple[list[str], np.ndarray | None]:
+        """The ids and rows committed by ``commit_chunk`` and not yet merged, in commit order;
+        chunks made with other ``meta`` (another extractor) are a ValueError."""
+        pending = Path(directory) / _PENDING
+        ids, rows = [], []
+        for chunk in sorted(pending.glob("chunk-*.npz")) if pending.is_dir() else ():
+            with np.load(chunk, allow_pickle=False) as data:
+                if json.loads(str(data["meta"])) != meta:
+                    raise ValueError(f"{chunk}: rows of an interrupted run with "
+                                     f"{str(data['meta'])}, not {json.dumps(meta, sort_keys=True)}:"
+                                     f" use another store directory or delete {pending}")
+                ids.extend(data["ids"].tolist())
+                rows.append(data["rows"])
+        return ids, (np.concatenate(rows) if rows else None)
+
+    @staticmethod
+    def merge_pending(directory: str | os.PathLike, meta: dict) -> "FeatureStore":
+        """The store with its pending rows appended (``image`` feature) and the chunks
+        removed: written first, so a kill during the merge loses nothing."""
+        directory = Path(directory)
+        ids, rows = FeatureStore.pending(directory, meta)
+        if FeatureStore.exists(directory):
+            old = FeatureStore(directory)
+            if rows is not None:
+                ids = list(old.ids) + ids
+                rows = np.concatenate([np.asarray(old["image"]), rows])
+        if rows is None:
+            return FeatureStore(directory)
+        store = FeatureStore.write(directory, ids, {"image": rows}, meta=meta)
+        for chunk in (directory / _PENDING).glob("chunk-*.npz"):
+            chunk.unlink()
+        return store

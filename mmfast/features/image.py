@@ -9,6 +9,7 @@ file: ``weights=`` a state-dict path, or None for random initialization. Nothing
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,15 +94,24 @@ def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
 
     Reads what Pillow reads (PNG, JPEG, GIF, BMP, WebP, TIFF, ...); a JPEG is decoded at the
     smallest scale still at least ``size`` (``Image.draft``), so a large photo costs a fraction
-    of its full decode. A missing, truncated or undecodable file, or one above Pillow's
+    of its full decode, and any image at least twice ``size`` is box-reduced by an integer factor
+    (``Image.reduce``) before the alpha composite and the final resize. SVG (a vector format) is
+    refused: rasterize it first. A missing, truncated or undecodable file, or one above Pillow's
     decompression-bomb limit, is a ValueError naming the file."""
     from PIL import Image
 
+    if Path(path).suffix.lower() in (".svg", ".svgz"):
+        raise ValueError(f"{path}: expected a raster image, got SVG (a vector format Pillow does "
+                         "not read): rasterize it first, e.g. rsvg-convert -w 256 in.svg -o "
+                         "out.png")
     try:
         with Image.open(path) as image:
             if size is not None:
                 image.draft("RGB", (size, size))  # no-op for formats without scaled decoding
             image = image.convert("RGBA")
+            factor = min(image.size) // size if size is not None else 1
+            if factor >= 2:
+                image = image.reduce(factor)
     except FileNotFoundError:
         raise ValueError(f"{path}: expected an image file, got no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

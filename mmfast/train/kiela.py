@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mmfast._io import locked
 from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
@@ -84,7 +85,9 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
                 extractor: ImageFeatureExtractor | None = None, progress: bool = True,
                 skip_bad: bool = False, skipped: list[Record] | None = None) -> FeatureStore:
     """The feature store at ``directory`` holding ``records``' image features, extracted now
-    only for the ids it lacks (the store is rewritten with old and new rows). A repeated id is
+    only for the ids it lacks. Rows are committed every ``EXTRACT_CHUNK`` images
+    (``FeatureStore.commit_chunk``) and merged into the store at the end, so a killed run loses
+    at most one chunk: the next run on the same store takes up what it left. A repeated id is
     extracted once (a warning counts them); two records of one id with different images are a
     ValueError. An unreadable image is a ``BadImageError`` naming the record's id, or with
     ``skip_bad`` is left out of the store (appended to ``skipped`` when a list is given). The
@@ -93,31 +96,42 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     unique = _unique_by_id(records, directory)
     with locked(directory, "another features run"):
         old = FeatureStore(directory) if FeatureStore.exists(directory) else None
-        missing = [r for r in unique if old is None or not old.has(r.id)]
+        have = set() if old is None else set(old.ids)
+        missing = [r for r in unique if r.id not in have]
         if not missing:
             return old
         extractor = extractor or ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
-        if old is not None and old.meta.get("extractor") != extractor.config():
+        meta = {"extractor": extractor.config()}
+        if old is not None and old.meta.get("extractor") != meta["extractor"]:
             raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
                              f"not {extractor.config()}: use another store directory")
-        try:
-            new, bad = extractor.extract([r.image for r in missing], progress, skip_bad)
-        except BadImageError as error:
-            record = missing[error.index]
-            raise BadImageError(error.index, f"id {record.id!r}: {error}", record.id) from None
-        if bad:
-            if skipped is not None:
-                skipped.extend(missing[index] for index in bad)
-            bad_ids = {missing[index].id for index in bad}
-            missing = [record for record in missing if record.id not in bad_ids]
-            if not missing:
-                if old is None:
-                    raise ValueError(f"{directory}: none of the {len(bad)} images could be read")
-                return old
-        ids = ([] if old is None else list(old.ids)) + [r.id for r in missing]
-        image = new if old is None else np.concatenate([np.asarray(old["image"]), new])
-        return FeatureStore.write(directory, ids, {"image": image},
-                                  meta={"extractor": extractor.config()})
+        done = set(FeatureStore.pending(directory, meta)[0])  # an interrupted run's rows
+        missing = [r for r in missing if r.id not in done]
+        with tqdm(total=len(missing), desc="image features", unit="img",
+                  disable=not progress, leave=False) as bar:
+            for start in range(0, len(missing), EXTRACT_CHUNK):
+                chunk = missing[start:start + EXTRACT_CHUNK]
+                try:
+                    rows, bad = extractor.extract([r.image for r in chunk], False, skip_bad)
+                except BadImageError as error:
+                    record = chunk[error.index]
+                    raise BadImageError(start + error.index, f"id {record.id!r}: {error}",
+                                        record.id) from None
+                unreadable = set(bad)
+                if skipped is not None:
+                    skipped.extend(chunk[index] for index in bad)
+                kept = [r.id for index, r in enumerate(chunk) if index not in unreadable]
+                if kept:
+                    FeatureStore.commit_chunk(directory, kept, rows, meta)
+                bar.update(len(chunk))
+        if old is None and not FeatureStore.pending(directory, meta)[0]:
+            raise ValueError(f"{directory}: none of the {len(missing)} images could be read")
+        return FeatureStore.merge_pending(directory, meta)
+
+
+# Images extracted between commits: ~5-10 s of work at the demo's size on 2 cores, so a killed
+# run loses little, while the chunk files stay few.
+EXTRACT_CHUNK = 1024
 
 
 def _unique_by_id(records: Sequence[Record], directory) -> list[Record]:
