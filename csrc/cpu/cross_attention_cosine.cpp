@@ -2,10 +2,11 @@
 //
 // Per item (Kr regions, n valid words, d dims) everything lives in a per-thread workspace that
 // fits in L2, and the only d-long products are GEMMs:
-//   G = V T^T [Kr, n], Gv = V V^T [Kr, Kr], A = softmax_words(scale G), P = softmax_regions(scale G),
-//   Vhat = A T [Kr, d].
-// That = P^T V is never formed: T_j.That_j = sum_i P_ij G_ij and |That_j|^2 = sum_i P_ij (Gv P)_ij
-// (Kr < N at the paper's shapes, so the region Gram is cheaper than That). V_i.Vhat_i is
+//   G = V T^T [Kr, n], A = softmax_words(scale G), P = softmax_regions(scale G), Vhat = A T [Kr, d],
+//   Gv P = V That^T [Kr, n].
+// That = P^T V is formed only when d < Kr; otherwise T_j.That_j = sum_i P_ij G_ij and
+// |That_j|^2 = sum_i P_ij (Gv P)_ij (Kr < d at the paper's shapes, so the region Gram
+// Gv = V V^T is cheaper than That). V_i.Vhat_i is
 // sum_j A_ij G_ij. The backward recomputes these from V and T (nothing but the inputs is saved)
 // and folds every gradient term into two GEMM pairs (see backward_item).
 #include <ATen/ATen.h>
@@ -31,16 +32,20 @@ using simd::vfloat;
 constexpr const char* kForward = "cross_attention_cosine";
 constexpr const char* kBackward = "cross_attention_cosine_backward";
 
-// values[k] = exp(scale * values[k] - shift[k]): the numerators of a softmax.
+// values[k] = exp(values[k] - shift[k]): the numerators of a softmax. The caller has already
+// scaled the values and taken the shift from those very values: recomputing scale * g here
+// would let the compiler contract it with the subtraction into an FMA, whose unrounded product
+// exceeds the rounded maximum by up to an ulp of scale * g (exp(+1e3) = inf, then NaN, for
+// |scale * g| ~ 1e10 in float32).
 template <typename acc_t>
-void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, acc_t scale, int64_t n) {
+void exp_shifted(acc_t* __restrict values, const acc_t* __restrict shift, int64_t n) {
   int64_t k = 0;
   if constexpr (std::is_same_v<acc_t, float>) {
     for (; k + kLanes <= n; k += kLanes) {
-      simd::store(values + k, simd::exp(simd::load(values + k) * scale - simd::load(shift + k)));
+      simd::store(values + k, simd::exp(simd::load(values + k) - simd::load(shift + k)));
     }
   }
-  for (; k < n; ++k) values[k] = std::exp(scale * values[k] - shift[k]);
+  for (; k < n; ++k) values[k] = std::exp(values[k] - shift[k]);
 }
 
 template <typename acc_t>
@@ -70,6 +75,7 @@ template <typename acc_t>
 struct Workspace {
   at::Tensor gram_vt, gram_vv, attn_words, attn_regions, gram_vv_attn, v_hat;
   at::Tensor regions_acc, words_acc;  // V and T items cast to acc_t (when they are not already)
+  at::Tensor t_hat;                   // That [n, d], formed only when d < Kr (see attend)
   std::vector<acc_t> shift;           // softmax maxima (per region, then per word)
   // Per region: |V_i|, |Vhat_i|, V_i.Vhat_i. Per word: |T_j|, |That_j|, T_j.That_j.
   std::vector<acc_t> v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
@@ -86,6 +92,7 @@ struct Workspace {
     v_hat = at::empty({s.regions, s.dim}, options);
     regions_acc = at::empty({s.regions, s.dim}, options);
     words_acc = at::empty({s.words, s.dim}, options);
+    if (s.dim < s.regions) t_hat = at::empty({s.words * s.dim}, options);
   }
 };
 
@@ -101,7 +108,7 @@ inline at::Tensor as_acc(const at::Tensor& item, at::Tensor& scratch) {
   return out;
 }
 
-// Everything both directions need for one item: G, Gv, A, P, Gv P, Vhat and the norms and dots.
+// Everything both directions need for one item: G, A, P, Gv P, Vhat and the norms and dots.
 // `regions` [Kr, d] and `words` [n, d] (valid words only) have unit-stride rows.
 template <typename acc_t>
 void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
@@ -123,7 +130,6 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
 
   at::Tensor gram_vt = matrix(ws.gram_vt, kr, n);  // [Kr, n]
   at::mm_out(gram_vt, regions, words.t());
-  at::mm_out(ws.gram_vv, regions, regions.t());  // [Kr, Kr]
   const acc_t* g = gram_vt.const_data_ptr<acc_t>();
   acc_t* a = ws.attn_words.template data_ptr<acc_t>();
   acc_t* p = ws.attn_regions.template data_ptr<acc_t>();
@@ -132,12 +138,11 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
   // A: each region's softmax over the words (rows of G).
   for (int64_t i = 0; i < kr; ++i) {
     const acc_t* row = g + i * n;
-    acc_t top = -std::numeric_limits<acc_t>::infinity();
-    for (int64_t j = 0; j < n; ++j) top = std::max(top, scale * row[j]);
-    for (int64_t j = 0; j < n; ++j) shift[j] = top;
     acc_t* out = a + i * n;
-    std::copy(row, row + n, out);
-    exp_shifted(out, shift, scale, n);
+    for (int64_t j = 0; j < n; ++j) out[j] = scale * row[j];
+    const acc_t top = *std::max_element(out, out + n);
+    std::fill(shift, shift + n, top);
+    exp_shifted(out, shift, n);
     acc_t total = 0;
     for (int64_t j = 0; j < n; ++j) total += out[j];
     const acc_t inverse = acc_t(1) / total;
@@ -147,14 +152,17 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
   // loops run along contiguous words.
   std::fill(shift, shift + n, -std::numeric_limits<acc_t>::infinity());
   for (int64_t i = 0; i < kr; ++i) {
-    for (int64_t j = 0; j < n; ++j) shift[j] = std::max(shift[j], scale * g[i * n + j]);
+    acc_t* out = p + i * n;
+    for (int64_t j = 0; j < n; ++j) {
+      out[j] = scale * g[i * n + j];
+      shift[j] = std::max(shift[j], out[j]);
+    }
   }
   acc_t* column_sum = ws.t_dot.data();  // reused: t_dot is filled only after P is final
   std::fill(column_sum, column_sum + n, acc_t(0));
   for (int64_t i = 0; i < kr; ++i) {
     acc_t* out = p + i * n;
-    std::copy(g + i * n, g + (i + 1) * n, out);
-    exp_shifted(out, shift, scale, n);
+    exp_shifted(out, shift, n);
     for (int64_t j = 0; j < n; ++j) column_sum[j] += out[j];
   }
   for (int64_t j = 0; j < n; ++j) column_sum[j] = acc_t(1) / column_sum[j];
@@ -164,14 +172,35 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
 
   at::Tensor v_hat = ws.v_hat;  // [Kr, d]
   at::mm_out(v_hat, matrix(ws.attn_words, kr, n), words);
-  at::Tensor gram_vv_attn = matrix(ws.gram_vv_attn, kr, n);  // Gv P [Kr, n]
-  at::mm_out(gram_vv_attn, ws.gram_vv, matrix(ws.attn_regions, kr, n));
+  // Gv P = V That^T [Kr, n]. When d < Kr, That itself is the cheaper product, and the exact
+  // one: through the Gram, a That that nearly cancels (common at d = 1, where regions have
+  // either sign) loses its norm to rounding, and the cosine's gradient, which divides by |That|,
+  // was off by 5e-3 where the float32 reference is off by 1e-5.
+  at::Tensor gram_vv_attn = matrix(ws.gram_vv_attn, kr, n);
+  const bool explicit_t_hat = d < kr;
+  at::Tensor t_hat;
+  if (explicit_t_hat) {
+    t_hat = matrix(ws.t_hat, n, d);
+    at::mm_out(t_hat, matrix(ws.attn_regions, kr, n).t(), regions);
+    at::mm_out(gram_vv_attn, regions, t_hat.t());
+  } else {
+    at::mm_out(ws.gram_vv, regions, regions.t());  // [Kr, Kr]
+    at::mm_out(gram_vv_attn, ws.gram_vv, matrix(ws.attn_regions, kr, n));
+  }
   const acc_t* vh = v_hat.const_data_ptr<acc_t>();
   const acc_t* q = gram_vv_attn.const_data_ptr<acc_t>();
 
   for (int64_t i = 0; i < kr; ++i) {
     ws.v_hat_norm[i] = std::sqrt(dot(vh + i * d, vh + i * d, d));
     ws.v_dot[i] = dot(a + i * n, g + i * n, n);
+  }
+  if (explicit_t_hat) {
+    const acc_t* th = t_hat.const_data_ptr<acc_t>();
+    for (int64_t j = 0; j < n; ++j) {
+      ws.t_dot[j] = dot(t + j * t_stride, th + j * d, d);
+      ws.t_hat_norm[j] = std::sqrt(dot(th + j * d, th + j * d, d));
+    }
+    return;
   }
   std::fill(ws.t_dot.begin(), ws.t_dot.begin() + n, acc_t(0));
   std::fill(ws.t_hat_norm.begin(), ws.t_hat_norm.begin() + n, acc_t(0));

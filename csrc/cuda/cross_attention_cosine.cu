@@ -37,6 +37,12 @@ __device__ acc_t warp_sum(acc_t value) {
   return value;
 }
 
+// scale * g rounded to acc_t: never contracted with the subtraction of the softmax shift into an
+// FMA, whose unrounded product can exceed the rounded maximum by an ulp of scale * g (exp(+1e3)
+// = inf, then NaN, for |scale * g| ~ 1e10 in float32).
+__device__ __forceinline__ float scaled(float scale, float g) { return __fmul_rn(scale, g); }
+__device__ __forceinline__ double scaled(double scale, double g) { return __dmul_rn(scale, g); }
+
 // One block per batch item. A [B, Kr, N]: each region's softmax of scale * G over the item's n
 // valid words (a warp per region). P [B, Kr, N]: each valid word's softmax over the regions (a
 // thread per word). Both are 0 at padded words, so padding drops out of every later product.
@@ -55,13 +61,13 @@ __global__ void two_way_softmax_kernel(const acc_t* __restrict__ gram, const int
   for (int64_t i = warp; i < regions; i += warps) {
     const acc_t* row = g + i * words;
     acc_t top = -INFINITY;
-    for (int64_t j = lane; j < n; j += kWarp) top = max(top, scale * row[j]);
+    for (int64_t j = lane; j < n; j += kWarp) top = max(top, scaled(scale, row[j]));
     top = warp_max(top);
     acc_t total = 0;
-    for (int64_t j = lane; j < n; j += kWarp) total += exp(scale * row[j] - top);
+    for (int64_t j = lane; j < n; j += kWarp) total += exp(scaled(scale, row[j]) - top);
     total = warp_sum(total);
     for (int64_t j = lane; j < words; j += kWarp) {
-      a[i * words + j] = j < n ? exp(scale * row[j] - top) / total : acc_t(0);
+      a[i * words + j] = j < n ? exp(scaled(scale, row[j]) - top) / total : acc_t(0);
     }
   }
   for (int64_t j = threadIdx.x; j < words; j += blockDim.x) {
@@ -70,10 +76,10 @@ __global__ void two_way_softmax_kernel(const acc_t* __restrict__ gram, const int
       continue;
     }
     acc_t top = -INFINITY;
-    for (int64_t i = 0; i < regions; ++i) top = max(top, scale * g[i * words + j]);
+    for (int64_t i = 0; i < regions; ++i) top = max(top, scaled(scale, g[i * words + j]));
     acc_t total = 0;
-    for (int64_t i = 0; i < regions; ++i) total += exp(scale * g[i * words + j] - top);
-    for (int64_t i = 0; i < regions; ++i) p[i * words + j] = exp(scale * g[i * words + j] - top) / total;
+    for (int64_t i = 0; i < regions; ++i) total += exp(scaled(scale, g[i * words + j]) - top);
+    for (int64_t i = 0; i < regions; ++i) p[i * words + j] = exp(scaled(scale, g[i * words + j]) - top) / total;
   }
 }
 
@@ -116,7 +122,7 @@ at::Tensor launch_cosine(const at::Tensor& dot, const at::Tensor& norm_a, const 
 // What both directions need, recomputed from the inputs (all [B, ...], acc dtype, padding 0).
 struct Attention {
   at::Tensor regions, words, valid;          // V [B, Kr, d], T [B, N, d], [B, N] bool
-  at::Tensor gram, gram_vv, attn_words, attn_regions, gram_vv_attn, v_hat;
+  at::Tensor gram, attn_words, attn_regions, gram_vv_attn, v_hat;
   at::Tensor v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
 };
 
@@ -137,10 +143,9 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
     const at::Tensor bad = (~at::isfinite(v_bad ? state.regions : state.words)).any(2).nonzero()[0];
     TORCH_CHECK_VALUE(false, op, ": ", v_bad ? "V" : "T", " must be finite, but ",
                       v_bad ? "V[" : "T[", bad[0].item<int64_t>(), ", ", bad[1].item<int64_t>(),
-                      "] has a NaN or infinite value");
+                      "]", v_bad ? "" : " (a valid word)", " has a NaN or infinite value");
   }
   state.gram = at::bmm(state.regions, state.words.transpose(1, 2));       // [B, Kr, N]
-  state.gram_vv = at::bmm(state.regions, state.regions.transpose(1, 2));  // [B, Kr, Kr]
   state.attn_words = at::empty_like(state.gram);
   state.attn_regions = at::empty_like(state.gram);
   if (batch > 0 && regions > 0 && words > 0) {
@@ -157,11 +162,19 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
     state.attn_regions.zero_();
   }
   state.v_hat = at::bmm(state.attn_words, state.words);                // [B, Kr, d]
-  state.gram_vv_attn = at::bmm(state.gram_vv, state.attn_regions);     // Gv P [B, Kr, N]
   state.v_norm = state.regions.norm(2, {2});
   state.v_hat_norm = state.v_hat.norm(2, {2});
   state.v_dot = (state.attn_words * state.gram).sum(2);                // V_i.Vhat_i
   state.t_norm = state.words.norm(2, {2});
+  if (V.size(2) < regions) {  // That is cheaper than the region Gram, and exact: see the CPU attend
+    const at::Tensor t_hat = at::bmm(state.attn_regions.transpose(1, 2), state.regions);  // [B, N, d]
+    state.gram_vv_attn = at::bmm(state.regions, t_hat.transpose(1, 2));  // Gv P = V That^T
+    state.t_dot = (state.words * t_hat).sum(2);
+    state.t_hat_norm = t_hat.norm(2, {2});
+    return state;
+  }
+  const at::Tensor gram_vv = at::bmm(state.regions, state.regions.transpose(1, 2));  // [B, Kr, Kr]
+  state.gram_vv_attn = at::bmm(gram_vv, state.attn_regions);           // Gv P [B, Kr, N]
   state.t_dot = (state.attn_regions * state.gram).sum(1);              // T_j.That_j
   state.t_hat_norm = (state.attn_regions * state.gram_vv_attn).sum(1).clamp_min(0).sqrt();  // |That_j|
   return state;
