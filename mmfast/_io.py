@@ -37,12 +37,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``atomic_path`` temporaries of ``path`` whose writer process no longer runs."""
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The ``atomic_path`` temporaries of ``path`` whose writer process no longer runs (a
+    killed writer's unfinished output), newest first."""
+    path = Path(path)
+    stale = []
     for temporary in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = temporary.name[len(path.name) + 2:].split(".", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
-            temporary.unlink(missing_ok=True)
+            stale.append(temporary)
+    return sorted(stale, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    for temporary in stale_temporaries(path):
+        temporary.unlink(missing_ok=True)
 
 
 def _running(pid: int) -> bool:

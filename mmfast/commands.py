@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from mmfast import metrics
-from mmfast._io import atomic_path, locked
+from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest, split_records
 from mmfast.features import BadImageError, ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
@@ -212,6 +212,22 @@ def _thresholds(args, labels) -> torch.Tensor | None:
     return None
 
 
+def _resumable(output: Path, as_csv: bool) -> tuple[list[str], list[str]]:
+    """The complete rows (lines, with their ids) that a killed ``classify`` left in its
+    unfinished output, the newest when there are several; none when there is none."""
+    stale = stale_temporaries(output)
+    if not stale:
+        return [], []
+    text = stale[0].read_text(encoding="utf-8", errors="surrogateescape")
+    lines = text[:text.rfind("\n") + 1].splitlines(keepends=True)  # a cut last line is dropped
+    if as_csv:
+        lines = lines[1:]  # the header is written again
+        ids = [row[0] for row in csv.reader(lines)]
+    else:
+        ids = [json.loads(line)["id"] for line in lines]
+    return lines, ids
+
+
 def _classify(args) -> int:
     trained, config = Trained.load(args.checkpoint)
     images = _image_source(args, config)
@@ -220,14 +236,24 @@ def _classify(args) -> int:
     manifest = Manifest(args.input, skip_bad=args.skip_bad)
     output = Path(args.output)
     as_csv = output.suffix.lower() == ".csv"
-    count, unreadable, start = 0, 0, time.perf_counter()
+    done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
+    resume_left = set(done_ids)
+    count, unreadable, start = len(done_lines), 0, time.perf_counter()
     with atomic_path(output) as temporary, open(temporary, "w", newline="",
                                                 encoding="utf-8") as out, \
             tqdm(desc="classify", unit="item", disable=args.quiet, leave=False) as bar:
         writer = csv.writer(out) if as_csv else None
         if writer:
             writer.writerow(["id", "labels", "scores"])
+        out.writelines(done_lines)
         for numbered in _batches(manifest, args.batch_size):
+            if resume_left:  # items the interrupted run wrote: their rows are copied above
+                todo = [pair for pair in numbered if pair[1].id not in resume_left]
+                resume_left.difference_update(record.id for _, record in numbered)
+                bar.update(len(numbered) - len(todo))
+                numbered = todo
+                if not numbered:
+                    continue
             features, batch, bad = images(numbered)
             unreadable += bad
             bar.update(bad)
@@ -251,11 +277,18 @@ def _classify(args) -> int:
                                          ensure_ascii=False) + "\n")
             count += len(batch)
             bar.update(len(batch))
+            out.flush()  # what a killed run leaves for --resume ends at a batch
+        if resume_left:
+            raise ValueError(f"--resume: the interrupted output of {output} holds "
+                             f"{len(resume_left)} ids that are not in --input {args.input}, "
+                             f"e.g. {next(iter(resume_left))!r}: it is not this input's")
     seconds = time.perf_counter() - start
     skipped = (f", {manifest.skipped} bad records and {unreadable} unreadable images skipped"
                if args.skip_bad else "")
-    print(f"classified {count} items in {seconds:.2f} s ({count / max(seconds, 1e-9):,.0f} "
-          f"items/s) -> {output}{skipped}")
+    resumed = f", {len(done_lines)} of them resumed from an interrupted run" if args.resume else ""
+    rate = (count - len(done_lines)) / max(seconds, 1e-9)
+    print(f"classified {count} items in {seconds:.2f} s ({rate:,.0f} items/s) -> "
+          f"{output}{resumed}{skipped}")
     return 0
 
 
@@ -365,6 +398,9 @@ def add_kiela_commands(commands) -> None:
     classify.add_argument("--batch-size", type=int, default=1024)
     classify.add_argument("--skip-bad", action="store_true",
                           help="skip and count bad records instead of stopping at the first")
+    classify.add_argument("--resume", action="store_true",
+                          help="continue the output a killed classify left unfinished (its "
+                               "complete rows are kept, their items not classified again)")
     classify.add_argument("--quiet", action="store_true")
     classify.set_defaults(run=_classify)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")

@@ -267,3 +267,31 @@ def test_unreadable_images_name_their_manifest_line_or_are_skipped(tmp_path, cap
     assert "classified 4 items" in out and "0 bad records and 2 unreadable images skipped" in out
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == [
         "ok0", "ok1", "ok2", "ok3"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_classify_resumes_the_output_of_a_killed_run(tmp_path, capsys, suffix):
+    """A SIGKILLed classify left its hidden temporary behind and had to start over."""
+    checkpoint, manifest, store = _checkpoint(tmp_path)
+    full, output = tmp_path / f"full{suffix}", tmp_path / f"out{suffix}"
+    command = ["classify", "--checkpoint", str(checkpoint), "--input", str(manifest), "--store",
+               str(store), "--batch-size", "7", "--quiet"]
+    assert main(command + ["--output", str(full)]) == 0
+    lines = full.read_text().splitlines(keepends=True)
+    # what a run killed after 12 items leaves: its temporary, a dead pid, a cut last line
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    header = 1 if suffix == ".csv" else 0
+    (tmp_path / f".{output.name}.{dead}.x.tmp").write_text(
+        "".join(lines[:header + 12]) + lines[header + 12][:5])
+    capsys.readouterr()
+    assert main(command + ["--output", str(output), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "classified 30 items" in out and "12 of them resumed from an interrupted run" in out
+    assert output.read_text() == full.read_text()
+    assert not list(tmp_path.glob(f".{output.name}.*.tmp"))
+    # an unfinished output of another input is refused, not mixed in
+    (tmp_path / f".{output.name}.{dead}.y.tmp").write_text(
+        "".join(lines[:header]) + lines[header].replace("i0", "elsewhere"))
+    assert main(command + ["--output", str(output), "--resume"]) == 1
+    assert "--resume: the interrupted output of" in capsys.readouterr().err
