@@ -19,10 +19,11 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
 from mmfast._backend import backend, get_backend, set_backend
 from mmfast._info import info
 from mmfast import metrics, nn, ops, quant, reference, train
+from mmfast.classifier import Classifier, load
 
 __version__ = _C.build_info()["version"]
 
 __all__ = [
     "backend", "get_backend", "set_backend", "info", "metrics", "nn", "ops", "quant",
-    "reference", "train",
+    "reference", "train", "Classifier", "load",
 ]

@@ -108,15 +108,24 @@ def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
         with Image.open(path) as image:
             if size is not None:
                 image.draft("RGB", (size, size))  # no-op for formats without scaled decoding
-            image = image.convert("RGBA")
-            factor = min(image.size) // size if size is not None else 1
-            if factor >= 2:
-                image = image.reduce(factor)
+            image = image.convert("RGBA")  # decodes: errors surface here
     except FileNotFoundError:
         raise ValueError(f"{path}: expected an image file, got no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: expected an image Pillow can decode, got "
                          f"{type(error).__name__}: {error}") from None
+    return image_tensor(image, size)
+
+
+def image_tensor(image, size: int | None) -> torch.Tensor:
+    """A decoded PIL image as ``load_image`` returns a file's: [3, size, size] float in [0, 1],
+    transparency composited over white (the size kept for ``size`` None)."""
+    from PIL import Image
+
+    image = image.convert("RGBA")
+    factor = min(image.size) // size if size is not None else 1
+    if factor >= 2:
+        image = image.reduce(factor)
     canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
     canvas.alpha_composite(image)
     rgb = canvas.convert("RGB")

@@ -275,17 +275,21 @@ class Trained:
                    {}), config
 
 
-def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray, labels: Sequence[str],
-        multilabel: bool, progress: bool = False,
-        valid: tuple[Sequence[Record], np.ndarray] | None = None) -> Trained:
-    """Train ``recipe.model`` on ``records`` with image features ``image`` [N, D]. With
+def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
+        labels: Sequence[str], multilabel: bool, progress: bool = False,
+        valid: tuple[Sequence[Record], np.ndarray | None] | None = None) -> Trained:
+    """Train ``recipe.model`` on ``records`` with image features ``image`` [N, D] (None for
+    the text model). With
     ``valid`` = (records, image features), the model is scored on them after every epoch and
     keeps its best epoch's weights; ``recipe.patience`` epochs without progress end the run."""
     torch.manual_seed(recipe.seed)
     hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
                               ngrams=recipe.ngrams)
     quantizer = build_quantizer(recipe, image)
-    model = build_model(recipe, hasher, image.shape[1], len(labels), quantizer)
+    if image is None and recipe.model != "text":
+        raise ValueError(f"fit: the {recipe.model!r} model needs image features, got None")
+    model = build_model(recipe, hasher, 0 if image is None else image.shape[1], len(labels),
+                        quantizer)
     if isinstance(model, ContinuousFusion):
         model.center_images(torch.from_numpy(np.asarray(image, np.float32)))
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})

@@ -1,0 +1,188 @@
+"""Drop-in use from Python: train, save, load and apply a paper-003 model without manifests or
+feature stores.
+
+    clf = mmfast.Classifier("additive").fit(texts, images, labels)
+    clf.save("ckpt")                     # the checkpoint `mmfast train` writes
+    clf = mmfast.load("ckpt")            # or one `mmfast train` wrote
+    clf.predict(texts, images, top_k=3)  # [["label", ...], ...]
+
+``images`` are image files (paths), PIL images, image tensors [3, H, W] in [0, 1], or
+precomputed features [N, D] (an array or tensor, as ``mmfast features`` stores them); the text
+model takes ``images=None``. Files, PIL images and tensors go through the image extractor the
+checkpoint records, so the model sees the features it was trained on.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmfast.data import Record
+from mmfast.features import ImageFeatureExtractor
+from mmfast.features.image import image_tensor, load_image
+from mmfast.train.fasttext import predict
+from mmfast.train.kiela import DEMO_IMAGE_SIZE, Recipe, Trained, fit
+
+Labels = str | Sequence[str]
+
+
+class Classifier:
+    """A paper-003 model (``Recipe.default(model, **recipe)``) with its text hasher, image
+    extractor and labels. ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
+    the checkpoint ``mmfast classify``/``eval`` read and ``load`` reads it back."""
+
+    def __init__(self, model: str = "additive", extractor: ImageFeatureExtractor | None = None,
+                 **recipe):
+        self.recipe = Recipe.default(model, **recipe)
+        self._extractor = extractor
+        self._extractor_config = None if extractor is None else extractor.config()
+        self.trained: Trained | None = None
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Classifier":
+        trained, config = Trained.load(directory)
+        classifier = cls(trained.recipe.model)
+        classifier.recipe, classifier.trained = trained.recipe, trained
+        classifier._extractor_config = config.get("extractor")
+        return classifier
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._fitted().labels
+
+    def fit(self, texts: Sequence[str], images, labels: Sequence[Labels],
+            valid: tuple[Sequence[str], object, Sequence[Labels]] | None = None
+            ) -> "Classifier":
+        """Train on ``texts`` with their ``images`` and ``labels`` (one label per item, or a
+        list of labels per item for multi-label); ``valid`` = (texts, images, labels) selects
+        the best epoch as ``mmfast train --valid`` does."""
+        records = _records(texts, labels)
+        multilabel = any(not isinstance(label, str) for label in labels)
+        names = sorted({label for record in records for label in record.labels})
+        if not names:
+            raise ValueError("Classifier.fit: labels must name at least one class, got none")
+        features = self._features(images, len(records), "images")
+        validation = None
+        if valid is not None:
+            valid_texts, valid_images, valid_labels = valid
+            validation = (_records(valid_texts, valid_labels),
+                          self._features(valid_images, len(valid_texts), "valid images"))
+        self.trained = fit(self.recipe, records, features, names, multilabel, valid=validation)
+        return self
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self._fitted().save(directory, extractor=self._extractor_config)
+
+    def scores(self, texts: Sequence[str], images=None) -> torch.Tensor:
+        """Probabilities [N, len(labels)]: softmax for single-label, per-label sigmoids for
+        multi-label models."""
+        trained = self._fitted()
+        records = _records(texts, None)
+        examples = trained.examples(records, self._features(images, len(records), "images"),
+                                    with_targets=False)
+        logits = predict(trained.model, examples)
+        return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
+
+    def predict(self, texts: Sequence[str], images=None, top_k: int = 1,
+                threshold: float | None = None) -> list[list[str]]:
+        """Each item's ``top_k`` labels, most likely first, or with ``threshold`` every label
+        whose probability reaches it."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"Classifier.predict: top_k must be an integer >= 1, got {top_k!r}")
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ValueError(f"Classifier.predict: threshold must be a probability in [0, 1], "
+                             f"got {threshold!r}")
+        labels = self.labels
+        out = []
+        for row in self.scores(texts, images):
+            if threshold is None:
+                chosen = row.topk(min(top_k, len(labels))).indices
+            else:
+                chosen = torch.nonzero(row >= threshold).flatten()
+                chosen = chosen[row[chosen].argsort(descending=True)]
+            out.append([labels[i] for i in chosen.tolist()])
+        return out
+
+    def _fitted(self) -> Trained:
+        if self.trained is None:
+            raise ValueError("Classifier: not trained yet: call fit, or load a checkpoint")
+        return self.trained
+
+    def _features(self, images, count: int, name: str) -> np.ndarray | None:
+        """Image features [count, D] of ``images`` (see the module docstring)."""
+        if images is None:
+            if self.recipe.model != "text":
+                raise ValueError(f"Classifier: {name} are needed by the {self.recipe.model!r} "
+                                 "model (only 'text' takes images=None)")
+            return None
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
+            features = torch.as_tensor(images).detach().cpu().float()
+            _check_count(name, len(features), count)
+            return torch.nn.functional.normalize(features, dim=1).numpy()
+        images = list(images)
+        _check_count(name, len(images), count)
+        for image in images:
+            if not isinstance(image, (str, os.PathLike, torch.Tensor)) and not hasattr(
+                    image, "convert"):
+                raise ValueError(f"Classifier: {name} must be paths, PIL images, tensors "
+                                 f"[3, H, W] or features [N, D], got a {type(image).__name__}")
+        extractor = self._image_extractor()
+        pixels = [_pixels(image, extractor.image_size, name) for image in images]
+        batches = [extractor.features(torch.stack(pixels[start:start + extractor.batch_size]))
+                   for start in range(0, len(pixels), extractor.batch_size)]
+        return torch.cat(batches).cpu().numpy() if batches else np.empty((0, extractor.dim),
+                                                                          np.float32)
+
+    def _image_extractor(self) -> ImageFeatureExtractor:
+        if self._extractor is None:
+            if self.trained is None:  # fitting: the demo's default extractor
+                self._extractor = ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
+                self._extractor_config = self._extractor.config()
+            elif self._extractor_config is None:
+                raise ValueError("Classifier: no image extractor is recorded (the model was "
+                                 "trained on image features): pass features [N, D], not images")
+            else:
+                config = self._extractor_config
+                self._extractor = ImageFeatureExtractor(config["backbone"],
+                                                        image_size=config["image_size"])
+        return self._extractor
+
+
+def load(directory: str | os.PathLike) -> Classifier:
+    """The ``Classifier`` saved in ``directory`` (by ``Classifier.save`` or ``mmfast train``)."""
+    return Classifier.load(directory)
+
+
+def _records(texts: Sequence[str], labels: Sequence[Labels] | None) -> list[Record]:
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise ValueError("Classifier: texts must be a list of strings")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"Classifier: {len(texts)} texts but {len(labels)} labels")
+    return [Record(str(row), "", text,
+                   () if labels is None else
+                   (labels[row],) if isinstance(labels[row], str) else tuple(labels[row]))
+            for row, text in enumerate(texts)]
+
+
+def _check_count(name: str, got: int, expected: int) -> None:
+    if got != expected:
+        raise ValueError(f"Classifier: {name} must have one entry per text ({expected}), got "
+                         f"{got}")
+
+
+def _pixels(image, size: int, name: str) -> torch.Tensor:
+    """[3, size, size] in [0, 1] of an image file, a PIL image or an image tensor [3, H, W] in
+    [0, 1]."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, size)
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+            raise ValueError(f"Classifier: {name} tensors must be float [3, H, W] in [0, 1], "
+                             f"got {image.dtype} of shape {tuple(image.shape)}")
+        return torch.nn.functional.interpolate(image[None].float(), size=(size, size),
+                                               mode="bilinear", antialias=True)[0]
+    return image_tensor(image, size)  # a PIL image
+
+
+__all__ = ["Classifier", "load"]
