@@ -107,18 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
         "throughput (--pq: the PQ/RSPQ encoding demo on generated vectors)")
     demo.add_argument("--pq", action="store_true",
                       help="train PQ and RSPQ on generated vectors, report speed and error")
-    demo.add_argument("--task", default="group", choices=("group", "subgroup", "tags"))
+    demo.add_argument("--task", default="group", choices=("group", "subgroup", "tags"),
+                      help="emoji task: 9 groups, 99 subgroups, or 113 tags (multi-label)")
     demo.add_argument("--models", default="all", help="comma-separated paper-003 models")
     demo.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
     demo.add_argument("--limit", type=int, default=None, help="use only the first N items")
-    demo.add_argument("--num-vectors", type=int, default=60_000)
-    demo.add_argument("--num-train", type=int, default=20_000)
-    demo.add_argument("--dim", type=int, default=512)
-    demo.add_argument("--subvectors", type=int, default=8)
-    demo.add_argument("--centroids", type=int, default=256)
-    demo.add_argument("--repetitions", type=int, default=4)
-    demo.add_argument("--iters", type=int, default=20)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--num-vectors", type=int, default=60_000,
+                      help="--pq: vectors generated and encoded")
+    demo.add_argument("--num-train", type=int, default=20_000,
+                      help="--pq: of them, the ones the quantizers are fitted on")
+    demo.add_argument("--dim", type=int, default=512, help="--pq: vector dimension")
+    demo.add_argument("--subvectors", type=int, default=8, help="--pq: subvectors M")
+    demo.add_argument("--centroids", type=int, default=256, help="--pq: centroids per subvector")
+    demo.add_argument("--repetitions", type=int, default=4, help="--pq: RSPQ repetitions R")
+    demo.add_argument("--iters", type=int, default=20, help="--pq: k-means iterations")
+    demo.add_argument("--seed", type=int, default=0, help="--pq: seed of the data and k-means")
     demo.set_defaults(run=lambda args: _demo_pq(args) if args.pq else run_demo(args))
     add_kiela_commands(commands)
 
@@ -131,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--heldout", default=None,
                           help="also split off a held-out manifest here (default: no split)")
     manifest.add_argument("--heldout-fraction", type=float, default=0.2,
-                          help="share of the records held out, in [0, 1) (default: 0.2)")
+                          help="share of the records held out, in [0, 1)")
     manifest.add_argument("--seed", type=int, default=0,
-                          help="seed of the hash that splits the records (default: 0)")
+                          help="seed of the hash that splits the records")
     manifest.set_defaults(run=_manifest)
     return parser
 
@@ -143,8 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, TypeError, LookupError, OSError, UnicodeError)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the help names it already or there is
+    none to name (None, an off flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, ``mmfast <command>: <what is wrong>``, exit status 2."""
+    """Usage errors as one line, ``mmfast <command>: <what is wrong>``, exit status 2; option
+    help with defaults (``_HelpFormatter``), for every subcommand too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")

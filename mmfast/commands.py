@@ -336,15 +336,17 @@ def add_kiela_commands(commands) -> None:
     features.add_argument("--manifest", action="append", required=True,
                           help="JSONL/CSV manifest (repeatable)")
     features.add_argument("--store", required=True, help="feature store directory")
-    features.add_argument("--backbone", default="efficientnet_lite0")
+    features.add_argument("--backbone", default="efficientnet_lite0",
+                          help="image network whose pooled features are stored")
     features.add_argument("--weights", default=PACKAGED,
                           help="state-dict file, 'packaged' (EfficientNet-Lite0) or 'none'")
-    features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE)
-    features.add_argument("--batch-size", type=int, default=64)
+    features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
+                          help="images are resized to this many pixels square")
+    features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     features.add_argument("--skip-bad", action="store_true",
                           help="skip bad records and unreadable images (counted, listed) "
                                "instead of stopping at the first")
-    features.add_argument("--quiet", action="store_true")
+    features.add_argument("--quiet", action="store_true", help="no progress bar")
     features.set_defaults(run=_features)
 
     train = commands.add_parser("train", help="train a paper-003 model, save a checkpoint")
@@ -380,28 +382,32 @@ def add_kiela_commands(commands) -> None:
                            help=f"{meaning} (default: {_recipe_defaults(name)})")
     train.add_argument("--gate", choices=("text", "image"), default=None,
                        help="the gating modality of gated and bilinear_gated (default: text)")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 
     classify = commands.add_parser("classify", help="stream a manifest through a checkpoint")
     evaluate = commands.add_parser("eval", help="held-out metrics of a checkpoint")
     for sub in (classify, evaluate):
-        sub.add_argument("--checkpoint", required=True)
+        sub.add_argument("--checkpoint", required=True,
+                         help="checkpoint directory written by mmfast train (required)")
         sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
         sub.add_argument("--store", default=None,
                          help="feature store with the items' image features (default: extract)")
     classify.add_argument("--output", required=True, help="predictions, .jsonl or .csv")
-    classify.add_argument("--top-k", type=int, default=1)
+    classify.add_argument("--top-k", type=int, default=1,
+                          help="labels written per item, most likely first")
     classify.add_argument("--threshold", type=float, default=None,
                           help="every label scoring at least this (instead of top-k)")
     classify.add_argument("--thresholds", default=None, help="JSON {label: threshold}")
-    classify.add_argument("--batch-size", type=int, default=1024)
+    classify.add_argument("--batch-size", type=int, default=1024,
+                          help="items read, classified and written at a time")
     classify.add_argument("--skip-bad", action="store_true",
-                          help="skip and count bad records instead of stopping at the first")
+                          help="skip bad records and unreadable images (counted) instead of "
+                               "stopping at the first")
     classify.add_argument("--resume", action="store_true",
                           help="continue the output a killed classify left unfinished (its "
                                "complete rows are kept, their items not classified again)")
-    classify.add_argument("--quiet", action="store_true")
+    classify.add_argument("--quiet", action="store_true", help="no progress bar")
     classify.set_defaults(run=_classify)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")
     evaluate.add_argument("--per-class", action="store_true",

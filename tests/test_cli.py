@@ -1,5 +1,6 @@
 """The mmfast command and the build facts it reports."""
 
+import argparse
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import mmfast
-from mmfast.cli import main
+from mmfast.cli import build_parser, main
 
 
 def test_info_reports_the_build():
@@ -295,3 +296,19 @@ def test_classify_resumes_the_output_of_a_killed_run(tmp_path, capsys, suffix):
         "".join(lines[:header]) + lines[header].replace("i0", "elsewhere"))
     assert main(command + ["--output", str(output), "--resume"]) == 1
     assert "--resume: the interrupted output of" in capsys.readouterr().err
+
+
+def test_every_option_says_what_it_is_and_its_default():
+    parser = build_parser()
+    subcommands = next(action for action in parser._actions
+                       if isinstance(action, argparse._SubParsersAction)).choices
+    for name, subcommand in subcommands.items():
+        formatter = subcommand._get_formatter()
+        for action in subcommand._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            where = f"mmfast {name} {action.option_strings[0]}"
+            assert action.help, f"{where} has no help text"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in formatter._get_help_string(action), where
+    assert "(default: 1024)" in " ".join(subcommands["classify"].format_help().split())
