@@ -183,6 +183,9 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:
+        parser.error(f"--dropout: expected a number in [0, 1), got {dropout}")
     fraction = getattr(args, "valid_fraction", None)
     if fraction is not None and not 0 <= fraction < 1:
         parser.error(f"--valid-fraction: expected a number in [0, 1), got {fraction}")

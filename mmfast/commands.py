@@ -17,7 +17,7 @@ from mmfast.features import BadImageError, ImageFeatureExtractor
 from mmfast.features.image import PACKAGED
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.train.autotune import autotune
-from mmfast.train.fasttext import predict
+from mmfast.train.fasttext import OPTIMIZERS, predict
 from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, demo_image_store, fit,
                                 image_store, store_features)
 
@@ -368,7 +368,8 @@ def add_kiela_commands(commands) -> None:
     train.add_argument("--autotune-duration", type=float, default=60.0,
                        help="autotune's time budget in seconds (default: %(default)s)")
     for name, kind, meaning in (
-            ("dim", int, "embedding width H"), ("epochs", int, "passes over the data"),
+            ("dim", int, "embedding width H (the mlp's hidden width)"),
+            ("epochs", int, "passes over the data"),
             ("lr", float, "initial learning rate (decays linearly to 0)"),
             ("batch_size", int, "minibatch of the autograd models"),
             ("alpha", float, "weight of the image tokens (pq, rspq)"),
@@ -377,9 +378,12 @@ def add_kiela_commands(commands) -> None:
             ("repetitions", int, "RSPQ repetitions R"),
             ("patience", int, "stop after this many epochs without a better valid score"),
             ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
+            ("dropout", float, "dropout of the mlp's input and hidden layer"),
             ("seed", int, "seed of initialization, shuffling and the validation split")):
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                            help=f"{meaning} (default: {_recipe_defaults(name)})")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help=f"of the autograd models (default: {_recipe_defaults('optimizer')})")
     train.add_argument("--gate", choices=("text", "image"), default=None,
                        help="the gating modality of gated and bilinear_gated (default: text)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -122,7 +122,8 @@ def test_search_space_fits_the_model_and_data():
         for _ in range(20):
             recipe = Recipe(model=model, **{name: kind.sample(rng) for name, kind
                                             in search_space(model, 1280, 100).items()})
-            assert 0.05 <= recipe.lr <= 8 and 5 <= recipe.epochs <= 100
+            lr = search_space(model, 1280, 100)["lr"]
+            assert lr.low <= recipe.lr <= lr.high and 5 <= recipe.epochs <= 100
             assert 1280 % recipe.subvectors == 0 and recipe.centroids <= 100
 
 

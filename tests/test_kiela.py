@@ -1,4 +1,7 @@
-"""Paper 003 models (fastText, continuous fusions, PQ/RSPQ tokens), trainer, checkpoints."""
+"""Paper 003 models (fastText, continuous fusions, PQ/RSPQ tokens), the early-fusion MLP
+baseline, trainer, checkpoints."""
+
+import math
 
 import pytest
 import torch
@@ -8,6 +11,8 @@ from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHashe
 from mmfast.metrics import accuracy
 from mmfast.nn.kiela import FUSIONS
 from mmfast.train import Examples, load_checkpoint, predict, save_checkpoint, train
+from mmfast.data import Record
+from mmfast.train.kiela import Recipe, Trained, fit
 
 
 def test_fnv1a_is_the_standard_hash():
@@ -289,3 +294,41 @@ def test_divergence_keeps_the_best_epoch_or_raises():
         stats = train(model, data, epochs=4, lr=1.0, batch_size=16, valid=valid)
     assert stats["diverged_epoch"] == 2 and stats["best_epoch"] == 1
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_mlp_text_weights_are_tf_idf():
+    """W1 x_t as a weighted sum bag equals W1 times scikit-learn's TfidfVectorizer(sublinear_tf=
+    True) vector: smooth idf ln((1 + n) / (1 + df)) + 1, tf 1 + ln(count), rows L2-normalized."""
+    from mmfast.nn import EarlyFusionMLP
+
+    texts = [[0, 1, 1, 1], [1, 2], [3], []]
+    words = torch.tensor([w for text in texts for w in text])
+    offsets = torch.tensor([0, 4, 6, 7])
+    model = EarlyFusionMLP(5, 3, 4, 2).fit_statistics(words, offsets, torch.rand(4, 3))
+    df = torch.tensor([1.0, 2, 1, 1, 0])
+    torch.testing.assert_close(model.idf, torch.log(5.0 / (1 + df)) + 1)
+    dense = torch.zeros(4, 5)
+    for row, text in enumerate(texts):
+        for word in set(text):
+            dense[row, word] = model.idf[word] * (1 + math.log(text.count(word)))
+    dense = torch.nn.functional.normalize(dense, dim=1)
+    got = torch.zeros(4, 5).index_put_(
+        (model._document_of(words, offsets), words), model.text_weights(words, offsets),
+        accumulate=True)
+    torch.testing.assert_close(got, dense)
+
+
+def test_mlp_learns_and_round_trips_through_a_checkpoint(tmp_path):
+    records = [Record(f"i{n}", "", f"w{n % 3} filler{n % 5}", (f"c{n % 3}",)) for n in range(90)]
+    generator = torch.Generator().manual_seed(0)
+    image = (torch.nn.functional.one_hot(torch.arange(90) % 3, 6).float()
+             + 0.3 * torch.rand(90, 6, generator=generator) + 1.0).numpy()
+    trained = fit(Recipe.default("mlp", epochs=30, lr=1e-2, dim=32), records, image,
+                  ["c0", "c1", "c2"], multilabel=False)
+    examples = trained.examples(records, image)
+    logits = predict(trained.model, examples)
+    assert accuracy(logits, examples.targets) > 0.95
+    assert trained.model.idf.min() >= 1 and trained.model.image_mean.abs().sum() > 0
+    trained.save(tmp_path / "ckpt")
+    loaded, _ = Trained.load(tmp_path / "ckpt")
+    torch.testing.assert_close(predict(loaded.model, examples), logits)

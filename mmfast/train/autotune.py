@@ -81,7 +81,9 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
     needs at least as many items as centroids)."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-    if model not in FUSED_MODELS:
+    if model == "mlp":  # AdamW steps
+        lr = LogRange(3e-4, 1e-2)
+    elif model not in FUSED_MODELS:
         # minibatch steps on centered image vectors: the emoji and icon tasks trained best at
         # lr 3-5 and diverged at 10
         lr = LogRange(0.05, 8.0)
@@ -94,8 +96,10 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
     space = {
         "lr": lr,
         "epochs": LogRange(5, 100, integer=True),
-        "dim": Choice((10, 20, 50, 100, 200)),
+        "dim": Choice((256, 512, 1024, 2048) if model == "mlp" else (10, 20, 50, 100, 200)),
     }
+    if model == "mlp":
+        space["dropout"] = Choice((0.0, 0.2, 0.5))
     if model in TEXT_MODELS:
         space["ngrams"] = Choice((1, 2, 3))
         space["buckets"] = Choice((10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,

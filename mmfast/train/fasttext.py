@@ -14,6 +14,7 @@ from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
 
 LOSSES = ("softmax", "ova")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -98,7 +99,7 @@ SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}
 def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float = 0.5,
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
-          weight_decay: float = 0.0, progress: bool = False) -> dict:
+          weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -109,9 +110,11 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with
     ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
     (the reference backend, other models, losses or devices) minibatches of ``batch_size`` take
-    autograd SGD steps, embedding tables with sparse gradients getting sparse updates, and the
+    autograd steps, embedding tables with sparse gradients getting sparse updates, and the
     dense parameters (image projection, classifier, bilinear form) an L2 penalty
-    ``weight_decay`` (the fused path, like fastText, has none).
+    ``weight_decay`` (the fused path, like fastText, has none). ``optimizer`` "sgd" steps with
+    SGD; "adam" with AdamW (decoupled ``weight_decay``) on the dense parameters and SparseAdam
+    on the sparse tables (the fused path is SGD whatever it says).
 
     With ``valid``, the model is scored on it after every epoch and ends with the weights of
     its best epoch (the last of equal scores); ``patience`` epochs without a better score stop
@@ -128,13 +131,15 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     if not weight_decay >= 0:
         raise ValueError(f"train: weight_decay must be >= 0, got {weight_decay}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"train: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
     if _fused_sgd_applies(model, loss):
         epoch_losses = _fused_epochs(model, examples, epochs, lr, generator)
     else:
         epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
-                                         weight_decay, generator)
+                                         weight_decay, optimizer, generator)
     # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
     sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
     name = SCORE_NAMES[loss]
@@ -189,27 +194,34 @@ def _finite(model: nn.Module) -> bool:
 
 
 def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,
-                      generator):
-    """Autograd SGD by minibatches; yields each epoch's mean loss."""
-    # SGD's weight decay is dense: the sparse-gradient embedding tables go without it.
+                      optimizer, generator):
+    """Autograd steps by minibatches; yields each epoch's mean loss."""
+    # Weight decay is dense: the sparse-gradient embedding tables go without it.
     sparse = [module.weight for module in model.modules()
               if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
     dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
-    optimizer = torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
-                                 {"params": dense, "weight_decay": weight_decay}], lr=lr)
-    steps_per_epoch = -(-len(examples) // batch_size)
-    total_steps = epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total_steps)
+    if optimizer == "sgd":
+        optimizers = [torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
+                                       {"params": dense, "weight_decay": weight_decay}], lr=lr)]
+    else:
+        optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    total_steps = epochs * -(-len(examples) // batch_size)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1 - step / total_steps)
+                 for o in optimizers]
     for _ in range(epochs):
         model.train()
         total = torch.zeros(())
         shuffled = examples.subset(torch.randperm(len(examples), generator=generator))
         for words, offsets, image, targets in shuffled.slices(batch_size):
-            optimizer.zero_grad(set_to_none=True)
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
             value = criterion(model(words, offsets, image), targets)
             value.backward()
-            optimizer.step()
-            schedule.step()
+            for o, schedule in zip(optimizers, schedules):
+                o.step()
+                schedule.step()
             total += value.detach() * len(targets)
         yield float(total) / max(len(examples), 1)
 

@@ -17,14 +17,16 @@ from mmfast._io import locked
 from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
                          read_manifest)
 from mmfast.features import BadImageError, ImageFeatureExtractor
-from mmfast.nn import ContinuousFusion, DiscretizedFastText, FastText, TextHasher
+from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
+                       TextHasher)
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, train
 
-# name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText)
+# name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText; mlp: the
+# early-fusion baseline EarlyFusionMLP)
 MODELS = ("text", "continuous", "additive", "max", "gated", "bilinear", "bilinear_gated",
-          "pq", "rspq")
+          "pq", "rspq", "mlp")
 DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detail
 _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
            "bilinear": "bilinear", "bilinear_gated": "bilinear_gated"}
@@ -48,6 +50,8 @@ class Recipe:
     repetitions: int = 4
     patience: int | None = None
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    dropout: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -78,6 +82,10 @@ DEFAULT_RECIPES = {
     "continuous": _AUTOGRAD, "additive": _AUTOGRAD, "max": _AUTOGRAD, "gated": _AUTOGRAD,
     "bilinear": {**_AUTOGRAD, "dim": 50, "lr": 1.0},
     "bilinear_gated": {**_AUTOGRAD, "lr": 0.5},
+    # a hidden layer of 1024 trained by AdamW, dropout 0.5 on its input and output: emoji
+    # subgroup 0.648 held-out (logistic regression 0.624, the best fusion above 0.58)
+    "mlp": {"dim": 1024, "epochs": 60, "lr": 3e-3, "batch_size": 32, "optimizer": "adam",
+            "dropout": 0.5, "weight_decay": 0.01},
 }
 
 
@@ -199,6 +207,9 @@ def build_model(recipe: Recipe, hasher: TextHasher, image_dim: int, num_classes:
     if recipe.model in ("pq", "rspq"):
         return DiscretizedFastText(hasher.num_embeddings, quantizer.num_tokens, recipe.dim,
                                    num_classes, alpha=recipe.alpha)
+    if recipe.model == "mlp":
+        return EarlyFusionMLP(hasher.num_embeddings, image_dim, recipe.dim, num_classes,
+                              dropout=recipe.dropout)
     return ContinuousFusion(hasher.num_embeddings, image_dim, recipe.dim, num_classes,
                             fusion=_FUSION[recipe.model], gate=recipe.gate)
 
@@ -290,13 +301,16 @@ def fit(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
         raise ValueError(f"fit: the {recipe.model!r} model needs image features, got None")
     model = build_model(recipe, hasher, 0 if image is None else image.shape[1], len(labels),
                         quantizer)
-    if isinstance(model, ContinuousFusion):
-        model.center_images(torch.from_numpy(np.asarray(image, np.float32)))
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
     data = trained.examples(records, image)
+    if isinstance(model, ContinuousFusion):
+        model.center_images(data.image)
+    elif isinstance(model, EarlyFusionMLP):
+        model.fit_statistics(data.words, data.offsets, data.image)
     valid_data = None if valid is None else trained.examples(*valid)
     trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
-                          weight_decay=recipe.weight_decay, progress=progress)
+                          weight_decay=recipe.weight_decay, optimizer=recipe.optimizer,
+                          progress=progress)
     return trained
