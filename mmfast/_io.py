@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 
 @contextlib.contextmanager
@@ -18,10 +18,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     without an exception, otherwise remove it. The file gets the mode an ordinary ``open``
     would give it (0666 less the umask; ``mkstemp`` makes it 0600). The temporary's name holds
     the writer's pid, so the temporaries of a killed writer are removed by the next write of
-    ``path``."""
+    ``path`` that succeeds (not before: a failed one leaves them, ``classify --resume`` may still
+    want them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                          suffix=".tmp")
     os.close(handle)
@@ -31,6 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
+        _remove_stale_temporaries(path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -113,3 +114,15 @@ def cache_dir() -> Path:
         return Path(os.environ["MMFAST_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "mmfast"
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or foreign file is a ValueError naming
+    it (safetensors' own error names neither the file nor what was expected)."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (the checkpoint is incomplete)") from None
+    except Exception as error:  # safetensors raises its own SafetensorError, not an OSError
+        raise ValueError(f"{path}: expected a safetensors file, got one that cannot be read "
+                         f"({error}); it may be truncated") from None

@@ -192,10 +192,44 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not 0 <= threshold <= 1:
         parser.error(f"--threshold: expected a probability in [0, 1], got {threshold}")
-    output, inputs = getattr(args, "output", None), getattr(args, "input", None)
-    if output and inputs and os.path.abspath(output) == os.path.abspath(inputs):
-        parser.error(f"--output: expected a file other than --input, got {output} for both "
-                     "(it would replace the manifest)")
+    for flag in ("num_vectors", "num_train", "iters", "subvectors", "centroids", "repetitions",
+                 "buckets"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {value}")
+    buckets = getattr(args, "buckets", None)
+    if buckets is not None and buckets > _MAX_BUCKETS:
+        parser.error(f"--buckets: expected at most {_MAX_BUCKETS:,} (the n-gram hash has 32 bits),"
+                     f" got {buckets:,}")
+    _check_paths(parser, args)
+
+
+_MAX_BUCKETS = 2**32
+
+
+def _check_paths(parser: argparse.ArgumentParser, args) -> None:
+    """An output file must not be an input, another output, or a folder: each would be lost."""
+    inputs = {name: getattr(args, name, None) for name in ("input", "thresholds", "train", "valid")}
+    inputs.update({f"manifest {path}": path for path in getattr(args, "manifest", None) or []})
+    outputs = {name: getattr(args, name, None) for name in ("output", "confusion", "plot",
+                                                             "heldout")}
+    if args.command == "manifest":
+        outputs["out"] = args.out
+    seen = {}
+    for name, path in outputs.items():
+        if not path:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        where = os.path.abspath(path)
+        for other, source in inputs.items():
+            if source and os.path.abspath(source) == where:
+                parser.error(f"{flag}: expected a file other than --{other}, got {path} for both "
+                             f"(it would replace the --{other} file)")
+        if where in seen:
+            parser.error(f"{flag}: expected a file other than {seen[where]}, got {path} for both")
+        if os.path.isdir(where):
+            parser.error(f"{flag}: expected a file to write, got the folder {path}")
+        seen[where] = flag
 
 
 def main(argv: list[str] | None = None) -> int:

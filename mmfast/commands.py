@@ -302,16 +302,16 @@ def _eval(args) -> int:
     examples = trained.examples(records, features)
     logits = predict(trained.model, examples)
     report = metrics.classification_report(logits, examples.targets, trained.multilabel)
+    if args.confusion and trained.multilabel:
+        raise ValueError("--confusion: a confusion matrix needs a single-label model, got "
+                         "a multi-label one (see --per-class)")
+    if args.plot:  # first: it refuses a path whose format it cannot write before writing
+        plot_report(args.plot, report, trained.labels)
     if args.confusion:
-        if trained.multilabel:
-            raise ValueError("--confusion: a confusion matrix needs a single-label model, got "
-                             "a multi-label one (see --per-class)")
         known = examples.targets != metrics.UNKNOWN_TARGET
         write_confusion_csv(args.confusion, metrics.confusion_matrix(
             logits.argmax(1)[known], examples.targets[known], len(trained.labels)),
             trained.labels)
-    if args.plot:
-        plot_report(args.plot, report, trained.labels)
     if args.json:
         if not args.per_class:
             report.pop("per_class")

@@ -312,3 +312,35 @@ def test_every_option_says_what_it_is_and_its_default():
             if action.default not in (None, False, argparse.SUPPRESS):
                 assert "default" in formatter._get_help_string(action), where
     assert "(default: 1024)" in " ".join(subcommands["classify"].format_help().split())
+
+
+@pytest.mark.parametrize("command, flags, message", [
+    ("eval", ["--confusion", "IN"], "--confusion: expected a file other than --input"),
+    ("eval", ["--confusion", "c.csv", "--plot", "c.csv"],
+     "--plot: expected a file other than --confusion"),
+    ("classify", ["--output", "t.json", "--thresholds", "t.json"],
+     "--output: expected a file other than --thresholds"),
+    ("classify", ["--output", "FOLDER"], "--output: expected a file to write, got the folder"),
+    ("train", ["--buckets", "10000000000000"], r"--buckets: expected at most 4,294,967,296"),
+])
+def test_outputs_over_inputs_or_folders_are_refused_up_front(tmp_path, capsys, command, flags,
+                                                             message):
+    """Found by the fuzz (tests/test_robustness.py): each of these replaced a file or failed
+    after writing one."""
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text('{"id": "a", "text": "x"}\n')
+    (tmp_path / "t.json").write_text("{}")
+    replace = {"IN": str(manifest), "FOLDER": str(tmp_path)}
+    flags = [replace.get(flag, str(tmp_path / flag) if "." in flag and not flag[0].isdigit()
+                         else flag) for flag in flags]
+    base = {"eval": ["eval", "--checkpoint", str(tmp_path), "--input", str(manifest)],
+            "classify": ["classify", "--checkpoint", str(tmp_path), "--input", str(manifest)],
+            "train": ["train", "--train", str(manifest), "--store", str(tmp_path), "--out",
+                      str(tmp_path / "ckpt")]}[command]
+    if command == "classify" and "--output" not in flags:
+        base += ["--output", str(tmp_path / "out.jsonl")]
+    with pytest.raises(SystemExit) as exit_:
+        main(base + flags)
+    assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+    assert manifest.read_text() == '{"id": "a", "text": "x"}\n'
+    assert (tmp_path / "t.json").read_text() == "{}"

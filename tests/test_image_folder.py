@@ -132,9 +132,11 @@ def test_manifest_command(folder, tmp_path, capsys):
     assert sorted(records, key=lambda r: r.id) == image_folder_records(folder)
     assert main(["manifest", "--image-folder", str(folder), "--out", str(out)]) == 0
     assert len(read_manifest(out)) == 4 and "skipped" in capsys.readouterr().out
-    assert main(["manifest", "--image-folder", str(folder), "--out", str(out), "--heldout",
-                 str(out)]) == 1
-    assert "heldout: expected a file other than out" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a usage error, refused before any work
+        main(["manifest", "--image-folder", str(folder), "--out", str(out), "--heldout",
+              str(out)])
+    assert exit_.value.code == 2
+    assert "--out: expected a file other than --heldout" in capsys.readouterr().err
     assert main(["manifest", "--image-folder", str(folder), "--out", str(out), "--heldout",
                  str(held), "--heldout-fraction", "1"]) == 1
     assert re.search(r"heldout_fraction: expected a number in \[0, 1\)", capsys.readouterr().err)

@@ -1411,10 +1411,10 @@ def _prepare_command_case(mode: str, seed: int, workdir: Path, index: int):
 
 @dataclass(frozen=True)
 class KnownBug:
-    """A class of cases mmfast gets wrong today. The fuzz still runs its cases (a crash would
-    count) but passes over their problems that match ``problem``; test_known_*_bugs holds a
-    minimal reproducer to xfail(strict=True), which fails once the bug is fixed: then delete
-    the entry."""
+    """A class of cases mmfast got wrong. While it is open, the fuzz still runs its cases (a
+    crash would count) but passes over their problems that match ``problem``, and
+    test_known_*_bugs holds its minimal reproducer to xfail(strict=True), which fails once the
+    bug is fixed: then set ``fixed``, and the reproducer becomes a regression test."""
 
     name: str
     reason: str
@@ -1424,11 +1424,13 @@ class KnownBug:
     # does a fuzz case (an OpCase; a command's description) fall in the class? None: the fuzz
     # never makes one (it would allocate too much memory)
     applies: Callable | None = None
+    fixed: bool = False
 
 
 def _known(bugs: list[KnownBug], case, problems: list[str]) -> tuple[list[str], list[str]]:
     """(the problems no known bug explains, the problems one does) of a fuzz case."""
-    patterns = [bug.problem for bug in bugs if bug.applies and bug.applies(case)]
+    patterns = [bug.problem for bug in bugs
+                if not bug.fixed and bug.applies and bug.applies(case)]
     known = [problem for problem in problems
              if any(re.search(pattern, problem) for pattern in patterns)]
     return [problem for problem in problems if problem not in known], known
@@ -1491,7 +1493,8 @@ KNOWN_OP_BUGS = [
         "and returns 0s; the reference refuses the input",
         _known_op_case("cross_attention_cosine", "error", V=_with_value(_V, (1, 1, 1), math.nan),
                        T=_T, t_lengths=torch.tensor([3, 0]), scale=1.0),
-        "the fused backend returned; the reference raised", _nonfinite_in_wordless_item),
+        "the fused backend returned; the reference raised", _nonfinite_in_wordless_item,
+        fixed=True),
     KnownBug(
         "width-1",
         "cross_attention_cosine: at d = 1 (every cosine is +-1, so every gradient is 0) the "
@@ -1507,7 +1510,7 @@ KNOWN_OP_BUGS = [
         "(the kernel checks the permuted subvectors); the reference refuses the row",
         _known_op_case("pq_encode", "error", x=_with_value(_X, (1, 0), math.inf),
                        codebooks=_CODEBOOKS, perm=torch.tensor([[1, 1, 2, 3]])),
-        "the fused backend returned; the reference raised", _nonfinite_outside_perm),
+        "the fused backend returned; the reference raised", _nonfinite_outside_perm, fixed=True),
     KnownBug(
         "learning-rate-type",
         "fasttext_sgd_: a learning rate that is not a number (a str, None) raises math.isfinite's "
@@ -1519,7 +1522,7 @@ KNOWN_OP_BUGS = [
         "must be real number",
         lambda case: case.op == "fasttext_sgd_" and any(
             not isinstance(case.inputs[name], (numbers.Real, torch.Tensor))
-            for name in ("lr_start", "lr_end"))),
+            for name in ("lr_start", "lr_end")), fixed=True),
     KnownBug(
         "relu-drops-nan",
         "cacnet_forward: with activation='relu' the fused kernel turns a NaN reaching a unit into "
@@ -1528,7 +1531,7 @@ KNOWN_OP_BUGS = [
         _known_op_case("cacnet_forward", "either", x_img=_X_IMG, x_txt=_X_TXT,
                        params=[_with_value(p, 0, math.nan) if name == "b_gt" else p
                                for name, p in zip(PARAM_NAMES, _PARAMS)], activation="relu"),
-        "logits is not finite where the references are", _nonfinite_param_under_relu),
+        "logits is not finite where the references are", _nonfinite_param_under_relu, fixed=True),
 ]
 
 
@@ -1607,20 +1610,20 @@ KNOWN_COMMAND_BUGS = [
         "no user error to the command, so a traceback",
         lambda files: _eval_of(files, _input_file(files, "deep.jsonl",
                                                    BAD_RECORDS["deeply nested"] + b"\n")),
-        "RecursionError", lambda description: "deeply nested" in description),
+        "RecursionError", lambda description: "deeply nested" in description, fixed=True),
     KnownBug(
         "giant-csv-field",
         "a CSV manifest field over csv.field_size_limit() (131072 characters): _csv.Error is no "
         "user error to the command, so a traceback",
         lambda files: _eval_of(files, _input_file(files, "giant.csv", BROKEN_CSV["giant field"])),
-        "_csv.Error", lambda description: "broken csv (giant field)" in description),
+        "_csv.Error", lambda description: "broken csv (giant field)" in description, fixed=True),
     KnownBug(
         "empty-feature-file",
         "a feature store whose .npy file is empty: numpy's EOFError is no user error to the "
         "command, so a traceback",
         lambda files: _eval_of(files, str(files.base / "items.jsonl"),
                                store=_broken_copy(files, "store", "image.npy")),
-        "EOFError", lambda description: "[store: image.npy" in description),
+        "EOFError", lambda description: "[store: image.npy" in description, fixed=True),
     KnownBug(
         "unreadable-quantizer",
         "a PQ checkpoint whose quantizer/quantizer.safetensors is cut short, empty or garbage, "
@@ -1630,24 +1633,25 @@ KNOWN_COMMAND_BUGS = [
         lambda files: _eval_of(files, str(files.base / "items.jsonl"), checkpoint=_broken_copy(
             files, "pq", "quantizer/quantizer.safetensors")),
         "SafetensorError|AttributeError",
-        lambda description: "[checkpoint: quantizer/" in description),
+        lambda description: "[checkpoint: quantizer/" in description, fixed=True),
     KnownBug(
         "unreadable-weights",
         "mmfast features --weights naming a file torch.load cannot read: its UnpicklingError is "
         "no user error to the command, so a traceback",
-        _garbage_weights, "a traceback", lambda description: "[weights: garbage]" in description),
+        _garbage_weights, "a traceback", lambda description: "[weights: garbage]" in description,
+        fixed=True),
     KnownBug(
         "manifest-half-written",
         "mmfast manifest writes --out before --heldout; when --heldout then fails (a folder), "
         "it exits 1 with --out already created or replaced",
         _manifest_over_a_folder, r"failed but (wrote|changed) all\.jsonl",
-        lambda description: description.startswith("mmfast manifest")),
+        lambda description: description.startswith("mmfast manifest"), fixed=True),
     KnownBug(
         "confusion-over-input",
         "mmfast eval --confusion naming the --input manifest replaces the manifest with the "
         "matrix and exits 0 (classify refuses --output == --input; eval has no such check)",
         _confusion_over_the_input, r"changed its input",
-        lambda description: description.startswith("mmfast eval")),
+        lambda description: description.startswith("mmfast eval"), fixed=True),
     KnownBug(
         "confusion-then-plot",
         "mmfast eval writes --confusion before --plot: a --plot that then fails (a .txt "
@@ -1655,20 +1659,20 @@ KNOWN_COMMAND_BUGS = [
         "replaces it",
         _confusion_then_plot,
         r"failed but (wrote|changed) \S*confusion|holds no confusion matrix",
-        lambda description: description.startswith("mmfast eval")),
+        lambda description: description.startswith("mmfast eval"), fixed=True),
     KnownBug(
         "output-over-thresholds",
         "mmfast classify --output naming the --thresholds file replaces it with the "
         "predictions and exits 0 (only --output == --input is refused)",
         _output_over_thresholds, r"changed its input thresholds\.json",
-        lambda description: description.startswith("mmfast classify")),
+        lambda description: description.startswith("mmfast classify"), fixed=True),
     KnownBug(
         "failed-run-drops-killed-output",
         "mmfast classify removes the unfinished output a killed run left (what --resume "
         "continues) as it starts, so a run that then fails loses it: with --resume, the "
         "interrupted rows are gone (e.g. after 'it is not this input's')",
         _resume_of_another_input, r"failed but removed \S*\.tmp",
-        lambda description: "a killed run's" in description),
+        lambda description: "a killed run's" in description, fixed=True),
     KnownBug(
         "negative-demo-size",
         "mmfast demo --pq checks neither --num-vectors nor --num-train for a sign: "
@@ -1678,7 +1682,7 @@ KNOWN_COMMAND_BUGS = [
                        "--subvectors", "2", "--centroids", "2", "--iters", "1"],
         "RuntimeError|stderr is not one line",
         lambda description: re.match(r"mmfast demo --pq --num-vectors (-|\S+ --num-train -)",
-                                     description)),
+                                     description), fixed=True),
     KnownBug(
         "huge-buckets",
         "mmfast train --ngrams 2 --buckets 10000000000000: the failed allocation of the n-gram "
@@ -1687,7 +1691,7 @@ KNOWN_COMMAND_BUGS = [
                        str(files.base / "store"), "--out", str(files.folder / "trained"),
                        "--model", "text", "--epochs", "1", "--ngrams", "2", "--buckets",
                        "10000000000000", "--quiet"],
-        "RuntimeError"),
+        "RuntimeError", fixed=True),
 ]
 
 
@@ -1797,9 +1801,10 @@ def test_command_fuzz_as_processes(tmp_path, tier):
     _assert_no_failures(["cli", "process", str(SEED), str(tmp_path)], *tier)
 
 
-def _xfails(bugs: list[KnownBug]):
-    """Expected to fail by an AssertionError alone: _assert_fixed's."""
-    return [pytest.param(bug, id=bug.name, marks=pytest.mark.xfail(
+def _reproducers(bugs: list[KnownBug]):
+    """An open bug's reproducer is expected to fail by an AssertionError alone (_assert_fixed's);
+    a fixed one's must pass."""
+    return [pytest.param(bug, id=bug.name, marks=() if bug.fixed else pytest.mark.xfail(
         strict=True, raises=AssertionError, reason=bug.reason)) for bug in bugs]
 
 
@@ -1810,7 +1815,7 @@ def _assert_fixed(bug: KnownBug, problems: list[str]) -> None:
     assert not problems
 
 
-@pytest.mark.parametrize("bug", _xfails(KNOWN_OP_BUGS))
+@pytest.mark.parametrize("bug", _reproducers(KNOWN_OP_BUGS))
 def test_known_op_bugs(bug):
     _assert_fixed(bug, _op_case_problems(bug.reproduce))
 
@@ -1822,7 +1827,7 @@ def command_base(tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("bug", _xfails(KNOWN_COMMAND_BUGS))
+@pytest.mark.parametrize("bug", _reproducers(KNOWN_COMMAND_BUGS))
 def test_known_command_bugs(bug, command_base, tmp_path, monkeypatch):
     """Run by ``main`` in this process (none of them crashes): a second faster each."""
     monkeypatch.delenv("MMFAST_DEBUG", raising=False)

@@ -29,7 +29,7 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / s
 
 template <Activation A, typename T>
 inline T activate(T v) {
-  if constexpr (A == Activation::kRelu) return v > T(0) ? v : T(0);
+  if constexpr (A == Activation::kRelu) return v <= T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
   if constexpr (A == Activation::kTanh) return std::tanh(v);
   if constexpr (A == Activation::kSigmoid) return T(1) / (T(1) + std::exp(-v));
 }

@@ -108,20 +108,29 @@ inline at::Tensor as_acc(const at::Tensor& item, at::Tensor& scratch) {
   return out;
 }
 
+// |V_i| of the item's regions, each checked to be finite (also for an item without words,
+// whose outputs do not depend on V).
+template <typename acc_t>
+void region_norms(Workspace<acc_t>& ws, const at::Tensor& regions, int64_t batch_index) {
+  const int64_t d = regions.size(1);
+  const acc_t* v = regions.const_data_ptr<acc_t>();
+  for (int64_t i = 0; i < regions.size(0); ++i) {
+    const acc_t* row = v + i * regions.stride(0);
+    const acc_t squared_norm = dot(row, row, d);
+    check_row("V", row, d, squared_norm, batch_index, i, "");
+    ws.v_norm[i] = std::sqrt(squared_norm);
+  }
+}
+
 // Everything both directions need for one item: G, A, P, Gv P, Vhat and the norms and dots.
 // `regions` [Kr, d] and `words` [n, d] (valid words only) have unit-stride rows.
 template <typename acc_t>
 void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
             acc_t scale, int64_t batch_index) {
   const int64_t kr = regions.size(0), n = words.size(0), d = regions.size(1);
-  const acc_t* v = regions.const_data_ptr<acc_t>();
   const acc_t* t = words.const_data_ptr<acc_t>();
-  const int64_t v_stride = regions.stride(0), t_stride = words.stride(0);
-  for (int64_t i = 0; i < kr; ++i) {
-    const acc_t squared_norm = dot(v + i * v_stride, v + i * v_stride, d);
-    check_row("V", v + i * v_stride, d, squared_norm, batch_index, i, "");
-    ws.v_norm[i] = std::sqrt(squared_norm);
-  }
+  const int64_t t_stride = words.stride(0);
+  region_norms(ws, regions, batch_index);
   for (int64_t j = 0; j < n; ++j) {
     const acc_t squared_norm = dot(t + j * t_stride, t + j * t_stride, d);
     check_row("T", t + j * t_stride, d, squared_norm, batch_index, j, " (a valid word)");
@@ -231,6 +240,7 @@ void forward_cpu(const at::Tensor& V, const at::Tensor& T, const int64_t* counts
       acc_t* t_out = t_bar_data + b * shape.words;
       std::fill(t_out, t_out + shape.words, acc_t(0));
       if (n == 0) {  // no word to attend to: Vhat = 0, so every cosine is 0
+        region_norms(ws, as_acc(V.select(0, b), ws.regions_acc), b);
         std::fill(v_out, v_out + shape.regions, acc_t(0));
         continue;
       }
@@ -348,6 +358,7 @@ void backward_cpu(const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, co
       at::Tensor grad_words = grad_T.select(0, b);
       grad_words.narrow(0, n, shape.words - n).zero_();  // padding gets no gradient
       if (n == 0) {  // the outputs are constant 0
+        region_norms(ws, as_acc(V.select(0, b), ws.regions_acc), b);
         grad_regions.zero_();
         continue;
       }

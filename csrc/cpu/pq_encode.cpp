@@ -256,6 +256,12 @@ at::Tensor pq_encode_cpu(const at::Tensor& x, const at::Tensor& codebooks,
   if (shape.batch == 0 || shape.subspaces == 0) return codes;
   const at::Tensor perm_c = perm ? perm->contiguous() : at::Tensor();
   check_pq_encode_values(codebooks, perm_c, shape.dim);
+  if (perm && !at::isfinite(x).all().item<bool>()) {
+    // The blocks below check only the columns perm gathers; a row is refused whole, as on CUDA.
+    const int64_t row = (~at::isfinite(x)).any(1).nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK_VALUE(false, "pq_encode: x must be finite, but row ", row,
+                      " has a NaN or infinite value");
+  }
 
   const PackedCodebooks packed = pack_codebooks(codebooks);
   const int64_t* perm_data = perm ? perm_c.const_data_ptr<int64_t>() : nullptr;

@@ -22,7 +22,7 @@ unsigned blocks_for(int64_t work) {
 
 template <Activation A, typename T>
 __device__ inline T activate(T v) {
-  if constexpr (A == Activation::kRelu) return v > T(0) ? v : T(0);
+  if constexpr (A == Activation::kRelu) return v <= T(0) ? T(0) : v;  // NaN stays NaN, as torch.relu
   if constexpr (A == Activation::kTanh) return tanh(v);
   if constexpr (A == Activation::kSigmoid) return T(1) / (T(1) + exp(-v));
 }

@@ -85,13 +85,20 @@ class Manifest:
     def _raw(self) -> Iterator[tuple[int, object]]:
         if self.path.suffix.lower() == ".csv":
             reader = csv.DictReader(self._lines())
-            for row in reader:
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as error:  # e.g. a field over csv.field_size_limit()
+                    line = reader.line_num + 1  # the reader counts the lines it finished
+                    yield line, ManifestError(f"{self.path}:{line}: not valid CSV ({error})")
+                    continue  # the reader goes on at the next line
                 if row.get("labels") is not None:
                     row["labels"] = [
                         label for label in row["labels"].split(_CSV_LABEL_SEPARATOR) if label
                     ]
                 yield reader.line_num, row
-            return
         for number, line in enumerate(self._lines(), start=1):
             if not line.strip():
                 continue
@@ -99,6 +106,9 @@ class Manifest:
                 yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
+            except RecursionError:
+                yield number, ManifestError(f"{self.path}:{number}: expected a record, got JSON "
+                                            "nested deeper than Python's recursion limit")
 
     def __iter__(self) -> Iterator[Record]:
         return (record for _, record in self.numbered())

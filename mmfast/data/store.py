@@ -43,7 +43,12 @@ class FeatureStore:
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.features:
             raise KeyError(f"{self.directory} has no feature {name!r}; it has {list(self.features)}")
-        return np.load(self.directory / self.features[name]["file"], mmap_mode="r")
+        path = self.directory / self.features[name]["file"]
+        try:
+            return np.load(path, mmap_mode="r")
+        except (EOFError, ValueError) as error:  # an empty, cut or foreign file
+            raise ValueError(f"{path}: expected a .npy array, got a file numpy cannot read "
+                             f"({type(error).__name__}: {error})") from None
 
     def has(self, item_id: str) -> bool:
         return item_id in self._row

@@ -8,6 +8,7 @@ file: ``weights=`` a state-dict path, or None for random initialization. Nothing
 """
 
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +44,11 @@ def load_state_dict(path: str | os.PathLike) -> dict:
 
         return load_file(str(path))
     # weights_only: tensors and containers only, never code
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        raise ValueError(f"{path}: expected a weights file torch.load reads (a state dict), "
+                         f"got one it cannot ({type(error).__name__}: {error})") from None
 
 
 def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED

@@ -6,6 +6,7 @@ form); other devices train through the autograd path of ``mmfast.train.train``.
 """
 
 import math
+import numbers
 
 import torch
 
@@ -84,6 +85,9 @@ def fasttext_sgd_(
     if per_sample_weights is not None and per_sample_weights.shape[0] != nnz:
         raise ValueError(f"{_OP}: per_sample_weights must have shape [{nnz}] like indices, "
                          f"got {tuple(per_sample_weights.shape)}")
+    for name, value in (("lr_start", lr_start), ("lr_end", lr_end)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{_OP}: {name} must be a real number, got {type(value).__name__}")
     if not (math.isfinite(lr_start) and math.isfinite(lr_end)):
         raise ValueError(f"{_OP}: lr_start and lr_end must be finite, got {lr_start} and {lr_end}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from mmfast._io import save_tensors_atomic, write_text_atomic
+from mmfast._io import load_tensors, save_tensors_atomic, write_text_atomic
 from mmfast.ops._checks import check_ids
 from mmfast.ops.pq_encode import pq_encode
 from mmfast.quant.kmeans import train_subspace_codebooks
@@ -169,15 +168,30 @@ class ProductQuantizer(nn.Module):
     def load(directory: str | os.PathLike, map_location="cpu") -> "ProductQuantizer":
         """A ``ProductQuantizer`` or ``RSPQ`` saved by ``save``; never unpickles anything."""
         directory = Path(directory)
-        config = json.loads((directory / _CONFIG).read_text())
+        try:
+            config = json.loads((directory / _CONFIG).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"load: {directory / _CONFIG} is not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"load: {directory / _CONFIG} must be a JSON object, got "
+                             f"{type(config).__name__}")
         kinds = {"ProductQuantizer": ProductQuantizer, "RSPQ": RSPQ}
         kind = config.pop("kind", None)
         if kind not in kinds:
-            raise ValueError(f"load: {directory / _CONFIG} names an unknown kind {kind!r}")
+            raise ValueError(f"load: {directory / _CONFIG} names an unknown kind {kind!r}, "
+                             f"expected one of {sorted(kinds)}")
         if kind == "ProductQuantizer":
-            config.pop("repetitions")
-        quantizer = kinds[kind](**config)
-        tensors = load_file(str(directory / _WEIGHTS))
+            config.pop("repetitions", None)
+        try:
+            quantizer = kinds[kind](**config)
+        except TypeError as error:
+            raise ValueError(f"load: {directory / _CONFIG} does not describe a {kind} "
+                             f"({error})") from None
+        tensors = load_tensors(directory / _WEIGHTS)
+        expected = {"codebooks"} | ({"perm"} if quantizer.perm is not None else set())
+        if not expected <= set(tensors):
+            raise ValueError(f"load: {directory / _WEIGHTS} must hold {sorted(expected)}, got "
+                             f"{sorted(tensors)}")
         if tuple(tensors["codebooks"].shape) != tuple(quantizer.codebooks.shape):
             raise ValueError(
                 f"load: codebooks in {directory / _WEIGHTS} have shape "
@@ -186,6 +200,10 @@ class ProductQuantizer(nn.Module):
             )
         quantizer.codebooks.copy_(tensors["codebooks"])
         if quantizer.perm is not None:
+            if tensors["perm"].shape != quantizer.perm.shape:
+                raise ValueError(f"load: perm in {directory / _WEIGHTS} has shape "
+                                 f"{tuple(tensors['perm'].shape)}, the config expects "
+                                 f"{tuple(quantizer.perm.shape)}")
             quantizer.perm.copy_(tensors["perm"])
         quantizer.fitted.fill_(True)
         return quantizer.to(map_location)

@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from mmfast._io import save_tensors_atomic, write_text_atomic
+from mmfast._io import load_tensors, save_tensors_atomic, write_text_atomic
 
 CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safetensors"
 
@@ -48,18 +47,6 @@ def _read_config(directory: str | os.PathLike) -> dict:
         raise ValueError(f"{directory / CONFIG}: expected a JSON object, got "
                          f"{type(config).__name__}")
     return config
-
-
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a truncated or foreign file is a ValueError naming
-    it (safetensors' own error names neither the file nor what was expected)."""
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (the checkpoint is incomplete)") from None
-    except Exception as error:  # safetensors raises its own SafetensorError, not an OSError
-        raise ValueError(f"{path}: expected a safetensors file, got one that cannot be read "
-                         f"({error}); it may be truncated") from None
 
 
 def load_checkpoint(directory: str | os.PathLike) -> tuple[nn.Module, dict]:
