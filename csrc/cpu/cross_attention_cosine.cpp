@@ -76,6 +76,7 @@ struct Workspace {
   at::Tensor gram_vt, gram_vv, attn_words, attn_regions, gram_vv_attn, v_hat;
   at::Tensor regions_acc, words_acc;  // V and T items cast to acc_t (when they are not already)
   at::Tensor t_hat;                   // That [n, d], formed only when d < Kr (see attend)
+  at::Tensor v_side, t_side;          // backward: alpha V + other Vhat [Kr, d], the same for T
   std::vector<acc_t> shift;           // softmax maxima (per region, then per word)
   // Per region: |V_i|, |Vhat_i|, V_i.Vhat_i. Per word: |T_j|, |That_j|, T_j.That_j.
   std::vector<acc_t> v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
@@ -93,6 +94,8 @@ struct Workspace {
     regions_acc = at::empty({s.regions, s.dim}, options);
     words_acc = at::empty({s.words, s.dim}, options);
     if (s.dim < s.regions) t_hat = at::empty({s.words * s.dim}, options);
+    v_side = at::empty({s.regions, s.dim}, options);
+    t_side = at::empty({s.words * s.dim}, options);
   }
 };
 
@@ -199,9 +202,13 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
   const acc_t* vh = v_hat.const_data_ptr<acc_t>();
   const acc_t* q = gram_vv_attn.const_data_ptr<acc_t>();
 
+  // V_i.Vhat_i from the rows themselves, like |Vhat_i|: sum_j A_ij G_ij is the same number but
+  // rounds apart from the norms, and at |cos| = 1 the gradient is their difference (d = 1: off
+  // by 0.1 where the reference is off by 1e-5).
+  const acc_t* v = regions.const_data_ptr<acc_t>();
   for (int64_t i = 0; i < kr; ++i) {
     ws.v_hat_norm[i] = std::sqrt(dot(vh + i * d, vh + i * d, d));
-    ws.v_dot[i] = dot(a + i * n, g + i * n, n);
+    ws.v_dot[i] = dot(v + i * regions.stride(0), vh + i * d, d);
   }
   if (explicit_t_hat) {
     const acc_t* th = t_hat.const_data_ptr<acc_t>();
@@ -256,13 +263,18 @@ void forward_cpu(const at::Tensor& V, const at::Tensor& T, const int64_t* counts
 }
 
 // Gradients of one item. With the cosine coefficients of CosineGrad (alpha, self, other per
-// region for (V, Vhat) and per word for (T, That)):
-//   gA = alpha_i G + other_i (Vhat T^T),  gP = alpha'_j G + other'_j (Gv P),
+// region for (V, Vhat) and per word for (T, That)), Y = diag(alpha) V + diag(other) Vhat
+// (the gradient of the region cosines in Vhat) and Z = diag(alpha') T + diag(other') That:
+//   gA = Y T^T,  gP = V Z^T = alpha'_j G + other'_j (Gv P),
 //   gS = A (gA - rowsum(gA A)) + P (gP - colsum(gP P)),
-//   C = scale gS + P diag(alpha') + diag(alpha) A,   M = P diag(other') P^T + diag(self),
-//   dV = C T + M V,   dT = C^T V + (diag(other) A)^T Vhat + diag(self') T.
-// (P diag(alpha') T and diag(alpha) A T are the direct terms alpha'_j That_j and alpha_i Vhat_i
-// folded into the GEMM with T; likewise on the other side.)
+//   C = scale gS + P diag(alpha'),   M = P diag(other') P^T,
+//   dV = C T + M V + diag(alpha) Vhat + diag(self) V,
+//   dT = C^T V + A^T Y + diag(self') T.
+// (P diag(alpha') T is the direct term alpha'_j That_j folded into the GEMM with T.) At
+// |cos| = 1 (always at d = 1) Y, Z and the direct terms are differences of equal numbers:
+// they are formed elementwise, where those cancel exactly, not after GEMMs that round each
+// side apart (d = 1 gradients were off by 0.1). Z needs That, so it is used only where attend
+// formed That (d < Kr); otherwise gP takes the Gram route.
 template <typename acc_t>
 void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
                    acc_t scale, const acc_t* grad_v, const acc_t* grad_t, at::Tensor& scratch,
@@ -281,24 +293,48 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
     word_grad[j] = cosine_grad(grad_t[j], ws.t_dot[j], ws.t_norm[j], ws.t_hat_norm[j]);
   }
 
-  // scratch rows: [0, Kr) Vhat T^T, then gA, then C; [Kr, 2Kr) gP, then P diag(other'), then
-  // diag(other) A.
-  at::Tensor v_hat_words = matrix(scratch, kr, n);
-  at::mm_out(v_hat_words, ws.v_hat, words.t());
-  acc_t* c = v_hat_words.template data_ptr<acc_t>();  // becomes C in place
+  const int64_t d = words.size(1);
+  const acc_t* v = regions.const_data_ptr<acc_t>();
+  const acc_t* t = words.const_data_ptr<acc_t>();
+  const acc_t* vh = ws.v_hat.template const_data_ptr<acc_t>();
+  const int64_t v_stride = regions.stride(0), t_stride = words.stride(0);
+  acc_t* y = ws.v_side.template data_ptr<acc_t>();
+  for (int64_t i = 0; i < kr; ++i) {
+    for (int64_t k = 0; k < d; ++k) {
+      y[i * d + k] = region_grad[i].alpha * v[i * v_stride + k] +
+                     region_grad[i].other * vh[i * d + k];
+    }
+  }
+  // scratch rows: [0, Kr) gA, then C; [Kr, 2Kr) gP, then P diag(other').
+  at::Tensor grad_attn_words = matrix(scratch, kr, n);
+  at::mm_out(grad_attn_words, ws.v_side, words.t());
+  acc_t* c = grad_attn_words.template data_ptr<acc_t>();  // becomes C in place
   acc_t* weighted = c + kr * n;
+  const bool explicit_t_hat = ws.t_hat.defined();
+  if (explicit_t_hat) {
+    const acc_t* th = ws.t_hat.template const_data_ptr<acc_t>();
+    acc_t* z = ws.t_side.template data_ptr<acc_t>();
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t k = 0; k < d; ++k) {
+        z[j * d + k] = word_grad[j].alpha * t[j * t_stride + k] +
+                       word_grad[j].other * th[j * d + k];
+      }
+    }
+    at::Tensor grad_attn_regions = matrix(scratch.narrow(0, kr * n, kr * n), kr, n);
+    at::mm_out(grad_attn_regions, regions, matrix(ws.t_side, n, d).t());
+  }
 
   // Softmax backward: the row sums of gA A and the column sums of gP P first. gA and gP wait in
-  // c (whose Vhat T^T value only gA reads) and weighted for the second pass.
+  // c and weighted for the second pass.
   std::vector<acc_t> row_sum(kr, acc_t(0)), column_sum(n, acc_t(0));
   for (int64_t i = 0; i < kr; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       const int64_t k = i * n + j;
-      const acc_t grad_a = region_grad[i].alpha * g[k] + region_grad[i].other * c[k];
-      const acc_t grad_p = word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
+      const acc_t grad_a = c[k];
+      const acc_t grad_p = explicit_t_hat ? weighted[k]
+                                          : word_grad[j].alpha * g[k] + word_grad[j].other * q[k];
       row_sum[i] += grad_a * a[k];
       column_sum[j] += grad_p * p[k];
-      c[k] = grad_a;
       weighted[k] = grad_p;
     }
   }
@@ -307,31 +343,32 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
       const int64_t k = i * n + j;
       const acc_t grad_a = c[k], grad_p = weighted[k];
       const acc_t grad_s = a[k] * (grad_a - row_sum[i]) + p[k] * (grad_p - column_sum[j]);
-      c[k] = scale * grad_s + p[k] * word_grad[j].alpha + region_grad[i].alpha * a[k];
+      c[k] = scale * grad_s + p[k] * word_grad[j].alpha;
       weighted[k] = p[k] * word_grad[j].other;
     }
   }
-  // M = P diag(other') P^T + diag(self), in place of Gv (no longer needed).
+  // M = P diag(other') P^T, in place of Gv (no longer needed).
   at::Tensor m = ws.gram_vv;
   at::mm_out(m, matrix(scratch.narrow(0, kr * n, kr * n), kr, n),
              matrix(ws.attn_regions, kr, n).t());
-  acc_t* m_data = m.template data_ptr<acc_t>();
-  for (int64_t i = 0; i < kr; ++i) m_data[i * kr + i] += region_grad[i].self;
   const at::Tensor c_matrix = matrix(scratch, kr, n);
   at::mm_out(grad_regions, c_matrix, words);
   grad_regions.addmm_(m, regions);
 
+  acc_t* gr = grad_regions.template data_ptr<acc_t>();  // the region side's direct terms
+  const int64_t gr_stride = grad_regions.stride(0);
   for (int64_t i = 0; i < kr; ++i) {
-    for (int64_t j = 0; j < n; ++j) weighted[i * n + j] = region_grad[i].other * a[i * n + j];
+    for (int64_t k = 0; k < d; ++k) {
+      gr[i * gr_stride + k] += region_grad[i].alpha * vh[i * d + k] +
+                               region_grad[i].self * v[i * v_stride + k];
+    }
   }
-  const acc_t* t = words.const_data_ptr<acc_t>();
   acc_t* gw = grad_words.template data_ptr<acc_t>();
-  const int64_t d = words.size(1), t_stride = words.stride(0);
   for (int64_t j = 0; j < n; ++j) {
     for (int64_t k = 0; k < d; ++k) gw[j * d + k] = word_grad[j].self * t[j * t_stride + k];
   }
   grad_words.addmm_(c_matrix.t(), regions);
-  grad_words.addmm_(matrix(scratch.narrow(0, kr * n, kr * n), kr, n).t(), ws.v_hat);
+  grad_words.addmm_(matrix(ws.attn_words, kr, n).t(), ws.v_side);
 }
 
 template <typename scalar_t, typename acc_t>
