@@ -18,8 +18,8 @@ from mmfast.features.image import PACKAGED
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.train.autotune import autotune
 from mmfast.train.fasttext import OPTIMIZERS, predict
-from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, Trained, demo_image_store, fit,
-                                image_store, store_features)
+from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe, Trained,
+                                demo_image_store, fit, image_store, store_features)
 
 def _scores(trained: Trained, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
@@ -30,7 +30,7 @@ def run_demo(args) -> int:
     data = emoji_dataset(args.task)
     train_records = read_manifest(data.train)[: args.limit]
     heldout = read_manifest(data.heldout)[: args.limit and max(args.limit // 4, 1)]
-    names = MODELS if args.models == "all" else tuple(args.models.split(","))
+    names = {"all": MODELS, "paper": PAPER_MODELS}.get(args.models, tuple(args.models.split(",")))
     print(f"mmfast demo: paper 003 (Kiela et al.) on {len(train_records)} + {len(heldout)} "
           f"held-out emoji (Twemoji images + names), task {data.task!r} "
           f"({len(data.labels)} {'tags' if data.multilabel else 'classes'}), "
