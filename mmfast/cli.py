@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="emoji task: 9 groups, 99 subgroups, or 113 tags (multi-label)")
     demo.add_argument("--models", default="paper",
                       help="comma-separated models, 'paper' (the nine of paper 003) or 'all' "
-                           "(and the mlp baseline, which trains for minutes, not seconds)")
+                           "(and the mlp baseline)")
     demo.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
     demo.add_argument("--limit", type=int, default=None, help="use only the first N items")
     demo.add_argument("--num-vectors", type=int, default=60_000,
