@@ -21,7 +21,6 @@ import torch
 from mmfast.data import Record
 from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import image_tensor, load_image
-from mmfast.train.fasttext import predict
 from mmfast.train.kiela import DEMO_IMAGE_SIZE, Recipe, Trained, fit
 
 Labels = str | Sequence[str]
@@ -79,10 +78,8 @@ class Classifier:
         multi-label models."""
         trained = self._fitted()
         records = _records(texts, None)
-        examples = trained.examples(records, self._features(images, len(records), "images"),
-                                    with_targets=False)
-        logits = predict(trained.model, examples)
-        return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
+        return trained.probabilities(trained.examples(
+            records, self._features(images, len(records), "images"), with_targets=False))
 
     def predict(self, texts: Sequence[str], images=None, top_k: int = 1,
                 threshold: float | None = None) -> list[list[str]]:

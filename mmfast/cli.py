@@ -177,7 +177,8 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     parser.prog = f"mmfast {args.command}"
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
         parser.error("--num-train must be smaller than --num-vectors")
-    for name in ("batch_size", "top_k", "epochs", "dim", "patience"):
+    for name in ("batch_size", "top_k", "epochs", "dim", "patience", "num_vectors", "num_train",
+                 "iters", "subvectors", "centroids", "repetitions", "buckets"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
@@ -194,11 +195,6 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     threshold = getattr(args, "threshold", None)
     if threshold is not None and not 0 <= threshold <= 1:
         parser.error(f"--threshold: expected a probability in [0, 1], got {threshold}")
-    for flag in ("num_vectors", "num_train", "iters", "subvectors", "centroids", "repetitions",
-                 "buckets"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            parser.error(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {value}")
     buckets = getattr(args, "buckets", None)
     if buckets is not None and buckets > _MAX_BUCKETS:
         parser.error(f"--buckets: expected at most {_MAX_BUCKETS:,} (the n-gram hash has 32 bits),"

@@ -21,10 +21,6 @@ from mmfast.train.fasttext import OPTIMIZERS, predict
 from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe, Trained,
                                 demo_image_store, fit, image_store, store_features)
 
-def _scores(trained: Trained, logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits) if trained.multilabel else torch.softmax(logits, 1)
-
-
 def run_demo(args) -> int:
     torch.manual_seed(0)
     data = emoji_dataset(args.task)
@@ -260,7 +256,7 @@ def _classify(args) -> int:
             if not batch:
                 continue
             examples = trained.examples(batch, features, with_targets=False)
-            scores = _scores(trained, predict(trained.model, examples))
+            scores = trained.probabilities(examples)
             for record, row in zip(batch, scores):
                 if thresholds is not None:
                     chosen = torch.nonzero(row >= thresholds).flatten()

@@ -103,20 +103,27 @@ class FeatureStore:
                      meta=np.array(json.dumps(meta, sort_keys=True)))
 
     @staticmethod
-    def pending(directory: str | os.PathLike, meta: dict) -> tuple[list[str], np.ndarray | None]:
-        """The ids and rows committed by ``commit_chunk`` and not yet merged, in commit order;
-        chunks made with other ``meta`` (another extractor) are a ValueError."""
+    def pending(directory: str | os.PathLike, meta: dict, with_rows: bool = True
+                ) -> tuple[list[str], np.ndarray | None]:
+        """The ids and (``with_rows``) rows committed by ``commit_chunk`` and not yet merged, in
+        commit order; chunks made with other ``meta`` (another extractor) are a ValueError."""
         pending = Path(directory) / _PENDING
         ids, rows = [], []
         for chunk in sorted(pending.glob("chunk-*.npz")) if pending.is_dir() else ():
-            with np.load(chunk, allow_pickle=False) as data:
+            with np.load(chunk, allow_pickle=False) as data:  # members are read on access
                 if json.loads(str(data["meta"])) != meta:
                     raise ValueError(f"{chunk}: rows of an interrupted run with "
                                      f"{str(data['meta'])}, not {json.dumps(meta, sort_keys=True)}:"
                                      f" use another store directory or delete {pending}")
                 ids.extend(data["ids"].tolist())
-                rows.append(data["rows"])
+                if with_rows:
+                    rows.append(data["rows"])
         return ids, (np.concatenate(rows) if rows else None)
+
+    @staticmethod
+    def pending_ids(directory: str | os.PathLike, meta: dict) -> list[str]:
+        """``pending``'s ids alone: the rows stay on disk."""
+        return FeatureStore.pending(directory, meta, with_rows=False)[0]
 
     @staticmethod
     def merge_pending(directory: str | os.PathLike, meta: dict) -> "FeatureStore":

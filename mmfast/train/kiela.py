@@ -21,7 +21,7 @@ from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, Fa
                        TextHasher)
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
-from mmfast.train.fasttext import Examples, train
+from mmfast.train.fasttext import Examples, predict, train
 
 # name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText; mlp: the
 # early-fusion baseline EarlyFusionMLP)
@@ -115,8 +115,9 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
         if old is not None and old.meta.get("extractor") != meta["extractor"]:
             raise ValueError(f"{directory} holds features of {old.meta.get('extractor')}, "
                              f"not {extractor.config()}: use another store directory")
-        done = set(FeatureStore.pending(directory, meta)[0])  # an interrupted run's rows
+        done = set(FeatureStore.pending_ids(directory, meta))  # an interrupted run's rows
         missing = [r for r in missing if r.id not in done]
+        committed = len(done)
         with tqdm(total=len(missing), desc="image features", unit="img",
                   disable=not progress, leave=False) as bar:
             for start in range(0, len(missing), EXTRACT_CHUNK):
@@ -133,8 +134,9 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
                 kept = [r.id for index, r in enumerate(chunk) if index not in unreadable]
                 if kept:
                     FeatureStore.commit_chunk(directory, kept, rows, meta)
+                    committed += len(kept)
                 bar.update(len(chunk))
-        if old is None and not FeatureStore.pending(directory, meta)[0]:
+        if old is None and not committed:
             raise ValueError(f"{directory}: none of the {len(missing)} images could be read")
         return FeatureStore.merge_pending(directory, meta)
 
@@ -248,6 +250,11 @@ class Trained:
                  with_targets: bool = True) -> Examples:
         return examples(records, self.hasher, image, self.quantizer,
                         self.labels if with_targets else None, self.multilabel)
+
+    def probabilities(self, examples: Examples) -> torch.Tensor:
+        """[N, len(labels)]: softmax for single-label, per-label sigmoids for multi-label."""
+        logits = predict(self.model, examples)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
         directory = Path(directory)
