@@ -176,6 +176,9 @@ class OpSpec:
     differentiable: tuple[str, ...] = ()
     updated: tuple[str, ...] = ()  # inputs the op updates in place
     comparable: Callable[[dict], bool] = lambda inputs: True  # values depend on inputs alone
+    # How much a rounding of the inputs can grow in the outputs, beyond their size: the
+    # tolerance against float64 scales with it (a softmax of scale * S grows it by |scale|).
+    condition: Callable[[dict], float] = lambda inputs: 1.0
 
 
 def _dtype(value):
@@ -636,7 +639,8 @@ OPS = {
         _cross_attention_case, CROSS_ATTENTION_RULES,
         lambda inputs: dict(zip(("v_bar", "t_bar"), ops.cross_attention_cosine(**inputs))),
         lambda inputs: dict(zip(("v_bar", "t_bar"), reference.cross_attention_cosine(**inputs))),
-        differentiable=("V", "T")),
+        differentiable=("V", "T"),
+        condition=lambda inputs: max(abs(float(inputs["scale"])), 1.0)),
     "pq_encode": OpSpec(_pq_case, PQ_RULES, lambda inputs: {"codes": ops.pq_encode(**inputs)},
                         None),
     "fasttext_sgd_": OpSpec(
@@ -756,7 +760,8 @@ def _value_problems(spec: OpSpec, case: OpCase, fused: dict, plain: dict) -> lis
         both = got.isfinite() & want.isfinite() & truth.isfinite()
         error = _largest(got.double() - truth, both)
         baseline = _largest(want.double() - truth, both)
-        allowed = 2 * baseline + TOLERANCE[got.dtype] * max(_largest(truth, both), 1.0)
+        allowed = 2 * baseline + (TOLERANCE[got.dtype] * spec.condition(case.inputs)
+                                  * max(_largest(truth, both), 1.0))
         if error > allowed:
             problems.append(f"{name} is off by {error:.3g} against float64 (the reference "
                             f"backend by {baseline:.3g}; allowed {allowed:.3g})")
@@ -1498,13 +1503,13 @@ KNOWN_OP_BUGS = [
     KnownBug(
         "width-1",
         "cross_attention_cosine: at d = 1 (every cosine is +-1, so every gradient is 0) the "
-        "fused float32 and half gradients of V are off by up to ~0.2 where an attended vector "
+        "fused float32 and half gradients of V were off by up to ~0.2 where an attended vector "
         "nearly cancels (the cosine's gradient divides by its norm); the reference's are 0. "
-        "The cosines and T's gradients are now within 1e-3 (float64 is fine)",
+        "P diag(alpha') T + M V rounded apart; the kernels now take P Z with Z formed elementwise",
         _known_op_case("cross_attention_cosine", "result", grad=True,
                        **dict(zip(("V", "T"), _known_tensors("known: d=1", (4, 8, 1), (4, 32, 1)))),
                        t_lengths=None, scale=1.0),
-        r"(v_bar|t_bar|grad [VT]) is off by", _width_one),
+        r"(v_bar|t_bar|grad [VT]) is off by", _width_one, fixed=True),
     KnownBug(
         "column-outside-perm",
         "pq_encode: a NaN or infinity of x in a column no row of perm selects goes unnoticed "

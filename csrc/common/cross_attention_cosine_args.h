@@ -13,6 +13,12 @@ inline constexpr double kCosineEps = 1e-8;  // cos(a, b) = a.b / (max(|a|, eps) 
 
 struct CrossAttentionShape {
   int64_t batch, regions, words, dim;
+
+  // Whether the kernels form That = P^T V (N Kr d multiply-adds), or reach T_j.That_j and
+  // |That_j| through the region Gram V V^T (Kr Kr (d + N)): the cheaper of the two. That is
+  // also the exact route: a That that nearly cancels loses its norm to rounding in the Gram,
+  // and the cosine's gradient divides by that norm.
+  bool forms_t_hat() const { return words * dim <= regions * (dim + words); }
 };
 
 inline CrossAttentionShape check_cross_attention_cosine_args(
@@ -65,19 +71,31 @@ inline void check_cross_attention_cosine_grads(const char* op, const at::Tensor&
 
 // The gradient of c = a.b / (max(|a|, eps) max(|b|, eps)) times g is
 // `alpha * b + self * a` for a and `alpha * a + other * b` for b (a norm at or below eps is a
-// constant of the clamp and contributes no term).
+// constant of the clamp and contributes no term). The GEMM routes use those coefficients; one
+// element at a time, grad_a and grad_b take the equal form (g/|a|) (b/|b| - c a/|a|), whose two
+// terms cancel exactly when a and b are parallel (always at d = 1: a/|a| and c are exactly +-1)
+// where alpha * b + self * a rounds each term apart and leaves ~1e-7 g/|a|, large as |a| -> 0.
 template <typename acc_t>
 struct CosineGrad {
   acc_t alpha, self, other;
+  acc_t g, na, nb, cos_a, cos_b;  // clamped norms; cos_a = 0 when |a| <= eps, cos_b likewise
+
+  MMFAST_HOST_DEVICE acc_t grad_a(acc_t a_k, acc_t b_k) const {
+    return g / na * (b_k / nb - cos_a * (a_k / na));
+  }
+  MMFAST_HOST_DEVICE acc_t grad_b(acc_t a_k, acc_t b_k) const {
+    return g / nb * (a_k / na - cos_b * (b_k / nb));
+  }
 };
 
 template <typename acc_t>
 MMFAST_HOST_DEVICE inline CosineGrad<acc_t> cosine_grad(acc_t g, acc_t dot, acc_t norm_a, acc_t norm_b) {
   const acc_t eps = static_cast<acc_t>(kCosineEps);
   const acc_t na = norm_a > eps ? norm_a : eps, nb = norm_b > eps ? norm_b : eps;
-  const acc_t alpha = g / (na * nb);
+  const acc_t alpha = g / (na * nb), cos = dot / (na * nb);
+  const acc_t cos_a = norm_a > eps ? cos : acc_t(0), cos_b = norm_b > eps ? cos : acc_t(0);
   return {alpha, norm_a > eps ? -alpha * dot / (na * na) : acc_t(0),
-          norm_b > eps ? -alpha * dot / (nb * nb) : acc_t(0)};
+          norm_b > eps ? -alpha * dot / (nb * nb) : acc_t(0), g, na, nb, cos_a, cos_b};
 }
 
 template <typename acc_t>

@@ -4,10 +4,9 @@
 // fits in L2, and the only d-long products are GEMMs:
 //   G = V T^T [Kr, n], A = softmax_words(scale G), P = softmax_regions(scale G), Vhat = A T [Kr, d],
 //   Gv P = V That^T [Kr, n].
-// That = P^T V is formed only when d < Kr; otherwise T_j.That_j = sum_i P_ij G_ij and
-// |That_j|^2 = sum_i P_ij (Gv P)_ij (Kr < d at the paper's shapes, so the region Gram
-// Gv = V V^T is cheaper than That). V_i.Vhat_i is
-// sum_j A_ij G_ij. The backward recomputes these from V and T (nothing but the inputs is saved)
+// That = P^T V is formed where it is the cheaper product (CrossAttentionShape::forms_t_hat);
+// otherwise T_j.That_j = sum_i P_ij G_ij and |That_j|^2 = sum_i P_ij (Gv P)_ij through the
+// region Gram Gv = V V^T. The backward recomputes these from V and T (nothing but the inputs is saved)
 // and folds every gradient term into two GEMM pairs (see backward_item).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -75,7 +74,7 @@ template <typename acc_t>
 struct Workspace {
   at::Tensor gram_vt, gram_vv, attn_words, attn_regions, gram_vv_attn, v_hat;
   at::Tensor regions_acc, words_acc;  // V and T items cast to acc_t (when they are not already)
-  at::Tensor t_hat;                   // That [n, d], formed only when d < Kr (see attend)
+  at::Tensor t_hat;                   // That [n, d], where the shape forms_t_hat
   at::Tensor v_side, t_side;          // backward: alpha V + other Vhat [Kr, d], the same for T
   std::vector<acc_t> shift;           // softmax maxima (per region, then per word)
   // Per region: |V_i|, |Vhat_i|, V_i.Vhat_i. Per word: |T_j|, |That_j|, T_j.That_j.
@@ -93,7 +92,7 @@ struct Workspace {
     v_hat = at::empty({s.regions, s.dim}, options);
     regions_acc = at::empty({s.regions, s.dim}, options);
     words_acc = at::empty({s.words, s.dim}, options);
-    if (s.dim < s.regions) t_hat = at::empty({s.words * s.dim}, options);
+    if (s.forms_t_hat()) t_hat = at::empty({s.words * s.dim}, options);
     v_side = at::empty({s.regions, s.dim}, options);
     t_side = at::empty({s.words * s.dim}, options);
   }
@@ -184,17 +183,15 @@ void attend(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& w
 
   at::Tensor v_hat = ws.v_hat;  // [Kr, d]
   at::mm_out(v_hat, matrix(ws.attn_words, kr, n), words);
-  // Gv P = V That^T [Kr, n]. When d < Kr, That itself is the cheaper product, and the exact
-  // one: through the Gram, a That that nearly cancels (common at d = 1, where regions have
-  // either sign) loses its norm to rounding, and the cosine's gradient, which divides by |That|,
-  // was off by 5e-3 where the float32 reference is off by 1e-5.
+  // That itself, or Gv P = V That^T [Kr, n] through the Gram (see forms_t_hat: at d = 1, where
+  // regions have either sign, the Gram route put the gradient off by 5e-3 where the float32
+  // reference is off by 1e-5).
   at::Tensor gram_vv_attn = matrix(ws.gram_vv_attn, kr, n);
-  const bool explicit_t_hat = d < kr;
+  const bool explicit_t_hat = ws.t_hat.defined();
   at::Tensor t_hat;
   if (explicit_t_hat) {
     t_hat = matrix(ws.t_hat, n, d);
     at::mm_out(t_hat, matrix(ws.attn_regions, kr, n).t(), regions);
-    at::mm_out(gram_vv_attn, regions, t_hat.t());
   } else {
     at::mm_out(ws.gram_vv, regions, regions.t());  // [Kr, Kr]
     at::mm_out(gram_vv_attn, ws.gram_vv, matrix(ws.attn_regions, kr, n));
@@ -274,7 +271,8 @@ void forward_cpu(const at::Tensor& V, const at::Tensor& T, const int64_t* counts
 // |cos| = 1 (always at d = 1) Y, Z and the direct terms are differences of equal numbers:
 // they are formed elementwise, where those cancel exactly, not after GEMMs that round each
 // side apart (d = 1 gradients were off by 0.1). Z needs That, so it is used only where attend
-// formed That (d < Kr); otherwise gP takes the Gram route.
+// formed That (forms_t_hat): there C = scale gS, dV takes P Z in place of P diag(alpha') T + M V,
+// and dT takes alpha'_j That_j beside self'_j T_j. Otherwise gP takes the Gram route.
 template <typename acc_t>
 void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Tensor& words,
                    acc_t scale, const acc_t* grad_v, const acc_t* grad_t, at::Tensor& scratch,
@@ -301,8 +299,7 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
   acc_t* y = ws.v_side.template data_ptr<acc_t>();
   for (int64_t i = 0; i < kr; ++i) {
     for (int64_t k = 0; k < d; ++k) {
-      y[i * d + k] = region_grad[i].alpha * v[i * v_stride + k] +
-                     region_grad[i].other * vh[i * d + k];
+      y[i * d + k] = region_grad[i].grad_b(v[i * v_stride + k], vh[i * d + k]);
     }
   }
   // scratch rows: [0, Kr) gA, then C; [Kr, 2Kr) gP, then P diag(other').
@@ -316,8 +313,7 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
     acc_t* z = ws.t_side.template data_ptr<acc_t>();
     for (int64_t j = 0; j < n; ++j) {
       for (int64_t k = 0; k < d; ++k) {
-        z[j * d + k] = word_grad[j].alpha * t[j * t_stride + k] +
-                       word_grad[j].other * th[j * d + k];
+        z[j * d + k] = word_grad[j].grad_b(t[j * t_stride + k], th[j * d + k]);
       }
     }
     at::Tensor grad_attn_regions = matrix(scratch.narrow(0, kr * n, kr * n), kr, n);
@@ -343,29 +339,40 @@ void backward_item(Workspace<acc_t>& ws, const at::Tensor& regions, const at::Te
       const int64_t k = i * n + j;
       const acc_t grad_a = c[k], grad_p = weighted[k];
       const acc_t grad_s = a[k] * (grad_a - row_sum[i]) + p[k] * (grad_p - column_sum[j]);
-      c[k] = scale * grad_s + p[k] * word_grad[j].alpha;
+      // With That at hand, its terms go through Z below instead of C and M.
+      c[k] = scale * grad_s + (explicit_t_hat ? acc_t(0) : p[k] * word_grad[j].alpha);
       weighted[k] = p[k] * word_grad[j].other;
     }
   }
-  // M = P diag(other') P^T, in place of Gv (no longer needed).
-  at::Tensor m = ws.gram_vv;
-  at::mm_out(m, matrix(scratch.narrow(0, kr * n, kr * n), kr, n),
-             matrix(ws.attn_regions, kr, n).t());
   const at::Tensor c_matrix = matrix(scratch, kr, n);
   at::mm_out(grad_regions, c_matrix, words);
-  grad_regions.addmm_(m, regions);
+  if (explicit_t_hat) {
+    // P Z = P diag(alpha') T + M V from the Z that cancelled elementwise: the two GEMMs round
+    // each side apart, and at d = 1 that put V's gradient off by 0.2.
+    grad_regions.addmm_(matrix(ws.attn_regions, kr, n), matrix(ws.t_side, n, d));
+  } else {
+    // M = P diag(other') P^T, in place of Gv (no longer needed).
+    at::Tensor m = ws.gram_vv;
+    at::mm_out(m, matrix(scratch.narrow(0, kr * n, kr * n), kr, n),
+               matrix(ws.attn_regions, kr, n).t());
+    grad_regions.addmm_(m, regions);
+  }
 
   acc_t* gr = grad_regions.template data_ptr<acc_t>();  // the region side's direct terms
   const int64_t gr_stride = grad_regions.stride(0);
   for (int64_t i = 0; i < kr; ++i) {
     for (int64_t k = 0; k < d; ++k) {
-      gr[i * gr_stride + k] += region_grad[i].alpha * vh[i * d + k] +
-                               region_grad[i].self * v[i * v_stride + k];
+      gr[i * gr_stride + k] += region_grad[i].grad_a(v[i * v_stride + k], vh[i * d + k]);
     }
   }
+  // The word side's direct terms: self' T, and alpha' That where C does not carry it.
   acc_t* gw = grad_words.template data_ptr<acc_t>();
+  const acc_t* th = explicit_t_hat ? ws.t_hat.template const_data_ptr<acc_t>() : nullptr;
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t k = 0; k < d; ++k) gw[j * d + k] = word_grad[j].self * t[j * t_stride + k];
+    for (int64_t k = 0; k < d; ++k) {
+      gw[j * d + k] = th ? word_grad[j].grad_a(t[j * t_stride + k], th[j * d + k])
+                         : word_grad[j].self * t[j * t_stride + k];
+    }
   }
   grad_words.addmm_(c_matrix.t(), regions);
   grad_words.addmm_(matrix(ws.attn_words, kr, n).t(), ws.v_side);

@@ -122,7 +122,7 @@ at::Tensor launch_cosine(const at::Tensor& dot, const at::Tensor& norm_a, const 
 // What both directions need, recomputed from the inputs (all [B, ...], acc dtype, padding 0).
 struct Attention {
   at::Tensor regions, words, valid;          // V [B, Kr, d], T [B, N, d], [B, N] bool
-  at::Tensor gram, attn_words, attn_regions, gram_vv_attn, v_hat, t_hat;  // t_hat: when d < Kr
+  at::Tensor gram, attn_words, attn_regions, gram_vv_attn, v_hat, t_hat;  // t_hat: forms_t_hat
   at::Tensor v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
 };
 
@@ -166,9 +166,8 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
   state.v_hat_norm = state.v_hat.norm(2, {2});
   state.v_dot = (state.regions * state.v_hat).sum(2);                  // V_i.Vhat_i, as the CPU
   state.t_norm = state.words.norm(2, {2});
-  if (V.size(2) < regions) {  // That is cheaper than the region Gram, and exact: see the CPU attend
+  if (CrossAttentionShape{batch, regions, words, V.size(2)}.forms_t_hat()) {  // That, or the region Gram: see CrossAttentionShape
     state.t_hat = at::bmm(state.attn_regions.transpose(1, 2), state.regions);  // [B, N, d]
-    state.gram_vv_attn = at::bmm(state.regions, state.t_hat.transpose(1, 2));  // Gv P = V That^T
     state.t_dot = (state.words * state.t_hat).sum(2);
     state.t_hat_norm = state.t_hat.norm(2, {2});
     return state;
@@ -225,22 +224,37 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cuda(
   // Y and Z of the CPU backward_item, formed elementwise (they cancel at |cos| = 1).
   const at::Tensor v_side = alpha_v * state.regions + other_v * state.v_hat;  // [B, Kr, d]
   const at::Tensor grad_a = at::bmm(v_side, state.words.transpose(1, 2));     // [B, Kr, N]
-  const at::Tensor grad_p =
-      state.t_hat.defined()
-          ? at::bmm(state.regions, (alpha_t.transpose(1, 2) * state.words +
-                                    other_t.transpose(1, 2) * state.t_hat).transpose(1, 2))
-          : alpha_t * state.gram + other_t * state.gram_vv_attn;
+  const bool explicit_t_hat = state.t_hat.defined();
+  at::Tensor t_side;  // Z, where That was formed
+  if (explicit_t_hat) {
+    t_side = alpha_t.transpose(1, 2) * state.words + other_t.transpose(1, 2) * state.t_hat;
+  }
+  const at::Tensor grad_p = explicit_t_hat
+                                ? at::bmm(state.regions, t_side.transpose(1, 2))
+                                : alpha_t * state.gram + other_t * state.gram_vv_attn;
   const at::Tensor grad_s = a * (grad_a - (grad_a * a).sum(2, true)) +
                             p * (grad_p - (grad_p * p).sum(1, true));
   const at::Tensor self_v = coefficient(region_grad, 1).unsqueeze(2);    // [B, Kr, 1]
-  const at::Tensor c = scale * grad_s + p * alpha_t;                                // [B, Kr, N]
-  const at::Tensor m = at::bmm(p * other_t, p.transpose(1, 2));                     // [B, Kr, Kr]
-  // The region side's direct terms elementwise, as on the CPU (they cancel at |cos| = 1).
-  at::Tensor grad_V = at::bmm(c, state.words).baddbmm_(m, state.regions) +
-                      (alpha_v * state.v_hat + self_v * state.regions);
-  at::Tensor grad_T = (coefficient(word_grad, 1).unsqueeze(2) * state.words)
-                          .baddbmm_(c.transpose(1, 2), state.regions)
-                          .baddbmm_(a.transpose(1, 2), v_side);
+  const at::Tensor self_t = coefficient(word_grad, 1).unsqueeze(2);      // [B, N, 1]
+  // The direct terms elementwise, as on the CPU (they cancel at |cos| = 1); with That at hand
+  // its terms go through Z (P Z = P diag(alpha') T + M V) rather than through C and M.
+  at::Tensor grad_V, grad_T;
+  if (explicit_t_hat) {
+    const at::Tensor c = scale * grad_s;                                        // [B, Kr, N]
+    grad_V = at::bmm(c, state.words).baddbmm_(p, t_side) +
+             (alpha_v * state.v_hat + self_v * state.regions);
+    grad_T = (self_t * state.words + alpha_t.transpose(1, 2) * state.t_hat)
+                 .baddbmm_(c.transpose(1, 2), state.regions)
+                 .baddbmm_(a.transpose(1, 2), v_side);
+  } else {
+    const at::Tensor c = scale * grad_s + p * alpha_t;                          // [B, Kr, N]
+    const at::Tensor m = at::bmm(p * other_t, p.transpose(1, 2));               // [B, Kr, Kr]
+    grad_V = at::bmm(c, state.words).baddbmm_(m, state.regions) +
+             (alpha_v * state.v_hat + self_v * state.regions);
+    grad_T = (self_t * state.words)
+                 .baddbmm_(c.transpose(1, 2), state.regions)
+                 .baddbmm_(a.transpose(1, 2), v_side);
+  }
   return {grad_V.to(V.scalar_type()), grad_T.to(T.scalar_type())};
 }
 

@@ -85,9 +85,7 @@ def fasttext_sgd_(
     if per_sample_weights is not None and per_sample_weights.shape[0] != nnz:
         raise ValueError(f"{_OP}: per_sample_weights must have shape [{nnz}] like indices, "
                          f"got {tuple(per_sample_weights.shape)}")
-    for name, value in (("lr_start", lr_start), ("lr_end", lr_end)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{_OP}: {name} must be a real number, got {type(value).__name__}")
+    lr_start, lr_end = _real("lr_start", lr_start), _real("lr_end", lr_end)
     if not (math.isfinite(lr_start) and math.isfinite(lr_end)):
         raise ValueError(f"{_OP}: lr_start and lr_end must be finite, got {lr_start} and {lr_end}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -101,6 +99,19 @@ def fasttext_sgd_(
     return torch.ops.mmfast.fasttext_sgd_(embedding, weight, bias, indices, offsets,
                                           per_sample_weights, labels, float(lr_start),
                                           float(lr_end), threads)
+
+
+def _real(name: str, value) -> float:
+    """A learning rate as a float: a real number, or a one-element real tensor (as a tensor
+    learning rate of torch.optim holds it)."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1
+            and not value.is_complex() and value.dtype != torch.bool):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        what = (f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor) else type(value).__name__)
+        raise TypeError(f"{_OP}: {name} must be a real number, got {what}")
+    return float(value)
 
 
 def _check_values(embedding, weight, indices, offsets, labels) -> None:
