@@ -18,8 +18,8 @@ from mmfast.features.image import PACKAGED
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.train.autotune import autotune
 from mmfast.train.fasttext import OPTIMIZERS, predict
-from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe, Trained,
-                                demo_image_store, fit, image_store, store_features)
+from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, RECIPE_GATES, Recipe,
+                                Trained, demo_image_store, fit, image_store, store_features)
 
 def run_demo(args) -> int:
     torch.manual_seed(0)
@@ -380,8 +380,9 @@ def add_kiela_commands(commands) -> None:
                            help=f"{meaning} (default: {_recipe_defaults(name)})")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                        help=f"of the autograd models (default: {_recipe_defaults('optimizer')})")
-    train.add_argument("--gate", choices=("text", "image"), default=None,
-                       help="the gating modality of gated and bilinear_gated (default: text)")
+    train.add_argument("--gate", choices=RECIPE_GATES, default=None,
+                       help="the gating modality of gated and bilinear_gated; auto trains both "
+                            "and keeps the better on validation (default: auto)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_train)
 

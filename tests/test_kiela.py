@@ -64,6 +64,8 @@ def test_continuous_fusions_match_their_formulas(fusion, gate):
     if fusion.startswith("bilinear"):
         if fusion == "bilinear_gated":
             u, v = (u.sigmoid(), v) if gate == "text" else (u, v.sigmoid())
+        else:
+            u, v = u + model.text_offset, v + model.image_offset
         expected = torch.nn.functional.bilinear(u, v, model.bilinear_weight, model.bilinear_bias)
     else:
         fused = {"image": v, "additive": u + v, "max": torch.maximum(u, v),
@@ -332,3 +334,36 @@ def test_mlp_learns_and_round_trips_through_a_checkpoint(tmp_path):
     trained.save(tmp_path / "ckpt")
     loaded, _ = Trained.load(tmp_path / "ckpt")
     torch.testing.assert_close(predict(loaded.model, examples), logits)
+
+
+@pytest.mark.parametrize("informative", ["text", "image"])
+def test_auto_gate_keeps_the_modality_that_validates_better(informative):
+    """Gated fusion passes one modality and gates it by the other: where only the text tells the
+    classes apart it must pass the text (the image gates, gate "image"), and the other way."""
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.arange(120) % 3
+    texts = classes if informative == "text" else torch.randint(3, (120,), generator=generator)
+    records = [Record(f"i{n}", "", f"w{int(texts[n])}", (f"c{int(classes[n])}",))
+               for n in range(120)]
+    shown = classes if informative == "image" else torch.randint(3, (120,), generator=generator)
+    image = (torch.nn.functional.one_hot(shown, 6).float()
+             + 0.2 * torch.rand(120, 6, generator=generator) + 1.0).numpy()
+    recipe = Recipe.default("gated", dim=16, epochs=20)
+    assert recipe.gate == "auto"
+    trained = fit(recipe, records[:90], image[:90], ["c0", "c1", "c2"], multilabel=False,
+                  valid=(records[90:], image[90:]))
+    assert trained.recipe.gate == ("image" if informative == "text" else "text")
+    assert trained.model.gate == trained.recipe.gate
+    examples = trained.examples(records[90:], image[90:])
+    assert accuracy(predict(trained.model, examples), examples.targets) > 0.9
+    # without a validation set there is nothing to choose by: the text gate
+    assert fit(recipe, records[:30], image[:30], ["c0", "c1", "c2"], False).recipe.gate == "text"
+
+
+def test_bilinear_checkpoints_without_input_offsets_load_with_zero_offsets():
+    model = ContinuousFusion(30, 7, 4, 3, fusion="bilinear")
+    assert model.text_offset.abs().min() > 0 and model.image_offset.abs().min() > 0
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_offset")}
+    old = ContinuousFusion(30, 7, 4, 3, fusion="bilinear")
+    old.load_state_dict(state)
+    assert not old.text_offset.any() and not old.image_offset.any()

@@ -18,8 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from mmfast.data import Record
+from mmfast.nn.kiela import GATES
 from mmfast.train.fasttext import SCORE_NAMES
-from mmfast.train.kiela import MODELS, Recipe, Trained, fit
+from mmfast.train.kiela import GATED_MODELS, MODELS, Recipe, Trained, fit
 
 # Trained by mmfast.ops.fasttext_sgd_ (per-example SGD) on the fused backend: larger rates.
 FUSED_MODELS = ("text", "pq", "rspq")
@@ -83,6 +84,9 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
         raise ValueError(f"model must be one of {MODELS}, got {model!r}")
     if model == "mlp":  # AdamW steps
         lr = LogRange(3e-4, 1e-2)
+    elif model == "bilinear":
+        # the product of two learned vectors and their offsets: diverged above 0.3 on the emoji
+        lr = LogRange(0.02, 1.0)
     elif model not in FUSED_MODELS:
         # minibatch steps on centered image vectors: the emoji and icon tasks trained best at
         # lr 3-5 and diverged at 10
@@ -104,8 +108,8 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
         space["ngrams"] = Choice((1, 2, 3))
         space["buckets"] = Choice((10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
                                    2_000_000))
-    if model in ("gated", "bilinear_gated"):
-        space["gate"] = Choice(("text", "image"))
+    if model in GATED_MODELS:
+        space["gate"] = Choice(GATES)
     if model in ("pq", "rspq"):
         space["alpha"] = LogRange(0.01, 2.0)
         space["subvectors"] = Choice(tuple(s for s in (2, 4, 8, 16, 32, 64) if image_dim % s == 0)
