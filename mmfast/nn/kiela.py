@@ -1,8 +1,10 @@
 """The multimodal models of Kiela et al., "Efficient large-scale multi-modal classification"
 (paper 003, DESIGN 3.1): fastText text features fused with image features.
 
-- ``ContinuousFusion``: ``U x_t`` (text bag) and ``V x_v`` fused by ``fusion`` in ``image`` (continuous only, ``W V x_v``), ``additive``, ``max``, ``gated``,
-  ``bilinear``, ``bilinear_gated``; the gated fusions take ``gate`` = the gating modality.
+- ``ContinuousFusion``: ``U x_t`` (text bag) and ``V x_v`` fused by ``fusion`` in ``image``
+  (continuous only, ``W V x_v``), ``additive``, ``max``, ``gated``, ``bilinear`` (with learned
+  offsets of both inputs, ``W((U x_t + a) (x) (V x_v + b))``: see ``__init__``),
+  ``bilinear_gated``; the gated fusions take ``gate`` = the gating modality.
 - ``DiscretizedFastText``: ``W U(x_t + alpha x_q)`` with ``x_q`` the PQ/RSPQ image tokens
   (``mmfast.quant``), words and tokens normalized separately, one embedding table.
 
