@@ -5,7 +5,15 @@ import torch
 
 import mmfast
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# CUDA cases run where the kernels were built and a device is present; elsewhere they are
+# collected and skipped with the reason, and `pytest -m cuda` selects them on a GPU machine.
+if not mmfast.info()["cuda_kernels"]:
+    NO_CUDA = "mmfast was built without its CUDA kernels"
+elif not torch.cuda.is_available():
+    NO_CUDA = "no CUDA device"
+else:
+    NO_CUDA = None
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 @pytest.fixture(params=DEVICES)
@@ -21,8 +29,13 @@ def fused_backend():
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slow tier (tests marked ``slow``: thousands of fuzz cases, end-to-end runs) is opt-in:
-    it runs only with MMFAST_SLOW=1."""
+    """CUDA tests (marked ``cuda``) skip without built kernels and a device; the slow tier
+    (tests marked ``slow``: thousands of fuzz cases, end-to-end runs) is opt-in: it runs only
+    with MMFAST_SLOW=1."""
+    if NO_CUDA is not None:
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=NO_CUDA))
     if os.environ.get("MMFAST_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow tier: set MMFAST_SLOW=1")

@@ -241,7 +241,7 @@ def test_kernel_checks_direct_calls():
            0.5, 0.0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_cuda_tensors_are_refused():
     params, inputs = _problem()
     with pytest.raises(ValueError, match="CPU training kernel"):

@@ -401,7 +401,7 @@ def test_f1_bad_inputs(args, kwargs, exception, message):
     _assert_raises(exception, message, metrics.f1_score, *args, **kwargs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_inputs_on_different_devices():
     with pytest.raises(ValueError, match="targets must be on"):
         metrics.precision_at_k(_SCORES.cuda(), _TARGETS, 1)
