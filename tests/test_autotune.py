@@ -167,3 +167,10 @@ def test_arguments_are_checked():
         autotune("text", records, image, labels, False, valid, base=Recipe(model="pq"))
     with pytest.raises(ValueError, match="model must be one of"):
         autotune("lstm", records, image, labels, False, valid)
+
+
+def test_an_auto_gate_is_recorded_as_the_modality_kept():
+    result = _run("gated", max_trials=2)
+    assert Recipe.default("gated").gate == "auto"
+    assert all(trial.recipe.gate in ("text", "image") for trial in result.trials)
+    assert result.recipe == result.trained.recipe

@@ -215,8 +215,9 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
                 trials.append(Trial(recipe, -math.inf, 0, time.perf_counter() - trial_start,
                                     str(failure)))
             else:
-                trial = Trial(recipe, trained.stats["valid_score"], trained.stats["best_epoch"],
-                              time.perf_counter() - trial_start)
+                # the recipe as trained: a gate "auto" resolved to the modality kept
+                trial = Trial(trained.recipe, trained.stats["valid_score"],
+                              trained.stats["best_epoch"], time.perf_counter() - trial_start)
                 trials.append(trial)
                 if best is None or trial.score > best[0].score:
                     best = trial, trained

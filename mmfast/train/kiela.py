@@ -84,9 +84,10 @@ class Recipe:
 # input offsets, at dim 50 and lr 0.2 (0.3 diverged on group). Which modality should gate is the
 # data's: the emoji's weak texts gate the images (held-out gated: group 0.715 with the text gate,
 # 0.594 with the image gate), the icons' strong names are gated by the image (0.697 against
-# 0.770), so the gated models' default "auto" trains both and keeps the better on validation. Word n-grams stay at 1
-# (fastText's default): on short texts a bigram is nearly unique to its item, so bigrams add
-# memorization, not signal (tags mAP of the text model 0.19 with bigrams, 0.35 without).
+# 0.770), so the gated models' default "auto" trains both and keeps the better on validation.
+# Word n-grams stay at 1 (fastText's default): on short texts a bigram is nearly unique to its
+# item, so bigrams add memorization, not signal (tags mAP of the text model 0.19 with bigrams,
+# 0.35 without).
 _FASTTEXT = {"dim": 50, "epochs": 30, "lr": 0.4}
 _AUTOGRAD = {"dim": 100, "epochs": 40, "lr": 3.0, "batch_size": 32}
 DEFAULT_RECIPES = {
