@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmfast.data import Record
-from mmfast.train.autotune import autotune, search_space
+from mmfast.train.autotune import Choice, autotune, search_space
 from mmfast.train.kiela import MODELS, Recipe
 
 CLASSES = ("red", "green", "blue")
@@ -125,6 +125,15 @@ def test_search_space_fits_the_model_and_data():
             lr = search_space(model, 1280, 100)["lr"]
             assert lr.low <= recipe.lr <= lr.high and 5 <= recipe.epochs <= 100
             assert 1280 % recipe.subvectors == 0 and recipe.centroids <= 100
+    # every default recipe can be perturbed, its values on a field's grid or off it (the mlp's
+    # weight decay 0.01 once crashed the search beside a grid value of 0: log(0 / 0.01))
+    for model in MODELS:
+        for multilabel in (False, True):
+            base = Recipe.default(model)
+            for name, kind in search_space(model, 1280, 100, multilabel).items():
+                for spread in (1.0, 0.0):
+                    kind.perturb(getattr(base, name), rng, spread)
+    assert Choice((0.0, 1e-3, 1e-2)).perturb(0.02, random.Random(0), 0.0) == 1e-2
 
 
 def test_duration_bounds_the_search():

@@ -2,7 +2,9 @@
 baseline, trainer, checkpoints."""
 
 import math
+import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -367,3 +369,25 @@ def test_bilinear_checkpoints_without_input_offsets_load_with_zero_offsets():
     old = ContinuousFusion(30, 7, 4, 3, fusion="bilinear")
     old.load_state_dict(state)
     assert not old.text_offset.any() and not old.image_offset.any()
+
+
+def test_an_embedding_table_larger_than_memory_is_refused_before_allocation(monkeypatch):
+    records = [Record(f"i{n}", "", f"w{n}", ("c",)) for n in range(4)]
+    image = np.zeros((4, 3), np.float32)
+
+    def machine(gib):
+        monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096,
+                                                         "SC_PHYS_PAGES": gib * 2**18}[name])
+
+    machine(64)  # the mlp's 2M bigram buckets x 2048 under Adam: 48 GiB
+    with pytest.raises(ValueError, match=r"embedding table \(2,000,0[0-9,]+ rows = vocabulary "
+                                         r"\+ buckets 2,000,000, x dim 2048\) needs 4[0-9.]+ GiB, "
+                                         r"more than half this machine's 64.0 GiB"):
+        fit(Recipe.default("mlp", ngrams=2, buckets=2_000_000, dim=2048, epochs=1), records,
+            image, ["c"], False)
+    machine(4)  # fastText's table, SGD: 2.2 GiB
+    with pytest.raises(ValueError, match="more than half this machine's 4.0 GiB"):
+        fit(Recipe.default("text", ngrams=2, buckets=2_000_000, dim=300), records, None, ["c"],
+            False)
+    fit(Recipe.default("text", ngrams=2, buckets=1_000_000, dim=300, epochs=1), records, None,
+        ["c"], False)

@@ -70,9 +70,10 @@ class Choice:
     def _index(self, value) -> int:
         if value in self.values:
             return self.values.index(value)
-        if isinstance(value, (int, float)) and value > 0:  # a base value off the grid
-            return min(range(len(self.values)),
-                       key=lambda i: abs(math.log(self.values[i] / value)))
+        positive = [i for i, v in enumerate(self.values)
+                    if isinstance(v, (int, float)) and v > 0]
+        if isinstance(value, (int, float)) and value > 0 and positive:  # a base value off the grid
+            return min(positive, key=lambda i: abs(math.log(self.values[i] / value)))
         return 0
 
 
@@ -106,7 +107,9 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
         space["dropout"] = Choice((0.0, 0.2, 0.5))
     if model in TEXT_MODELS:
         space["ngrams"] = Choice((1, 2, 3))
-        space["buckets"] = Choice((10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+        # the mlp's table is buckets x hidden (up to 2048) under Adam: 2M buckets would be 48 GB
+        space["buckets"] = Choice((10_000, 50_000, 100_000) if model == "mlp" else
+                                  (10_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
                                    2_000_000))
     if model in GATED_MODELS:
         space["gate"] = Choice(GATES)
@@ -123,7 +126,9 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
         space["batch_size"] = Choice((8, 16, 32, 64))
         # the dense parameters' L2 penalty: emoji group additive 0.761 -> 0.782 held-out at
         # 1e-3, but tags mAP 0.515 -> 0.479, so it is searched, not a default
-        space["weight_decay"] = Choice((0.0, 1e-4, 3e-4, 1e-3, 3e-3))
+        # (AdamW's decoupled decay, the mlp's, works at larger values: its default is 0.01)
+        space["weight_decay"] = Choice((0.0, 1e-3, 1e-2, 3e-2, 0.1) if model == "mlp" else
+                                       (0.0, 1e-4, 3e-4, 1e-3, 3e-3))
     return space
 
 

@@ -219,6 +219,7 @@ def examples(records: Sequence[Record], hasher: TextHasher, image: np.ndarray | 
 
 def build_model(recipe: Recipe, hasher: TextHasher, image_dim: int, num_classes: int,
                 quantizer: ProductQuantizer | None):
+    _check_table_fits(recipe, hasher.num_embeddings)
     if recipe.model == "text":
         return FastText(hasher.num_embeddings, recipe.dim, num_classes)
     if recipe.model in ("pq", "rspq"):
@@ -229,6 +230,22 @@ def build_model(recipe: Recipe, hasher: TextHasher, image_dim: int, num_classes:
                               dropout=recipe.dropout)
     return ContinuousFusion(hasher.num_embeddings, image_dim, recipe.dim, num_classes,
                             fusion=_FUSION[recipe.model], gate=recipe.gate)
+
+
+def _check_table_fits(recipe: Recipe, rows: int) -> None:
+    """A ValueError, before anything is allocated, when the embedding table (rows x dim floats,
+    three times that under Adam's two moments) would take more than half the machine's memory:
+    the mlp at dim 2048 with 2M buckets asks for 48 GB, which the allocator refuses with a
+    RuntimeError deep inside the model (and autotune, whose failed trials are ValueErrors,
+    stopped there)."""
+    copies = 3 if recipe.optimizer == "adam" and recipe.model == "mlp" else 1
+    needed = rows * recipe.dim * 4 * copies
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > memory // 2:
+        raise ValueError(f"the {recipe.model!r} model's embedding table ({rows:,} rows = "
+                         f"vocabulary + buckets {recipe.buckets:,}, x dim {recipe.dim}) needs "
+                         f"{needed / 2**30:.1f} GiB, more than half this machine's "
+                         f"{memory / 2**30:.1f} GiB: lower --buckets or --dim")
 
 
 def build_quantizer(recipe: Recipe, train_image: np.ndarray) -> ProductQuantizer | None:
