@@ -886,9 +886,7 @@ class CaseFolder:
             path.write_bytes(draw.random.randbytes(draw.random.randint(1, 300)))
         elif kind == "folder":
             path.mkdir()
-        self.notes.append(f"{path.name}: {kind}")
-        self.inputs.append(path)
-        return str(path), rows
+        return self._input(path, f"{path.name}: {kind}"), rows
 
     def image_manifest(self) -> str:
         draw, path = self.draw, self.folder / "images.jsonl"
@@ -908,9 +906,7 @@ class CaseFolder:
             lines.insert(draw.random.randint(0, len(lines)), BAD_RECORDS[bad])
             kind += f" ({bad})"
         path.write_bytes(b"".join(line + b"\n" for line in lines))
-        self.notes.append(f"{path.name}: {kind}")
-        self.inputs.append(path)
-        return str(path)
+        return self._input(path, f"{path.name}: {kind}")
 
     def image_folder(self) -> str:
         draw, path = self.draw, self.folder / "images"
@@ -935,9 +931,7 @@ class CaseFolder:
             elif kind == "not images":
                 (path / "cat" / "notes.txt").write_text("not an image\n")
                 (path / "dog" / ".hidden.png").write_bytes(b"")
-        self.notes.append(f"image folder: {kind}")
-        self.inputs.append(path)
-        return str(path)
+        return self._input(path, f"image folder: {kind}")
 
     def checkpoint(self) -> str:
         draw, path = self.draw, self.folder / "checkpoint"
@@ -950,9 +944,7 @@ class CaseFolder:
                                          else draw.choice(["text", "pq", "tags"])), path)
             if kind == "damaged":
                 kind = self.damage(path)
-        self.notes.append(f"checkpoint: {kind}")
-        self.inputs.append(path)
-        return str(path)
+        return self._input(path, f"checkpoint: {kind}")
 
     def store(self) -> str:
         draw, path = self.draw, self.folder / "store"
@@ -963,7 +955,13 @@ class CaseFolder:
             shutil.copytree(self.base / "store", path)
             if kind == "damaged":
                 kind = self.damage(path)
-        self.notes.append(f"store: {kind}")
+        return self._input(path, f"store: {kind}")
+
+    def _input(self, path: Path, note: str) -> str:
+        """Registers ``path`` as an input of the case (a run must leave it as it was; an output
+        may be pointed at it, which the command must refuse), with ``note`` saying what was made
+        of it."""
+        self.notes.append(note)
         self.inputs.append(path)
         return str(path)
 
@@ -999,9 +997,7 @@ class CaseFolder:
             b'\xff\xfe', b'{"c0": 1e999}', None])
         if content is not None:
             path.write_bytes(content)
-        self.notes.append(f"thresholds: {content!r}")
-        self.inputs.append(path)
-        return str(path)
+        return self._input(path, f"thresholds: {content!r}")
 
     def output(self, name: str) -> str:
         """A file to write: new, an earlier output (may be replaced on success), one of the
