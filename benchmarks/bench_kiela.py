@@ -94,7 +94,7 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
     rows = []
     targets = None
     for model in MODELS:
-        trained = fit(Recipe.default(model), fit_records, fit_image, labels, multilabel,
+        trained = fit(Recipe.default(model, multilabel), fit_records, fit_image, labels, multilabel,
                       valid=valid)
         examples = trained.examples(heldout, heldout_image)
         targets = examples.targets

@@ -14,6 +14,7 @@ checkpoint records, so the model sees the features it was trained on.
 
 import os
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -27,13 +28,14 @@ Labels = str | Sequence[str]
 
 
 class Classifier:
-    """A paper-003 model (``Recipe.default(model, **recipe)``) with its text hasher, image
-    extractor and labels. ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
+    """A paper-003 model (``Recipe.default(model, multilabel, **recipe)``, the task kind
+    taken from the labels ``fit`` gets) with its text hasher, image extractor and labels. ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
     the checkpoint ``mmfast classify``/``eval`` read and ``load`` reads it back."""
 
     def __init__(self, model: str = "additive", extractor: ImageFeatureExtractor | None = None,
                  **recipe):
-        self.recipe = Recipe.default(model, **recipe)
+        self.recipe = Recipe.default(model, **recipe)  # checks the arguments now
+        self._overrides = recipe
         self._extractor = extractor
         self._extractor_config = None if extractor is None else extractor.config()
         self.trained: Trained | None = None
@@ -41,8 +43,8 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Classifier":
         trained, config = Trained.load(directory)
-        classifier = cls(trained.recipe.model)
-        classifier.recipe, classifier.trained = trained.recipe, trained
+        classifier = cls(**asdict(trained.recipe))  # a later fit trains this recipe again
+        classifier.trained = trained
         classifier._extractor_config = config.get("extractor")
         return classifier
 
@@ -67,6 +69,7 @@ class Classifier:
             valid_texts, valid_images, valid_labels = valid
             validation = (_records(valid_texts, valid_labels),
                           self._features(valid_images, len(valid_texts), "valid images"))
+        self.recipe = Recipe.default(self.recipe.model, multilabel, **self._overrides)
         self.trained = fit(self.recipe, records, features, names, multilabel, valid=validation)
         return self
 

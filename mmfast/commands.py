@@ -43,7 +43,8 @@ def run_demo(args) -> int:
     print(f"{'model':<15}" + "".join(f"{c:>9}" for c in columns) + f"{'valid':>7} {'epoch':>5} "
           f"{'train s':>8} {'train items/s':>14} {'classify items/s':>17}")
     for name in names:
-        recipe = Recipe.default(name, **({"epochs": args.epochs} if args.epochs else {}))
+        recipe = Recipe.default(name, data.multilabel,
+                                **({"epochs": args.epochs} if args.epochs else {}))
         trained = fit(recipe, fit_records, fit_image, data.labels, data.multilabel, valid=valid)
         examples = trained.examples(heldout, heldout_image)
         begin = time.perf_counter()
@@ -127,7 +128,7 @@ def _train_locked(args, records, store, multilabel, labels) -> int:
     valid = (valid_records, store_features(store, valid_records)) if valid_records else None
     overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)
                  if f.name != "model" and getattr(args, f.name, None) is not None}
-    recipe = Recipe.default(args.model, **overrides)
+    recipe = Recipe.default(args.model, multilabel, **overrides)
     train_image = store_features(store, train_records)
     if args.autotune:
         if valid is None:
@@ -318,13 +319,22 @@ def _eval(args) -> int:
 
 
 def _recipe_defaults(field: str) -> str:
-    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max"."""
-    models_of: dict = {}
-    for model in MODELS:
-        models_of.setdefault(getattr(Recipe.default(model), field), []).append(model)
-    if len(models_of) == 1:
-        return str(next(iter(models_of)))
-    return "; ".join(f"{value} for {', '.join(models)}" for value, models in models_of.items())
+    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max", then
+    where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
+    def listing(multilabel: bool, only: set | None = None) -> str:
+        models_of: dict = {}
+        for model in MODELS:
+            value = getattr(Recipe.default(model, multilabel), field)
+            if only is None or model in only:
+                models_of.setdefault(value, []).append(model)
+        if len(models_of) == 1 and only is None:
+            return str(next(iter(models_of)))
+        return "; ".join(f"{value} for {', '.join(models)}"
+                         for value, models in models_of.items())
+
+    differs = {model for model in MODELS if getattr(Recipe.default(model, True), field)
+               != getattr(Recipe.default(model), field)}
+    return listing(False) + (f"; multi-label: {listing(True, differs)}" if differs else "")
 
 
 def add_kiela_commands(commands) -> None:

@@ -41,6 +41,9 @@ def test_text_model_and_multilabel_targets():
     tags = [[label, "shared"] if i % 2 else [label] for i, label in enumerate(labels)]
     clf = mmfast.Classifier("text", epochs=10).fit(texts, None, tags)
     assert clf.trained.multilabel and "shared" in clf.labels
+    # the task kind picks the default recipe: the text model's multi-label lr, its own epochs
+    assert clf.recipe == mmfast.train.kiela.Recipe.default("text", True, epochs=10)
+    assert clf.recipe.lr != mmfast.train.kiela.Recipe.default("text").lr
     chosen = clf.predict(texts, threshold=0.5)
     assert all(all(label in clf.labels for label in row) for row in chosen)
     assert np.mean([labels[i] in row for i, row in enumerate(chosen)]) > 0.8

@@ -251,7 +251,7 @@ def test_demo_tags_text_model_beats_the_label_prior(tmp_path):
     data = emoji_dataset("tags", root=tmp_path)
     train_records, heldout = read_manifest(data.train), read_manifest(data.heldout)
     no_image = np.zeros((len(train_records), 1), np.float32)  # the text model reads no image
-    trained = fit(Recipe.default("text"), train_records, no_image, data.labels, True)
+    trained = fit(Recipe.default("text", True), train_records, no_image, data.labels, True)
     examples = trained.examples(heldout, np.zeros((len(heldout), 1), np.float32))
     precision = mmfast.metrics.precision_at_k(predict(trained.model, examples),
                                               examples.targets, 1)

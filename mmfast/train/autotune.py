@@ -163,7 +163,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
     """Search ``model``'s recipe for the best score on ``valid`` = (records, image features)
     (accuracy, or mAP when ``multilabel``), as fastText's ``-autotune-validation`` does.
 
-    Trial 0 trains ``base`` (default: ``Recipe.default(model)``); each later trial samples the
+    Trial 0 trains ``base`` (default: ``Recipe.default(model, multilabel)``); each later trial samples the
     fields ``model`` uses (``search_space``) or perturbs the best recipe so far, the other
     fields and ``seed`` staying the base's, so trials differ in hyperparameters alone. Every
     trial keeps the weights of its best validation epoch; the result is the best trial's
@@ -189,7 +189,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
         raise ValueError(f"autotune: duration must be > 0 seconds, got {duration}")
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"autotune: max_trials must be >= 1 or None, got {max_trials}")
-    base = base or Recipe.default(model)
+    base = base or Recipe.default(model, multilabel)
     if base.model != model:
         raise ValueError(f"autotune: base recipe is for {base.model!r}, not {model!r}")
     space = search_space(model, np.asarray(image).shape[1], len(records), multilabel)
