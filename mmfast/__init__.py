@@ -2,28 +2,34 @@
 
 Fused C++/CUDA operators (``mmfast.ops``) with pure-PyTorch references (``mmfast.reference``),
 product quantization (``mmfast.quant``) and the command ``mmfast``.
+
+``import mmfast`` is cheap: its submodules and names load, with torch and the native extension,
+on first use (``mmfast.ops``, ``mmfast.Classifier``, ...), so the command starts fast.
 """
 
-import torch  # noqa: F401  (loads libtorch, which the extension links against)
+import importlib as _importlib
+import importlib.metadata as _metadata
 
 try:
-    from mmfast import _C
-except ImportError as error:  # pragma: no cover - exercised only on a broken install
-    raise ImportError(
-        "mmfast could not load its native extension mmfast._C "
-        f"({error}). Rebuild it in this environment with "
-        "`pip install --no-build-isolation -e .` against the torch you run "
-        f"(torch {torch.__version__} is installed)."
-    ) from error
+    __version__ = _metadata.version("mmfast")
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, not installed
+    __version__ = "unknown"
 
-from mmfast._backend import backend, get_backend, set_backend
-from mmfast._info import info
-from mmfast import metrics, nn, ops, quant, reference, train
-from mmfast.classifier import Classifier, load
+_SUBMODULES = ("metrics", "nn", "ops", "quant", "reference", "train")
+_NAMES = {"backend": "mmfast._backend", "get_backend": "mmfast._backend",
+          "set_backend": "mmfast._backend", "info": "mmfast._info",
+          "Classifier": "mmfast.classifier", "load": "mmfast.classifier"}
 
-__version__ = _C.build_info()["version"]
+__all__ = [*_NAMES, *_SUBMODULES]
 
-__all__ = [
-    "backend", "get_backend", "set_backend", "info", "metrics", "nn", "ops", "quant",
-    "reference", "train", "Classifier", "load",
-]
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"mmfast.{name}")
+    if name in _NAMES:
+        return getattr(_importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'mmfast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -2,7 +2,7 @@
 
 import torch
 
-from mmfast import _C
+from mmfast._native import _C
 
 
 def info() -> dict:

@@ -1,94 +1,128 @@
-"""The ``mmfast`` command."""
+"""The ``mmfast`` command: its parser and checks, without torch, so ``--help``, ``--version``
+and a bad argument answer at once; the commands themselves (``mmfast.commands``) load torch
+once the arguments are good."""
 
 import argparse
-import json
+import importlib
 import math
 import os
 import sys
-import time
-
-import torch
 
 import mmfast
-from mmfast.quant import RSPQ, ProductQuantizer
-from mmfast.commands import add_kiela_commands, run_demo
-from mmfast.data import write_image_folder_manifest
+from mmfast.defaults import (DEMO_IMAGE_SIZE, MODELS, OPTIMIZERS, PACKAGED, RECIPE_GATES,
+                             Recipe)
 
 
-def _info(args) -> int:
-    facts = mmfast.info()
-    if args.json:
-        print(json.dumps(facts, indent=2))
-        return 0
-    width = max(map(len, facts))
-    for key, value in facts.items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "-"
-        print(f"{key:<{width}}  {value}")
-    return 0
+def _recipe_defaults(field: str) -> str:
+    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max", then
+    where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
+    def listing(multilabel: bool, only: set | None = None) -> str:
+        models_of: dict = {}
+        for model in MODELS:
+            value = getattr(Recipe.default(model, multilabel), field)
+            if only is None or model in only:
+                models_of.setdefault(value, []).append(model)
+        if len(models_of) == 1 and only is None:
+            return str(next(iter(models_of)))
+        return "; ".join(f"{value} for {', '.join(models)}"
+                         for value, models in models_of.items())
+
+    differs = {model for model in MODELS if getattr(Recipe.default(model, True), field)
+               != getattr(Recipe.default(model), field)}
+    return listing(False) + (f"; multi-label: {listing(True, differs)}" if differs else "")
 
 
-def _demo_vectors(num_vectors: int, dim: int, seed: int) -> torch.Tensor:
-    """A fixed stand-in for pooled CNN image features: a 64-component Gaussian mixture with
-    non-negative (post-ReLU-like) coordinates, L2-normalized, as paper 003 feeds its quantizers."""
-    generator = torch.Generator().manual_seed(seed)
-    components = torch.randn(64, dim, generator=generator).relu() * 2
-    scales = torch.rand(dim, generator=generator) + 0.25  # anisotropic, like real features
-    labels = torch.randint(64, (num_vectors,), generator=generator)
-    x = (components[labels] + torch.randn(num_vectors, dim, generator=generator) * scales).relu()
-    return torch.nn.functional.normalize(x, dim=1)
+def add_kiela_commands(commands) -> None:
+    features = commands.add_parser("features", help="extract image features into a store")
+    features.add_argument("--manifest", action="append", required=True,
+                          help="JSONL/CSV manifest (repeatable)")
+    features.add_argument("--store", required=True, help="feature store directory")
+    features.add_argument("--backbone", default="efficientnet_lite0",
+                          help="image network whose pooled features are stored")
+    features.add_argument("--weights", default=PACKAGED,
+                          help="state-dict file, 'packaged' (EfficientNet-Lite0) or 'none'")
+    features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
+                          help="images are resized to this many pixels square")
+    features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    features.add_argument("--skip-bad", action="store_true",
+                          help="skip bad records and unreadable images (counted, listed) "
+                               "instead of stopping at the first")
+    features.add_argument("--quiet", action="store_true", help="no progress bar")
+    features.set_defaults(run="_features")
 
+    train = commands.add_parser("train", help="train a paper-003 model, save a checkpoint")
+    train.add_argument("--train", required=True, help="training manifest")
+    train.add_argument("--store", required=True, help="feature store with its image features")
+    train.add_argument("--out", required=True, help="checkpoint directory")
+    train.add_argument("--model", default="additive", choices=MODELS,
+                       help="the paper-003 model (default: %(default)s)")
+    train.add_argument("--multilabel", action="store_true",
+                       help="one-vs-all sigmoid loss (implied when an item has several labels)")
+    train.add_argument("--valid", default=None,
+                       help="validation manifest: scored every epoch, the best epoch is kept")
+    train.add_argument("--valid-fraction", type=float, default=0.1,
+                       help="without --valid, hold out this seeded share of --train to validate "
+                       "(0: no validation, the last epoch is kept; default: %(default)s)")
+    train.add_argument("--autotune", action="store_true",
+                       help="search the model's recipe on the validation split (fastText's "
+                       "-autotune-validation); explicit flags set the first trial")
+    train.add_argument("--autotune-duration", type=float, default=60.0,
+                       help="autotune's time budget in seconds (default: %(default)s)")
+    for name, kind, meaning in (
+            ("dim", int, "embedding width H (the mlp's hidden width)"),
+            ("epochs", int, "passes over the data"),
+            ("lr", float, "initial learning rate (decays linearly to 0)"),
+            ("batch_size", int, "minibatch of the autograd models"),
+            ("alpha", float, "weight of the image tokens (pq, rspq)"),
+            ("ngrams", int, "word n-grams up to this n"), ("buckets", int, "n-gram hash buckets"),
+            ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
+            ("repetitions", int, "RSPQ repetitions R"),
+            ("patience", int, "stop after this many epochs without a better valid score"),
+            ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
+            ("dropout", float, "dropout of the mlp's input and hidden layer"),
+            ("seed", int, "seed of initialization, shuffling and the validation split")):
+        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                           help=f"{meaning} (default: {_recipe_defaults(name)})")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help=f"of the autograd models (default: {_recipe_defaults('optimizer')})")
+    train.add_argument("--gate", choices=RECIPE_GATES, default=None,
+                       help="the gating modality of gated and bilinear_gated; auto trains both "
+                            "and keeps the better on validation (default: auto)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run="_train")
 
-def _throughput(function, x: torch.Tensor, repeats: int = 3) -> tuple[torch.Tensor, float]:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = function(x)
-        best = min(best, time.perf_counter() - start)
-    return out, x.shape[0] / best
-
-
-def _demo_pq(args) -> int:
-    torch.manual_seed(args.seed)
-    x = _demo_vectors(args.num_vectors, args.dim, args.seed)
-    train, held_out = x[: args.num_train], x[args.num_train :]
-    print(
-        f"mmfast demo: PQ and RSPQ on {len(x)} generated {args.dim}-d image-feature vectors "
-        f"({len(train)} to train, {len(held_out)} held out), {torch.get_num_threads()} threads"
-    )
-    quantizers = {
-        f"PQ   M={args.subvectors} C={args.centroids}": ProductQuantizer(
-            args.dim, args.subvectors, args.centroids, seed=args.seed
-        ),
-        f"RSPQ M={args.subvectors} C={args.centroids} R={args.repetitions}": RSPQ(
-            args.dim, args.subvectors, args.centroids, args.repetitions, seed=args.seed
-        ),
-    }
-    print(f"{'quantizer':<26} {'train s':>8} {'encode vec/s':>13} {'reference vec/s':>16} "
-          f"{'speed-up':>9} {'same codes':>11} {'rel. error':>11}")
-    for name, quantizer in quantizers.items():
-        start = time.perf_counter()
-        quantizer.fit(train, iters=args.iters)
-        train_seconds = time.perf_counter() - start
-        codes, fused_rate = _throughput(quantizer.encode, held_out)
-        with mmfast.backend("reference"):
-            reference_codes, reference_rate = _throughput(quantizer.encode, held_out)
-        same = (codes == reference_codes).float().mean().item()
-        error = quantizer.reconstruction_error(held_out)
-        print(f"{name:<26} {train_seconds:>8.2f} {fused_rate:>13,.0f} {reference_rate:>16,.0f} "
-              f"{fused_rate / reference_rate:>8.1f}x {same:>10.4%} {error:>11.4f}")
-    print("rel. error: mean |x - decode(encode(x))|^2 / mean |x|^2 on the held-out vectors")
-    return 0
-
-
-def _manifest(args) -> int:
-    records, train, heldout = write_image_folder_manifest(
-        args.image_folder, args.out, args.heldout, args.heldout_fraction, args.seed)
-    written = args.out if args.heldout is None else (
-        f"{args.out} ({train}) and {args.heldout} ({heldout})")
-    skipped = f"; {records.skipped} dangling symlinks skipped" if records.skipped else ""
-    print(f"{len(records)} records of {len(records.classes)} classes written to {written}{skipped}")
-    return 0
+    classify = commands.add_parser("classify", help="stream a manifest through a checkpoint")
+    evaluate = commands.add_parser("eval", help="held-out metrics of a checkpoint")
+    for sub in (classify, evaluate):
+        sub.add_argument("--checkpoint", required=True,
+                         help="checkpoint directory written by mmfast train (required)")
+        sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
+        sub.add_argument("--store", default=None,
+                         help="feature store with the items' image features (default: extract)")
+    classify.add_argument("--output", required=True, help="predictions, .jsonl or .csv")
+    classify.add_argument("--top-k", type=int, default=1,
+                          help="labels written per item, most likely first")
+    classify.add_argument("--threshold", type=float, default=None,
+                          help="every label scoring at least this (instead of top-k)")
+    classify.add_argument("--thresholds", default=None, help="JSON {label: threshold}")
+    classify.add_argument("--batch-size", type=int, default=1024,
+                          help="items read, classified and written at a time")
+    classify.add_argument("--skip-bad", action="store_true",
+                          help="skip bad records and unreadable images (counted) instead of "
+                               "stopping at the first")
+    classify.add_argument("--resume", action="store_true",
+                          help="continue the output a killed classify left unfinished (its "
+                               "complete rows are kept, their items not classified again)")
+    classify.add_argument("--quiet", action="store_true", help="no progress bar")
+    classify.set_defaults(run="_classify")
+    evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    evaluate.add_argument("--per-class", action="store_true",
+                          help="precision, recall, F1 and support of every class")
+    evaluate.add_argument("--confusion", default=None,
+                          help="write the confusion matrix here (CSV; single-label models)")
+    evaluate.add_argument("--plot", default=None,
+                          help="write a per-class F1 chart here (.png, .svg, .pdf)")
+    evaluate.set_defaults(run="_eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="build facts: version, torch, compiler, ISA, CUDA")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(run=_info)
+    info.set_defaults(run="_info")
 
     demo = commands.add_parser(
         "demo", help="paper 003's models on the embedded emoji data: held-out accuracy and "
@@ -124,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repetitions", type=int, default=4, help="--pq: RSPQ repetitions R")
     demo.add_argument("--iters", type=int, default=20, help="--pq: k-means iterations")
     demo.add_argument("--seed", type=int, default=0, help="--pq: seed of the data and k-means")
-    demo.set_defaults(run=lambda args: _demo_pq(args) if args.pq else run_demo(args))
+    demo.set_defaults(run="_demo")
     add_kiela_commands(commands)
 
     manifest = commands.add_parser(
@@ -139,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="share of the records held out, in [0, 1)")
     manifest.add_argument("--seed", type=int, default=0,
                           help="seed of the hash that splits the records")
-    manifest.set_defaults(run=_manifest)
+    manifest.set_defaults(run="_manifest")
     return parser
 
 
@@ -235,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_values(parser, args)
     try:
-        return args.run(args)
+        return getattr(importlib.import_module("mmfast.commands"), args.run)(args)
     except USER_ERRORS as error:
         if args.debug or os.environ.get("MMFAST_DEBUG", "") not in ("", "0"):
             raise

@@ -1,4 +1,5 @@
-"""The paper-003 commands of ``mmfast``: demo, features, train, classify, eval."""
+"""What each ``mmfast`` command runs, given the arguments ``mmfast.cli`` parsed and checked:
+info, demo, features, train, classify, eval and manifest."""
 
 import csv
 import json
@@ -10,18 +11,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import mmfast
 from mmfast import metrics
 from mmfast._io import atomic_path, locked, stale_temporaries
-from mmfast.data import FeatureStore, Manifest, emoji_dataset, read_manifest, split_records
+from mmfast.data import (FeatureStore, Manifest, emoji_dataset, read_manifest, split_records,
+                         write_image_folder_manifest)
 from mmfast.features import BadImageError, ImageFeatureExtractor
-from mmfast.features.image import PACKAGED
+from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.train.autotune import autotune
-from mmfast.train.fasttext import OPTIMIZERS, predict
-from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, RECIPE_GATES, Recipe,
-                                Trained, demo_image_store, fit, image_store, store_features)
+from mmfast.train.fasttext import predict
+from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe, Trained,
+                                demo_image_store, fit, image_store, store_features)
 
-def run_demo(args) -> int:
+def _demo(args) -> int:
+    return _demo_pq(args) if args.pq else _demo_kiela(args)
+
+
+def _demo_kiela(args) -> int:
     torch.manual_seed(0)
     data = emoji_dataset(args.task)
     train_records = read_manifest(data.train)[: args.limit]
@@ -63,8 +70,7 @@ def run_demo(args) -> int:
 
 
 def _extractor(args) -> ImageFeatureExtractor:
-    weights = PACKAGED if args.weights == PACKAGED else (None if args.weights == "none"
-                                                           else args.weights)
+    weights = None if args.weights == "none" else args.weights
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
 
 
@@ -318,113 +324,77 @@ def _eval(args) -> int:
     return 0
 
 
-def _recipe_defaults(field: str) -> str:
-    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max", then
-    where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
-    def listing(multilabel: bool, only: set | None = None) -> str:
-        models_of: dict = {}
-        for model in MODELS:
-            value = getattr(Recipe.default(model, multilabel), field)
-            if only is None or model in only:
-                models_of.setdefault(value, []).append(model)
-        if len(models_of) == 1 and only is None:
-            return str(next(iter(models_of)))
-        return "; ".join(f"{value} for {', '.join(models)}"
-                         for value, models in models_of.items())
-
-    differs = {model for model in MODELS if getattr(Recipe.default(model, True), field)
-               != getattr(Recipe.default(model), field)}
-    return listing(False) + (f"; multi-label: {listing(True, differs)}" if differs else "")
+def _info(args) -> int:
+    facts = mmfast.info()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "-"
+        print(f"{key:<{width}}  {value}")
+    return 0
 
 
-def add_kiela_commands(commands) -> None:
-    features = commands.add_parser("features", help="extract image features into a store")
-    features.add_argument("--manifest", action="append", required=True,
-                          help="JSONL/CSV manifest (repeatable)")
-    features.add_argument("--store", required=True, help="feature store directory")
-    features.add_argument("--backbone", default="efficientnet_lite0",
-                          help="image network whose pooled features are stored")
-    features.add_argument("--weights", default=PACKAGED,
-                          help="state-dict file, 'packaged' (EfficientNet-Lite0) or 'none'")
-    features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
-                          help="images are resized to this many pixels square")
-    features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    features.add_argument("--skip-bad", action="store_true",
-                          help="skip bad records and unreadable images (counted, listed) "
-                               "instead of stopping at the first")
-    features.add_argument("--quiet", action="store_true", help="no progress bar")
-    features.set_defaults(run=_features)
+def _demo_vectors(num_vectors: int, dim: int, seed: int) -> torch.Tensor:
+    """A fixed stand-in for pooled CNN image features: a 64-component Gaussian mixture with
+    non-negative (post-ReLU-like) coordinates, L2-normalized, as paper 003 feeds its quantizers."""
+    generator = torch.Generator().manual_seed(seed)
+    components = torch.randn(64, dim, generator=generator).relu() * 2
+    scales = torch.rand(dim, generator=generator) + 0.25  # anisotropic, like real features
+    labels = torch.randint(64, (num_vectors,), generator=generator)
+    x = (components[labels] + torch.randn(num_vectors, dim, generator=generator) * scales).relu()
+    return torch.nn.functional.normalize(x, dim=1)
 
-    train = commands.add_parser("train", help="train a paper-003 model, save a checkpoint")
-    train.add_argument("--train", required=True, help="training manifest")
-    train.add_argument("--store", required=True, help="feature store with its image features")
-    train.add_argument("--out", required=True, help="checkpoint directory")
-    train.add_argument("--model", default="additive", choices=MODELS,
-                       help="the paper-003 model (default: %(default)s)")
-    train.add_argument("--multilabel", action="store_true",
-                       help="one-vs-all sigmoid loss (implied when an item has several labels)")
-    train.add_argument("--valid", default=None,
-                       help="validation manifest: scored every epoch, the best epoch is kept")
-    train.add_argument("--valid-fraction", type=float, default=0.1,
-                       help="without --valid, hold out this seeded share of --train to validate "
-                       "(0: no validation, the last epoch is kept; default: %(default)s)")
-    train.add_argument("--autotune", action="store_true",
-                       help="search the model's recipe on the validation split (fastText's "
-                       "-autotune-validation); explicit flags set the first trial")
-    train.add_argument("--autotune-duration", type=float, default=60.0,
-                       help="autotune's time budget in seconds (default: %(default)s)")
-    for name, kind, meaning in (
-            ("dim", int, "embedding width H (the mlp's hidden width)"),
-            ("epochs", int, "passes over the data"),
-            ("lr", float, "initial learning rate (decays linearly to 0)"),
-            ("batch_size", int, "minibatch of the autograd models"),
-            ("alpha", float, "weight of the image tokens (pq, rspq)"),
-            ("ngrams", int, "word n-grams up to this n"), ("buckets", int, "n-gram hash buckets"),
-            ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
-            ("repetitions", int, "RSPQ repetitions R"),
-            ("patience", int, "stop after this many epochs without a better valid score"),
-            ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
-            ("dropout", float, "dropout of the mlp's input and hidden layer"),
-            ("seed", int, "seed of initialization, shuffling and the validation split")):
-        train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                           help=f"{meaning} (default: {_recipe_defaults(name)})")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                       help=f"of the autograd models (default: {_recipe_defaults('optimizer')})")
-    train.add_argument("--gate", choices=RECIPE_GATES, default=None,
-                       help="the gating modality of gated and bilinear_gated; auto trains both "
-                            "and keeps the better on validation (default: auto)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(run=_train)
 
-    classify = commands.add_parser("classify", help="stream a manifest through a checkpoint")
-    evaluate = commands.add_parser("eval", help="held-out metrics of a checkpoint")
-    for sub in (classify, evaluate):
-        sub.add_argument("--checkpoint", required=True,
-                         help="checkpoint directory written by mmfast train (required)")
-        sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
-        sub.add_argument("--store", default=None,
-                         help="feature store with the items' image features (default: extract)")
-    classify.add_argument("--output", required=True, help="predictions, .jsonl or .csv")
-    classify.add_argument("--top-k", type=int, default=1,
-                          help="labels written per item, most likely first")
-    classify.add_argument("--threshold", type=float, default=None,
-                          help="every label scoring at least this (instead of top-k)")
-    classify.add_argument("--thresholds", default=None, help="JSON {label: threshold}")
-    classify.add_argument("--batch-size", type=int, default=1024,
-                          help="items read, classified and written at a time")
-    classify.add_argument("--skip-bad", action="store_true",
-                          help="skip bad records and unreadable images (counted) instead of "
-                               "stopping at the first")
-    classify.add_argument("--resume", action="store_true",
-                          help="continue the output a killed classify left unfinished (its "
-                               "complete rows are kept, their items not classified again)")
-    classify.add_argument("--quiet", action="store_true", help="no progress bar")
-    classify.set_defaults(run=_classify)
-    evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")
-    evaluate.add_argument("--per-class", action="store_true",
-                          help="precision, recall, F1 and support of every class")
-    evaluate.add_argument("--confusion", default=None,
-                          help="write the confusion matrix here (CSV; single-label models)")
-    evaluate.add_argument("--plot", default=None,
-                          help="write a per-class F1 chart here (.png, .svg, .pdf)")
-    evaluate.set_defaults(run=_eval)
+def _throughput(function, x: torch.Tensor, repeats: int = 3) -> tuple[torch.Tensor, float]:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = function(x)
+        best = min(best, time.perf_counter() - start)
+    return out, x.shape[0] / best
+
+
+def _demo_pq(args) -> int:
+    torch.manual_seed(args.seed)
+    x = _demo_vectors(args.num_vectors, args.dim, args.seed)
+    train, held_out = x[: args.num_train], x[args.num_train :]
+    print(
+        f"mmfast demo: PQ and RSPQ on {len(x)} generated {args.dim}-d image-feature vectors "
+        f"({len(train)} to train, {len(held_out)} held out), {torch.get_num_threads()} threads"
+    )
+    quantizers = {
+        f"PQ   M={args.subvectors} C={args.centroids}": ProductQuantizer(
+            args.dim, args.subvectors, args.centroids, seed=args.seed
+        ),
+        f"RSPQ M={args.subvectors} C={args.centroids} R={args.repetitions}": RSPQ(
+            args.dim, args.subvectors, args.centroids, args.repetitions, seed=args.seed
+        ),
+    }
+    print(f"{'quantizer':<26} {'train s':>8} {'encode vec/s':>13} {'reference vec/s':>16} "
+          f"{'speed-up':>9} {'same codes':>11} {'rel. error':>11}")
+    for name, quantizer in quantizers.items():
+        start = time.perf_counter()
+        quantizer.fit(train, iters=args.iters)
+        train_seconds = time.perf_counter() - start
+        codes, fused_rate = _throughput(quantizer.encode, held_out)
+        with mmfast.backend("reference"):
+            reference_codes, reference_rate = _throughput(quantizer.encode, held_out)
+        same = (codes == reference_codes).float().mean().item()
+        error = quantizer.reconstruction_error(held_out)
+        print(f"{name:<26} {train_seconds:>8.2f} {fused_rate:>13,.0f} {reference_rate:>16,.0f} "
+              f"{fused_rate / reference_rate:>8.1f}x {same:>10.4%} {error:>11.4f}")
+    print("rel. error: mean |x - decode(encode(x))|^2 / mean |x|^2 on the held-out vectors")
+    return 0
+
+
+def _manifest(args) -> int:
+    records, train, heldout = write_image_folder_manifest(
+        args.image_folder, args.out, args.heldout, args.heldout_fraction, args.seed)
+    written = args.out if args.heldout is None else (
+        f"{args.out} ({train}) and {args.heldout} ({heldout})")
+    skipped = f"; {records.skipped} dangling symlinks skipped" if records.skipped else ""
+    print(f"{len(records)} records of {len(records.classes)} classes written to {written}{skipped}")
+    return 0

@@ -44,9 +44,32 @@ def test_demo_rejects_a_train_split_larger_than_the_data(capsys):
 
 
 def test_console_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "mmfast.cli", "info"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "mmfast", "info"], capture_output=True,
                             text=True, check=True)
     assert "cuda_kernels" in result.stdout
+
+
+def test_help_version_and_bad_arguments_answer_without_importing_torch():
+    """The parser, its help (every recipe default included) and its checks are torch-free, so
+    they answer in well under the 1.5 s that importing torch takes."""
+    code = """
+import sys
+from mmfast.cli import main
+for argv in (["--version"], ["--help"], ["train", "--help"], ["classify", "--help"],
+             ["train", "--train", "t.jsonl", "--store", "s", "--out", "o", "--lr", "-1"],
+             ["train", "--model", "nonesuch"]):
+    try:
+        main(argv)
+    except SystemExit as exit:
+        assert exit.code in (0, 2), (argv, exit.code)
+heavy = sorted(name for name in ("torch", "numpy", "mmfast._C") if name in sys.modules)
+assert not heavy, f"imported {heavy}"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"mmfast {mmfast.__version__}" in result.stdout
+    assert "--lr: expected a finite number > 0, got -1.0" in result.stderr
+    assert "1.2 for text" in result.stdout  # train --help lists the recipes' defaults
 
 
 def test_features_train_classify_eval(tmp_path, capsys):

