@@ -64,6 +64,20 @@ TORCH_LIBRARY(mmfast, m) {
   m.def("fasttext_sgd_(Tensor(a!) embedding, Tensor(b!) weight, Tensor(c!)? bias, "
         "Tensor indices, Tensor offsets, Tensor? per_sample_weights, Tensor labels, "
         "float lr_start, float lr_end, int? threads=None) -> Tensor");
+
+  m.set_python_module("mmfast.ops.hash_text");
+  // DESIGN 3.1's TextHasher.encode. text: the texts' UTF-8 bytes end to end (uint8), text i at
+  // [text_offsets[i], text_offsets[i + 1]); fold [0x110000] int32 (mmfast.ops.hash_text.
+  // fold_table); the vocabulary's words likewise in vocabulary/vocabulary_offsets, looked up
+  // through vocabulary_table (_text_vocabulary_table). ids [nnz] int64, offsets [n] (each text's
+  // first id), fallback [n] bool: texts to tokenize in Python (they get no ids here).
+  m.def("hash_text(Tensor text, Tensor text_offsets, Tensor fold, Tensor vocabulary, "
+        "Tensor vocabulary_offsets, Tensor vocabulary_table, int buckets, int ngrams) -> "
+        "(Tensor ids, Tensor offsets, Tensor fallback)");
+  m.def("_text_vocabulary_table(Tensor vocabulary, Tensor vocabulary_offsets) -> Tensor");
+  // TextHasher.build's counts: distinct tokens, most frequent first, then in code-point order.
+  m.def("count_words(Tensor text, Tensor text_offsets, Tensor fold) -> (Tensor words, "
+        "Tensor word_offsets, Tensor counts, Tensor fallback)");
 }
 
 namespace {

@@ -5,31 +5,14 @@ Text becomes a bag of ids: in-vocabulary words plus hashed word n-grams (n = 2..
 applies a linear classifier ``W``.
 """
 
-import re
-from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from mmfast.ops._checks import check_ids
-
-_TOKEN = re.compile(r"\w+", re.UNICODE)
-_FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens (runs of letters, digits and underscores)."""
-    return _TOKEN.findall(text.lower())
-
-
-def fnv1a_32(text: str) -> int:
-    """32-bit FNV-1a of the UTF-8 bytes: the same bucket on every run, machine and Python
-    (unlike ``hash``, which is salted per process)."""
-    value = _FNV_OFFSET
-    for byte in text.encode("utf-8"):
-        value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
-    return value
+from mmfast.ops.hash_text import PackedVocabulary, count_words, hash_text
+from mmfast.reference.hash_text import fnv1a_32, tokenize  # noqa: F401  (this module's API too)
 
 
 class TextHasher:
@@ -48,37 +31,36 @@ class TextHasher:
             raise ValueError("TextHasher: vocabulary has repeated words")
         self.buckets = buckets if ngrams > 1 else 0
         self.ngrams = ngrams
+        self._packed: PackedVocabulary | None = None
 
     @classmethod
     def build(cls, texts: Iterable[str], min_count: int = 1, buckets: int = 200_000,
               ngrams: int = 2) -> "TextHasher":
-        """Vocabulary of the words seen at least ``min_count`` times, most frequent first."""
-        counts = Counter(word for text in texts for word in tokenize(text))
-        vocabulary = [word for word, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                      if count >= min_count]
+        """Vocabulary of the words seen at least ``min_count`` times, most frequent first (then
+        in code-point order), counted by ``mmfast.ops.count_words``."""
+        texts = texts if isinstance(texts, Sequence) else list(texts)
+        vocabulary = [word for word, count in count_words(texts) if count >= min_count]
         return cls(vocabulary, buckets, ngrams)
 
     @property
     def num_embeddings(self) -> int:
         return len(self.vocabulary) + self.buckets
 
+    @property
+    def packed(self) -> PackedVocabulary:
+        """The vocabulary as ``mmfast.ops.hash_text`` reads it, built on first use."""
+        if self._packed is None:
+            self._packed = PackedVocabulary(self.vocabulary)
+        return self._packed
+
     def ids(self, text: str) -> list[int]:
-        words = tokenize(text)
-        ids = [self.word_ids[word] for word in words if word in self.word_ids]
-        base = len(self.vocabulary)
-        for n in range(2, self.ngrams + 1):
-            for start in range(len(words) - n + 1):
-                ids.append(base + fnv1a_32(" ".join(words[start:start + n])) % self.buckets)
-        return ids
+        return self.encode([text])[0].tolist()
 
     def encode(self, texts: Iterable[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, offsets)`` for ``nn.EmbeddingBag``: ids of all texts end to end, and where
-        each text starts."""
-        flat, offsets = [], []
-        for text in texts:
-            offsets.append(len(flat))
-            flat.extend(self.ids(text))
-        return torch.tensor(flat, dtype=torch.long), torch.tensor(offsets, dtype=torch.long)
+        each text starts (``mmfast.ops.hash_text``)."""
+        texts = texts if isinstance(texts, Sequence) else list(texts)
+        return hash_text(texts, self.packed, self.buckets, self.ngrams)
 
     def config(self) -> dict:
         return {"vocabulary": self.vocabulary, "buckets": self.buckets, "ngrams": self.ngrams}

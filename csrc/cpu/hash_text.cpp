@@ -1,0 +1,388 @@
+// Text to embedding-bag ids on the CPU (mmfast.ops.hash_text, mmfast.ops.count_words): the
+// tokenizer, vocabulary lookup and word n-gram hashing of mmfast.nn.fasttext.TextHasher in one
+// pass over UTF-8 bytes, a thread per block of texts.
+//
+// Tokenization is Python's `re.findall(r"\w+", text.lower())`. Both halves come from the table
+// `fold` [0x110000] the wrapper builds with Python itself: fold[c] is the lower-case code point of
+// c when that is a word character, -1 when it is not (a token ends there), and -2 where lower()
+// is not one code point for one (U+0130 lowers to two; a capital sigma lowers by its context).
+// A text holding a -2 character is flagged and left to the Python tokenizer, so the ids are
+// exactly the reference's for every text.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/checks.h"
+
+namespace mmfast {
+namespace {
+
+constexpr int64_t kCodePoints = 0x110000;
+constexpr int32_t kNotWord = -1;
+constexpr int32_t kNeedsPython = -2;
+
+// 32-bit FNV-1a, the n-gram hash (mmfast.nn.fasttext.fnv1a_32), fed a byte at a time.
+constexpr uint32_t kFnv32Offset = 0x811C9DC5u;
+constexpr uint32_t kFnv32Prime = 0x01000193u;
+inline uint32_t fnv32(uint32_t hash, uint8_t byte) { return (hash ^ byte) * kFnv32Prime; }
+
+// 64-bit FNV-1a: the vocabulary table's slot hash (internal; any good hash would do).
+inline uint64_t fnv64(const uint8_t* bytes, int64_t size) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (int64_t i = 0; i < size; ++i) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+  return hash;
+}
+
+// One code point of UTF-8 as Python writes it with "surrogatepass" (well formed, lone surrogates
+// allowed); returns its length in bytes. A truncated sequence at `end` reads as U+FFFD.
+inline int decode_utf8(const uint8_t* p, const uint8_t* end, uint32_t& code) {
+  const uint8_t lead = p[0];
+  if (lead < 0x80) {
+    code = lead;
+    return 1;
+  }
+  const int size = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+  if (end - p < size) {
+    code = 0xFFFD;
+    return static_cast<int>(end - p);
+  }
+  code = lead & (0x7F >> size);
+  for (int i = 1; i < size; ++i) code = (code << 6) | (p[i] & 0x3F);
+  return size;
+}
+
+inline int encode_utf8(uint32_t code, uint8_t* out) {
+  if (code < 0x80) {
+    out[0] = static_cast<uint8_t>(code);
+    return 1;
+  }
+  if (code < 0x800) {
+    out[0] = static_cast<uint8_t>(0xC0 | (code >> 6));
+    out[1] = static_cast<uint8_t>(0x80 | (code & 0x3F));
+    return 2;
+  }
+  if (code < 0x10000) {
+    out[0] = static_cast<uint8_t>(0xE0 | (code >> 12));
+    out[1] = static_cast<uint8_t>(0x80 | ((code >> 6) & 0x3F));
+    out[2] = static_cast<uint8_t>(0x80 | (code & 0x3F));
+    return 3;
+  }
+  out[0] = static_cast<uint8_t>(0xF0 | (code >> 18));
+  out[1] = static_cast<uint8_t>(0x80 | ((code >> 12) & 0x3F));
+  out[2] = static_cast<uint8_t>(0x80 | ((code >> 6) & 0x3F));
+  out[3] = static_cast<uint8_t>(0x80 | (code & 0x3F));
+  return 4;
+}
+
+// A text's tokens, lower-cased, as UTF-8 end to end in `bytes` with token t at
+// [starts[t], starts[t + 1]). Reused from text to text by a thread.
+struct Tokens {
+  std::vector<uint8_t> bytes;
+  std::vector<int64_t> starts;
+
+  int64_t size() const { return static_cast<int64_t>(starts.size()) - 1; }
+  const uint8_t* data(int64_t t) const { return bytes.data() + starts[t]; }
+  int64_t length(int64_t t) const { return starts[t + 1] - starts[t]; }
+  std::string_view view(int64_t t) const {
+    return {reinterpret_cast<const char*>(data(t)), static_cast<size_t>(length(t))};
+  }
+};
+
+// Splits text [begin, end) into `tokens`; false when it holds a character the table leaves to
+// Python (kNeedsPython).
+bool tokenize(const uint8_t* begin, const uint8_t* end, const int32_t* fold, Tokens& tokens) {
+  tokens.bytes.clear();
+  tokens.starts.assign(1, 0);
+  bool in_token = false;
+  for (const uint8_t* p = begin; p < end;) {
+    uint32_t code;
+    p += decode_utf8(p, end, code);
+    const int32_t folded = code < kCodePoints ? fold[code] : kNotWord;
+    if (folded == kNeedsPython) return false;
+    if (folded >= 0) {
+      uint8_t utf8[4];
+      const int size = encode_utf8(static_cast<uint32_t>(folded), utf8);
+      tokens.bytes.insert(tokens.bytes.end(), utf8, utf8 + size);
+      in_token = true;
+    } else if (in_token) {
+      tokens.starts.push_back(static_cast<int64_t>(tokens.bytes.size()));
+      in_token = false;
+    }
+  }
+  if (in_token) tokens.starts.push_back(static_cast<int64_t>(tokens.bytes.size()));
+  return true;
+}
+
+// Open addressing over the vocabulary words: table[slot] is a word's index or -1, the slot found
+// by linear probing from fnv64(word) modulo the power-of-two table size.
+struct Vocabulary {
+  const uint8_t* bytes;
+  const int64_t* offsets;
+  const int64_t* table;
+  uint64_t mask;
+
+  int64_t find(const uint8_t* word, int64_t size) const {
+    for (uint64_t slot = fnv64(word, size) & mask;; slot = (slot + 1) & mask) {
+      const int64_t index = table[slot];
+      if (index < 0) return -1;
+      const int64_t start = offsets[index];
+      if (offsets[index + 1] - start == size && std::memcmp(bytes + start, word, size) == 0) {
+        return index;
+      }
+    }
+  }
+};
+
+void check_bytes(const char* op, const char* name, const at::Tensor& bytes) {
+  TORCH_CHECK_VALUE(bytes.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ",
+                    bytes.device());
+  TORCH_CHECK_TYPE(bytes.scalar_type() == at::kByte, op, ": ", name,
+                   " must be uint8 (UTF-8 bytes), got ", bytes.scalar_type());
+  MMFAST_CHECK_DIM(op, name, bytes, 1);
+}
+
+// offsets [n + 1] int64, non-decreasing from 0 to the byte count: item i is [offsets[i],
+// offsets[i + 1]).
+void check_offsets(const char* op, const char* name, const at::Tensor& offsets, int64_t bytes) {
+  TORCH_CHECK_VALUE(offsets.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ",
+                    offsets.device());
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+                   offsets.scalar_type());
+  MMFAST_CHECK_DIM(op, name, offsets, 1);
+  TORCH_CHECK_VALUE(offsets.numel() >= 1, op, ": ", name, " must hold at least the end offset");
+  const int64_t* o = offsets.const_data_ptr<int64_t>();
+  const int64_t n = offsets.numel() - 1;
+  TORCH_CHECK_VALUE(o[0] == 0 && o[n] == bytes, op, ": ", name, " must run from 0 to ", bytes,
+                    " (the byte count), got ", o[0], " to ", o[n]);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(o[i] <= o[i + 1], op, ": ", name, " must not decrease, got ", o[i],
+                      " before ", o[i + 1], " at ", i);
+  }
+}
+
+void check_fold(const char* op, const at::Tensor& fold) {
+  TORCH_CHECK_VALUE(fold.device().is_cpu(), op, ": fold must be a CPU tensor, got ",
+                    fold.device());
+  TORCH_CHECK_TYPE(fold.scalar_type() == at::kInt, op, ": fold must be int32, got ",
+                   fold.scalar_type());
+  TORCH_CHECK_VALUE(fold.dim() == 1 && fold.numel() == kCodePoints, op,
+                    ": fold must have shape [", kCodePoints, "], got ", fold.sizes());
+}
+
+// Texts per parallel block: enough work to amortize a block's scratch, many blocks per thread
+// so uneven texts balance.
+constexpr int64_t kTextsPerBlock = 256;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hash_text_cpu(
+    const at::Tensor& text, const at::Tensor& text_offsets, const at::Tensor& fold,
+    const at::Tensor& vocabulary, const at::Tensor& vocabulary_offsets,
+    const at::Tensor& vocabulary_table, int64_t buckets, int64_t ngrams) {
+  constexpr const char* kOp = "hash_text";
+  check_bytes(kOp, "text", text);
+  check_bytes(kOp, "vocabulary", vocabulary);
+  const at::Tensor bytes = text.contiguous(), words = vocabulary.contiguous();
+  const at::Tensor starts = text_offsets.contiguous(), word_starts = vocabulary_offsets.contiguous();
+  check_offsets(kOp, "text_offsets", starts, bytes.numel());
+  check_offsets(kOp, "vocabulary_offsets", word_starts, words.numel());
+  check_fold(kOp, fold);
+  const at::Tensor table = vocabulary_table.contiguous();
+  const int64_t slots = table.numel();
+  TORCH_CHECK_TYPE(table.scalar_type() == at::kLong && table.dim() == 1, kOp,
+                   ": vocabulary_table must be 1-D int64, got ", table.scalar_type(), " ",
+                   table.sizes());
+  const int64_t num_words = word_starts.numel() - 1;
+  TORCH_CHECK_VALUE(slots > num_words && (slots & (slots - 1)) == 0, kOp,
+                    ": vocabulary_table must have a power-of-two size above the vocabulary's ",
+                    num_words, " words (from _text_vocabulary_table), got ", slots);
+  // Every word in one slot, -1 in the rest: a probe then always ends, and in bounds.
+  int64_t empty = 0;
+  for (const int64_t* slot = table.const_data_ptr<int64_t>(), *end = slot + slots; slot < end;
+       ++slot) {
+    TORCH_CHECK_INDEX(*slot >= -1 && *slot < num_words, kOp, ": vocabulary_table must hold -1 "
+                      "or word indices below ", num_words, ", got ", *slot);
+    empty += *slot == -1;
+  }
+  TORCH_CHECK_VALUE(empty == slots - num_words, kOp, ": vocabulary_table must have ",
+                    slots - num_words, " empty slots (-1) for its ", num_words,
+                    " words, got ", empty);
+  TORCH_CHECK_VALUE(ngrams >= 1, kOp, ": ngrams must be >= 1, got ", ngrams);
+  TORCH_CHECK_VALUE(ngrams == 1 || buckets >= 1, kOp,
+                    ": buckets must be >= 1 when ngrams > 1, got ", buckets);
+
+  const int64_t count = starts.numel() - 1;
+  const int64_t base = num_words;  // n-gram ids follow the vocabulary's
+  const Vocabulary lookup{words.const_data_ptr<uint8_t>(), word_starts.const_data_ptr<int64_t>(),
+                          table.const_data_ptr<int64_t>(), static_cast<uint64_t>(slots - 1)};
+  const uint8_t* data = bytes.const_data_ptr<uint8_t>();
+  const int64_t* start = starts.const_data_ptr<int64_t>();
+  const at::Tensor fold_table = fold.contiguous();  // kept alive while the pointer is read
+  const int32_t* folded = fold_table.const_data_ptr<int32_t>();
+
+  at::Tensor sizes = at::zeros({count}, starts.options());
+  at::Tensor fallback = at::zeros({count}, starts.options().dtype(at::kBool));
+  int64_t* size_of = sizes.data_ptr<int64_t>();
+  bool* needs_python = fallback.data_ptr<bool>();
+  const int64_t blocks = (count + kTextsPerBlock - 1) / kTextsPerBlock;
+  std::vector<std::vector<int64_t>> block_ids(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    Tokens tokens;
+    for (int64_t block = first; block < last; ++block) {
+      std::vector<int64_t>& ids = block_ids[block];
+      const int64_t end = std::min(count, (block + 1) * kTextsPerBlock);
+      for (int64_t i = block * kTextsPerBlock; i < end; ++i) {
+        const size_t before = ids.size();
+        if (!tokenize(data + start[i], data + start[i + 1], folded, tokens)) {
+          needs_python[i] = true;
+          continue;
+        }
+        const int64_t num_tokens = tokens.size();
+        for (int64_t t = 0; t < num_tokens; ++t) {
+          const int64_t id = lookup.find(tokens.data(t), tokens.length(t));
+          if (id >= 0) ids.push_back(id);
+        }
+        for (int64_t n = 2; n <= ngrams; ++n) {
+          for (int64_t first_token = 0; first_token + n <= num_tokens; ++first_token) {
+            uint32_t hash = kFnv32Offset;
+            for (int64_t t = first_token; t < first_token + n; ++t) {
+              if (t > first_token) hash = fnv32(hash, ' ');  // " ".join(ngram)
+              const uint8_t* token = tokens.data(t);
+              for (int64_t b = 0, size = tokens.length(t); b < size; ++b) {
+                hash = fnv32(hash, token[b]);
+              }
+            }
+            ids.push_back(base + static_cast<int64_t>(hash % static_cast<uint64_t>(buckets)));
+          }
+        }
+        size_of[i] = static_cast<int64_t>(ids.size() - before);
+      }
+    }
+  });
+
+  at::Tensor offsets = at::empty({count}, starts.options());
+  int64_t* offset = offsets.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    offset[i] = total;
+    total += size_of[i];
+  }
+  at::Tensor ids = at::empty({total}, starts.options());
+  int64_t* out = ids.data_ptr<int64_t>();
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const std::vector<int64_t>& chunk = block_ids[block];
+      std::copy(chunk.begin(), chunk.end(), out + offset[block * kTextsPerBlock]);
+    }
+  });
+  return {ids, offsets, fallback};
+}
+
+// The open-addressing table Vocabulary::find probes: a power of two of at least twice the words.
+at::Tensor text_vocabulary_table_cpu(const at::Tensor& vocabulary,
+                                     const at::Tensor& vocabulary_offsets) {
+  constexpr const char* kOp = "_text_vocabulary_table";
+  check_bytes(kOp, "vocabulary", vocabulary);
+  const at::Tensor words = vocabulary.contiguous(), word_starts = vocabulary_offsets.contiguous();
+  check_offsets(kOp, "vocabulary_offsets", word_starts, words.numel());
+  const int64_t count = word_starts.numel() - 1;
+  int64_t slots = 2;
+  while (slots < 2 * count) slots *= 2;
+  at::Tensor table = at::full({slots}, -1, word_starts.options());
+  int64_t* slot_of = table.data_ptr<int64_t>();
+  const uint8_t* data = words.const_data_ptr<uint8_t>();
+  const int64_t* start = word_starts.const_data_ptr<int64_t>();
+  const Vocabulary lookup{data, start, slot_of, static_cast<uint64_t>(slots - 1)};
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t size = start[i + 1] - start[i];
+    TORCH_CHECK_VALUE(lookup.find(data + start[i], size) < 0, kOp,
+                      ": vocabulary must not repeat a word, got word ", i, " twice");
+    uint64_t slot = fnv64(data + start[i], size) & (slots - 1);
+    while (slot_of[slot] >= 0) slot = (slot + 1) & (slots - 1);
+    slot_of[slot] = i;
+  }
+  return table;
+}
+
+// Every distinct token of the texts with its count, most frequent first and, among equals, in
+// code-point order (TextHasher.build's vocabulary order): (words as UTF-8 end to end, their
+// offsets [V + 1], counts [V], fallback [n] for the texts left to Python, which are not counted).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> count_words_cpu(
+    const at::Tensor& text, const at::Tensor& text_offsets, const at::Tensor& fold) {
+  constexpr const char* kOp = "count_words";
+  check_bytes(kOp, "text", text);
+  const at::Tensor bytes = text.contiguous(), starts = text_offsets.contiguous();
+  check_offsets(kOp, "text_offsets", starts, bytes.numel());
+  check_fold(kOp, fold);
+  const int64_t count = starts.numel() - 1;
+  const uint8_t* data = bytes.const_data_ptr<uint8_t>();
+  const int64_t* start = starts.const_data_ptr<int64_t>();
+  const at::Tensor fold_table = fold.contiguous();  // kept alive while the pointer is read
+  const int32_t* folded = fold_table.const_data_ptr<int32_t>();
+  at::Tensor fallback = at::zeros({count}, starts.options().dtype(at::kBool));
+  bool* needs_python = fallback.data_ptr<bool>();
+
+  // A map per block of texts, merged into the first at the end.
+  using Counts = std::unordered_map<std::string, int64_t>;
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(
+      at::get_num_threads() * 4, (count + kTextsPerBlock - 1) / kTextsPerBlock));
+  std::vector<Counts> block_counts(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+    Tokens tokens;
+    std::string key;
+    for (int64_t block = first; block < last; ++block) {
+      Counts& counts = block_counts[block];
+      const int64_t begin = count * block / blocks, end = count * (block + 1) / blocks;
+      for (int64_t i = begin; i < end; ++i) {
+        if (!tokenize(data + start[i], data + start[i + 1], folded, tokens)) {
+          needs_python[i] = true;
+          continue;
+        }
+        for (int64_t t = 0; t < tokens.size(); ++t) {
+          key.assign(tokens.view(t));
+          ++counts[key];
+        }
+      }
+    }
+  });
+  Counts& total = block_counts[0];
+  for (int64_t block = 1; block < blocks; ++block) {
+    for (auto& [word, n] : block_counts[block]) total[word] += n;
+    Counts().swap(block_counts[block]);
+  }
+  std::vector<std::pair<std::string_view, int64_t>> order(total.begin(), total.end());
+  // UTF-8's byte order is its code-point order, so this is Python's (-count, word) sort
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
+  const int64_t distinct = static_cast<int64_t>(order.size());
+  int64_t size = 0;
+  for (const auto& entry : order) size += static_cast<int64_t>(entry.first.size());
+  at::Tensor words = at::empty({size}, bytes.options());
+  at::Tensor offsets = at::empty({distinct + 1}, starts.options());
+  at::Tensor counts = at::empty({distinct}, starts.options());
+  uint8_t* out = words.data_ptr<uint8_t>();
+  int64_t* offset = offsets.data_ptr<int64_t>();
+  int64_t* n = counts.data_ptr<int64_t>();
+  offset[0] = 0;
+  for (int64_t i = 0; i < distinct; ++i) {
+    std::memcpy(out + offset[i], order[i].first.data(), order[i].first.size());
+    offset[i + 1] = offset[i] + static_cast<int64_t>(order[i].first.size());
+    n[i] = order[i].second;
+  }
+  return {words, offsets, counts, fallback};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mmfast, CPU, m) {
+  m.impl("hash_text", &hash_text_cpu);
+  m.impl("_text_vocabulary_table", &text_vocabulary_table_cpu);
+  m.impl("count_words", &count_words_cpu);
+}
+
+}  // namespace mmfast
