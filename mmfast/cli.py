@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--seed", type=int, default=0,
                           help="seed of the hash that splits the records")
     manifest.set_defaults(run="_manifest")
+    for command in commands.choices.values():
+        command.add_argument("--threads", type=int, default=None,
+                             help="CPU threads of the kernels and torch (default: torch's, "
+                                  "one per core)")
     return parser
 
 
@@ -211,7 +215,7 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     parser.prog = f"mmfast {args.command}"
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
         parser.error("--num-train must be smaller than --num-vectors")
-    for name in ("batch_size", "top_k", "epochs", "dim", "patience", "num_vectors", "num_train",
+    for name in ("threads", "batch_size", "top_k", "epochs", "dim", "patience", "num_vectors", "num_train",
                  "iters", "subvectors", "centroids", "repetitions", "buckets"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
@@ -269,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_values(parser, args)
     try:
-        return getattr(importlib.import_module("mmfast.commands"), args.run)(args)
+        commands = importlib.import_module("mmfast.commands")  # torch and the models
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return getattr(commands, args.run)(args)
     except USER_ERRORS as error:
         if args.debug or os.environ.get("MMFAST_DEBUG", "") not in ("", "0"):
             raise

@@ -231,8 +231,29 @@ def _resumable(output: Path, as_csv: bool) -> tuple[list[str], list[str]]:
     return lines, ids
 
 
+def _chosen_labels(scores: torch.Tensor, k: int, thresholds: torch.Tensor | None
+                   ) -> list[tuple[list[int], list[float]]]:
+    """Per item, its chosen label indices, best first, and their scores rounded to 6 decimals:
+    the ``k`` best, or with ``thresholds`` every label scoring at least its threshold. One
+    sort for the batch, not one per item."""
+    if thresholds is None:
+        values, indices = scores.topk(k, dim=1)
+        counts = [k] * len(scores)
+    else:
+        chosen = scores >= thresholds
+        values, indices = torch.where(chosen, scores, -1.0).sort(dim=1, descending=True)
+        counts = chosen.sum(1).tolist()
+    return [(row[:count], [round(v, 6) for v in value[:count]])
+            for row, value, count in zip(indices.tolist(), values.tolist(), counts)]
+
+
+def _json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _classify(args) -> int:
     trained, config = Trained.load(args.checkpoint)
+    names, label_json = trained.labels, [_json(label) for label in trained.labels]
     images = _image_source(args, config)
     thresholds = _thresholds(args, trained.labels)
     k = min(args.top_k, len(trained.labels))
@@ -263,21 +284,16 @@ def _classify(args) -> int:
             if not batch:
                 continue
             examples = trained.examples(batch, features, with_targets=False)
-            scores = trained.probabilities(examples)
-            for record, row in zip(batch, scores):
-                if thresholds is not None:
-                    chosen = torch.nonzero(row >= thresholds).flatten()
-                    chosen = chosen[row[chosen].argsort(descending=True)]
-                else:
-                    chosen = row.topk(k).indices
-                labels = [trained.labels[i] for i in chosen.tolist()]
-                values = [round(float(row[i]), 6) for i in chosen.tolist()]
-                if writer:
-                    writer.writerow([record.id, "|".join(labels),
-                                     "|".join(f"{v:g}" for v in values)])
-                else:
-                    out.write(json.dumps({"id": record.id, "labels": labels, "scores": values},
-                                         ensure_ascii=False) + "\n")
+            rows = _chosen_labels(trained.probabilities(examples), k, thresholds)
+            if writer:
+                writer.writerows([record.id, "|".join(names[i] for i in chosen),
+                                  "|".join(f"{v:g}" for v in values)]
+                                 for record, (chosen, values) in zip(batch, rows))
+            else:
+                out.writelines(f'{{"id": {_json(record.id)}, "labels": '
+                               f'[{", ".join(label_json[i] for i in chosen)}], '
+                               f'"scores": {json.dumps(values)}}}\n'
+                               for record, (chosen, values) in zip(batch, rows))
             count += len(batch)
             bar.update(len(batch))
             out.flush()  # what a killed run leaves for --resume ends at a batch

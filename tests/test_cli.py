@@ -106,6 +106,25 @@ def test_features_train_classify_eval(tmp_path, capsys):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == len(read_manifest(heldout)) and all(len(r["labels"]) == 2 for r in rows)
     assert "items/s" in capsys.readouterr().out
+    # each row: the model's best labels, best first, and their probabilities to 6 decimals
+    from mmfast.data import FeatureStore
+    from mmfast.train.kiela import Trained, store_features
+
+    trained, _ = Trained.load(checkpoint)
+    records = read_manifest(heldout)
+    probabilities = trained.probabilities(trained.examples(
+        records, store_features(FeatureStore(store), records), with_targets=False))
+    for record, row, p in zip(records, rows, probabilities.tolist()):
+        best = sorted(range(len(p)), key=lambda i: -p[i])[:2]
+        assert row == {"id": record.id, "labels": [trained.labels[i] for i in best],
+                       "scores": [round(p[i], 6) for i in best]}
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(heldout),
+                 "--store", str(store), "--output", str(output), "--threshold", "0.15",
+                 "--threads", "1", "--quiet"]) == 0
+    for row, p in zip(map(json.loads, output.read_text().splitlines()), probabilities.tolist()):
+        chosen = sorted((i for i in range(len(p)) if p[i] >= 0.15), key=lambda i: -p[i])
+        assert row["labels"] == [trained.labels[i] for i in chosen]
+    capsys.readouterr()
     assert main(["eval", "--checkpoint", str(checkpoint), "--input", str(heldout), "--store",
                  str(store), "--json"]) == 0
     report = json.loads(capsys.readouterr().out.splitlines()[-1])
