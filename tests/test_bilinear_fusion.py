@@ -337,3 +337,15 @@ def test_double_backward_is_refused_clearly():
         torch.autograd.grad(out.sum(), u, create_graph=True)
     (grad_u,) = torch.autograd.grad(mmfast.ops.bilinear_fusion(u, v, weight).sum(), u)
     assert grad_u.shape == u.shape  # the first derivative still works
+
+
+@pytest.mark.cuda
+def test_mixed_devices_name_the_argument():
+    """u on the CPU beside CUDA inputs is an argument error, not a failed CUDA guard."""
+    u, v = torch.randn(4, 3), torch.randn(4, 5, device="cuda")
+    weight = torch.randn(2, 3, 5, device="cuda")
+    with pytest.raises(ValueError, match="v must be on cpu like u, got cuda:0"):
+        torch.ops.mmfast.bilinear_fusion(u, v, weight, None, "none")
+    with pytest.raises(ValueError, match="must be on cpu like u, got cuda:0"):
+        torch.ops.mmfast._bilinear_fusion_backward(torch.ones(4, 2, device="cuda"), u, v, weight,
+                                                   "none")

@@ -531,3 +531,12 @@ def test_saved_forward_tensors_must_match_the_call(case):
     with pytest.raises(error, match=r"_cacnet_forward_backward: hidden1 must"):
         torch.ops.mmfast._cacnet_forward_backward(logits, x_img, x_txt, params, saved.hidden1,
                                                   forward.hidden2, "relu", True)
+
+
+@pytest.mark.cuda
+def test_mixed_devices_name_the_argument():
+    """x_img on the CPU beside CUDA parameters is an argument error, not a failed CUDA guard."""
+    model, x_img, x_txt, _ = _problem()
+    params = [p.cuda() for p in model.op_params()]
+    with pytest.raises(ValueError, match="x_txt must be on cpu like x_img, got cuda:0"):
+        torch.ops.mmfast.cacnet_forward(x_img, x_txt.cuda(), params, "relu")

@@ -277,3 +277,16 @@ def test_one_dimensional_gradients_are_as_accurate_as_the_reference():
             worst[name] = max(worst[name], *(float((g.double() - e).abs().max())
                                              for g, e in zip(got[2:], exact[2:])))
     assert worst["fused"] < 5e-4 and worst["reference"] < 5e-5, worst
+
+
+@pytest.mark.cuda
+def test_mixed_devices_name_the_argument():
+    """A CPU tensor beside CUDA ones is refused by name, gradients included (the backward
+    kernels would otherwise read a host pointer)."""
+    V, T = torch.randn(2, 3, 4, device="cuda"), torch.randn(2, 5, 4, device="cuda")
+    with pytest.raises(ValueError, match="T must be on cuda:0 like V, got cpu"):
+        torch.ops.mmfast.cross_attention_cosine(V, T.cpu(), None, 1.0)
+    for name, grads in (("grad_v_bar", (torch.ones(2, 3), torch.ones(2, 5, device="cuda"))),
+                        ("grad_t_bar", (torch.ones(2, 3, device="cuda"), torch.ones(2, 5)))):
+        with pytest.raises(ValueError, match=f"{name} must be on cuda:0 like V, got cpu"):
+            torch.ops.mmfast._cross_attention_cosine_backward(*grads, V, T, None, 1.0)

@@ -143,7 +143,9 @@ inline void check_saved(const char* op, const char* name, const at::Tensor& t,
                     " (from the forward of this batch and model), got ", t.sizes());
 }
 
-// `Kernels` supplies a DeviceGuard type (constructed from x's device) and, for contiguous tensors
+// `Kernels` supplies a DeviceGuard type (constructed from x's device once check_args has refused
+// mixed devices: a CUDA guard built on a CPU tensor's device fails with a message about guards,
+// not arguments) and, for contiguous tensors
 // of x's dtype and device:
 //   bias_activation(out, pre, pre2, bias, act)  out = act(pre [+ pre2] + bias), rows of bias's
 //                                               width; pre2 may be undefined; out may alias pre
@@ -210,9 +212,9 @@ struct Schedule {
                                                     at::TensorList params,
                                                     std::string_view activation) {
     constexpr const char* op = "cacnet_forward";
+    const Shape s = check_args(op, x_img_in, x_txt_in, nullptr, params);
     const typename Kernels::DeviceGuard device_guard(x_img_in.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img_in, x_txt_in, nullptr, params);
     const Activation act = parse_activation(op, activation);
     check_inputs(op, x_img_in, x_txt_in, nullptr);
     const Tensor x_img = x_img_in.contiguous(), x_txt = x_txt_in.contiguous();
@@ -265,9 +267,9 @@ struct Schedule {
       const Tensor& grad_logits, const Tensor& x_img, const Tensor& x_txt, at::TensorList params,
       const Tensor& hidden1, const Tensor& hidden2, std::string_view activation, bool input_grads) {
     constexpr const char* op = "_cacnet_forward_backward";
+    const Shape s = check_args(op, x_img, x_txt, &grad_logits, params, "grad_logits");
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img, x_txt, &grad_logits, params, "grad_logits");
     check_saved(op, "hidden1", hidden1, x_img, {2, s.batch, s.half});
     check_saved(op, "hidden2", hidden2, x_img, {2, s.batch, s.half});
     return full_backward(grad_logits.contiguous(), x_img.contiguous(), x_txt.contiguous(), params,
@@ -344,9 +346,9 @@ struct Schedule {
       const Tensor& x_img_in, const Tensor& x_txt_in, const Tensor& targets_in,
       at::TensorList params, std::string_view activation) {
     constexpr const char* op = "cacnet_phase1";
+    const Shape s = check_args(op, x_img_in, x_txt_in, &targets_in, params);
     const typename Kernels::DeviceGuard device_guard(x_img_in.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img_in, x_txt_in, &targets_in, params);
     const Activation act = parse_activation(op, activation);
     check_inputs(op, x_img_in, x_txt_in, &targets_in);
     const Tensor x_img = x_img_in.contiguous(), x_txt = x_txt_in.contiguous();
@@ -363,9 +365,9 @@ struct Schedule {
   phase2_forward(const Tensor& x_img_in, const Tensor& x_txt_in, const Tensor& targets_in,
                  at::TensorList params, std::string_view activation) {
     constexpr const char* op = "cacnet_phase2_forward";
+    const Shape s = check_args(op, x_img_in, x_txt_in, &targets_in, params);
     const typename Kernels::DeviceGuard device_guard(x_img_in.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img_in, x_txt_in, &targets_in, params);
     const Activation act = parse_activation(op, activation);
     check_inputs(op, x_img_in, x_txt_in, &targets_in);
     const Tensor x_img = x_img_in.contiguous(), x_txt = x_txt_in.contiguous();
@@ -393,9 +395,9 @@ struct Schedule {
                                                   const Tensor& logits,
                                                   std::string_view activation) {
     constexpr const char* op = "cacnet_phase2_full_backward";
+    const Shape s = check_args(op, x_img, x_txt, &targets, params);
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img, x_txt, &targets, params);
     check_saved(op, "hidden1", hidden1, x_img, {2, s.batch, s.half});
     check_saved(op, "hidden2", hidden2, x_img, {2, s.batch, s.half});
     check_saved(op, "logits", logits, x_img, {s.batch, s.classes});
@@ -413,9 +415,9 @@ struct Schedule {
       const Tensor& x_img, const Tensor& x_txt, const Tensor& targets, at::TensorList params,
       const Tensor& layer1, std::string_view activation, bool train_output) {
     constexpr const char* op = "cacnet_phase2_cross_active";
+    const Shape s = check_args(op, x_img, x_txt, &targets, params);
     const typename Kernels::DeviceGuard device_guard(x_img.device());
     const at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel, not a graph
-    const Shape s = check_args(op, x_img, x_txt, &targets, params);
     check_saved(op, "layer1", layer1, x_img, {4, s.batch, s.half});
     return train_pair(kCrossImage, kCrossText, x_img.contiguous(), x_txt.contiguous(),
                       targets.contiguous(), layer1.contiguous(), params,

@@ -59,8 +59,11 @@ inline at::Tensor checked_word_counts(const char* op, const std::optional<at::Te
 
 // Incoming gradients of the backward op: one per output, shaped like it.
 inline void check_cross_attention_cosine_grads(const char* op, const at::Tensor& grad_v_bar,
-                                               const at::Tensor& grad_t_bar,
+                                               const at::Tensor& grad_t_bar, const at::Tensor& V,
                                                const CrossAttentionShape& shape) {
+  // a gradient on another device than V would hand the kernels a pointer they cannot read
+  MMFAST_CHECK_SAME_DEVICE(op, "grad_v_bar", grad_v_bar, V);
+  MMFAST_CHECK_SAME_DEVICE(op, "grad_t_bar", grad_t_bar, V);
   TORCH_CHECK_VALUE(grad_v_bar.sizes() == at::IntArrayRef({shape.batch, shape.regions}), op,
                     ": grad_v_bar must have shape [", shape.batch, ", ", shape.regions, "], got ",
                     grad_v_bar.sizes());

@@ -445,7 +445,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cpu(
     const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, const at::Tensor& V,
     const at::Tensor& T, const std::optional<at::Tensor>& t_lengths, double scale) {
   const CrossAttentionShape shape = check_cross_attention_cosine_args(kBackward, V, T, t_lengths);
-  check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, shape);
+  check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, V, shape);
   const at::ScalarType acc = acc_type(V.scalar_type());
   const at::Tensor grad_v = grad_v_bar.to(acc).contiguous();
   const at::Tensor grad_t = grad_t_bar.to(acc).contiguous();

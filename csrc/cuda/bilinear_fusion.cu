@@ -131,6 +131,9 @@ struct CudaKernels {
 
 at::Tensor bilinear_fusion_cuda(const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, c10::string_view gate) {
+  // The checks (again inside) before the guard: with u on the CPU beside CUDA inputs, the guard
+  // would fail on the CPU device with a message about guards, not about u.
+  check_bilinear_fusion_args(u, v, weight, bias);
   const c10::cuda::CUDAGuard guard(u.device());
   return bilinear_fusion_forward<CudaKernels>(u, v, weight, bias, gate);
 }
@@ -138,6 +141,7 @@ at::Tensor bilinear_fusion_cuda(const at::Tensor& u, const at::Tensor& v, const 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_fusion_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& u, const at::Tensor& v, const at::Tensor& weight,
     c10::string_view gate) {
+  check_bilinear_fusion_backward_args(grad_out, u, v, weight);  // before the guard, as above
   const c10::cuda::CUDAGuard guard(u.device());
   return bilinear_fusion_backward_tiled<CudaKernels>(grad_out, u, v, weight, gate);
 }

@@ -199,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cuda(
     const at::Tensor& grad_v_bar, const at::Tensor& grad_t_bar, const at::Tensor& V,
     const at::Tensor& T, const std::optional<at::Tensor>& t_lengths, double scale) {
   const CrossAttentionShape shape = check_cross_attention_cosine_args(kBackward, V, T, t_lengths);
-  check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, shape);
+  check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, V, shape);
   const c10::cuda::CUDAGuard guard(V.device());
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V);
