@@ -59,11 +59,12 @@ TORCH_LIBRARY(mmfast, m) {
   // cross-entropy (labels [B] int64) or one-vs-all (labels [B, K] float 0/1) over the bags
   // indices[offsets[b]:offsets[b+1]], updating embedding [V, H], weight [K, H] and bias [K] in
   // place; per_sample_weights [nnz] or None (bag mean);
-  // the learning rate falls linearly from lr_start to lr_end; threads None: all intra-op threads.
-  // Returns losses [B], each example's loss before its own step.
+  // the learning rate falls linearly from lr_start to lr_end; threads None: all intra-op threads;
+  // order [S] int64 or None: the examples in the order they train (a shuffle without a gather;
+  // None: 0..B-1). Returns losses [S], each step's loss before its own update.
   m.def("fasttext_sgd_(Tensor(a!) embedding, Tensor(b!) weight, Tensor(c!)? bias, "
         "Tensor indices, Tensor offsets, Tensor? per_sample_weights, Tensor labels, "
-        "float lr_start, float lr_end, int? threads=None) -> Tensor");
+        "float lr_start, float lr_end, int? threads=None, Tensor? order=None) -> Tensor");
 
   m.set_python_module("mmfast.ops.hash_text");
   // DESIGN 3.1's TextHasher.encode. text: the texts' UTF-8 bytes end to end (uint8), text i at

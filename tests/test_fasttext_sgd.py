@@ -31,14 +31,14 @@ def _clone(params):
     return {name: None if p is None else p.clone() for name, p in params.items()}
 
 
-def _run(params, inputs, lr=(0.5, 0.1), threads=None):
+def _run(params, inputs, lr=(0.5, 0.1), threads=None, order=None):
     return fasttext_sgd_(params["embedding"], params["weight"], params["bias"], *inputs, *lr,
-                         threads=threads)
+                         threads=threads, order=order)
 
 
-def _run_reference(params, inputs, lr=(0.5, 0.1)):
+def _run_reference(params, inputs, lr=(0.5, 0.1), order=None):
     return reference.fasttext_sgd_(params["embedding"], params["weight"], params["bias"],
-                                   *inputs, *lr)
+                                   *inputs, *lr, order)
 
 
 def _one_vs_all(inputs, classes=5, seed=1):
@@ -64,6 +64,30 @@ def test_single_thread_matches_reference(dim, bias, weighted, loss):
     for name, value in params.items():
         if value is not None:
             torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "ova"])
+def test_order_trains_as_the_gathered_examples(loss):
+    """``order`` visits the examples in its order (repeats allowed), as the reference does and as
+    the same examples gathered into a new batch train."""
+    params, inputs = _problem()
+    if loss == "ova":
+        inputs = _one_vs_all(inputs)
+    indices, offsets, _, labels = inputs
+    order = torch.tensor([7, 3, 3, 0, 39, 12, 5, 21, 21, 21, 8])
+    expected, gathered = _clone(params), _clone(params)
+    losses = _run(params, inputs, threads=1, order=order)
+    expected_losses = _run_reference(expected, inputs, order=order)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-5)
+    lengths = offsets.diff()[order]
+    bags = torch.cat([indices[offsets[i]:offsets[i + 1]] for i in order.tolist()])
+    gathered_inputs = (bags, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+                       None, labels[order])
+    torch.testing.assert_close(_run(gathered, gathered_inputs, threads=1), losses)
+    for name, value in params.items():
+        if value is not None:
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(value, gathered[name])
 
 
 def test_one_vs_all_loss_is_the_sum_of_binary_losses():
@@ -150,6 +174,9 @@ def test_opcheck(bias):
     params, inputs = _problem(bias=bias, weighted=True)
     opcheck(torch.ops.mmfast.fasttext_sgd_.default,
             (params["embedding"], params["weight"], params["bias"], *inputs, 0.5, 0.1, 1))
+    opcheck(torch.ops.mmfast.fasttext_sgd_.default,
+            (params["embedding"], params["weight"], params["bias"], *inputs, 0.5, 0.1, 1,
+             torch.tensor([3, 1, 1])))
 
 
 def test_torch_compile_fullgraph():
@@ -205,6 +232,10 @@ BAD_INPUTS = {
     "label range": (lambda a: {"labels": a["labels"] + 5}, IndexError,
                     r"labels must be in \[0, 5\), got values in"),
     "lr": (lambda a: {"lr_start": float("nan")}, ValueError, "lr_start and lr_end must be finite"),
+    "order range": (lambda a: {"order": torch.tensor([0, 40])}, IndexError,
+                    r"order must be in \[0, 40\), got values in"),
+    "order dtype": (lambda a: {"order": torch.tensor([0, 1], dtype=torch.int32)}, TypeError,
+                    "order must be one of int64, got torch.int32"),
     "ova dtype": (lambda a: {"labels": torch.zeros(40, 5, dtype=torch.float64)}, TypeError,
                   "labels must be one of float32, got torch.float64"),
     "ova width": (lambda a: {"labels": torch.zeros(40, 4)}, ValueError,

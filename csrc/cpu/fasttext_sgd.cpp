@@ -68,7 +68,8 @@ struct Problem {
   const float* bag_weights;   // [nnz] or nullptr: 1 / bag size
   const int64_t* labels;      // [B] class indices (softmax), or nullptr
   const float* targets;       // [B, K] 0/1 targets (one-vs-all), or nullptr
-  float* losses;              // [B]
+  const int64_t* order;       // [S] the examples in the order they train, or nullptr: 0..B-1
+  float* losses;              // [S], in training order
   int64_t dim, classes;
 };
 
@@ -110,9 +111,9 @@ class PrivateClassifier {
   std::vector<float> local_, snapshot_;
 };
 
-// SGD over the examples [begin, end), the learning rate going from lr_start at `begin` to
-// lr_end at `end` (excluded) in equal steps. losses[b] is the loss of example b before its own
-// update. With `private_classifier` the classifier updates go to a thread-local copy merged
+// SGD over the steps [begin, end), step s training example order[s] (or s), the learning rate
+// going from lr_start at `begin` to lr_end at `end` (excluded) in equal steps. losses[s] is the
+// loss of step s's example before its own update. With `private_classifier` the classifier updates go to a thread-local copy merged
 // into the shared one every kPublishEvery examples and at the end.
 void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double lr_end,
                  bool private_classifier) {
@@ -125,8 +126,9 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
   }
   std::vector<float> hidden(dim), grad_hidden(dim), logits(classes);
   const double lr_slope = (lr_end - lr_start) / double(std::max<int64_t>(end - begin, 1));
-  for (int64_t b = begin; b < end; ++b) {
-    const float lr = static_cast<float>(lr_start + lr_slope * double(b - begin));
+  for (int64_t step = begin; step < end; ++step) {
+    const float lr = static_cast<float>(lr_start + lr_slope * double(step - begin));
+    const int64_t b = p.order ? p.order[step] : step;
     const int64_t first = p.offsets[b], last = p.offsets[b + 1];
     const float mean_weight = last > first ? 1.f / float(last - first) : 0.f;
 
@@ -150,14 +152,14 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
         loss += std::max(z, 0.f) - z * target[k] + std::log1p(std::exp(-std::abs(z)));
         logits[k] = 1.f / (1.f + std::exp(-z)) - target[k];
       }
-      p.losses[b] = loss;
+      p.losses[step] = loss;
     } else {
       const float max_logit = *std::max_element(logits.begin(), logits.end());
       float sum = 0.f;
       for (int64_t k = 0; k < classes; ++k) sum += std::exp(logits[k] - max_logit);
       const float log_sum = max_logit + std::log(sum);
       const int64_t label = p.labels[b];
-      p.losses[b] = log_sum - logits[label];
+      p.losses[step] = log_sum - logits[label];
       for (int64_t k = 0; k < classes; ++k) logits[k] = std::exp(logits[k] - log_sum);
       logits[label] -= 1.f;
     }
@@ -172,7 +174,7 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
       const float w = p.bag_weights ? p.bag_weights[j] : mean_weight;
       axpy(dim, -lr * w, grad_hidden.data(), p.embedding + p.indices[j] * dim);
     }
-    if (classifier && (b - begin + 1) % kPublishEvery == 0) classifier->publish();
+    if (classifier && (step - begin + 1) % kPublishEvery == 0) classifier->publish();
   }
   if (classifier) classifier->publish();
 }
@@ -207,7 +209,8 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
                             const at::Tensor& offsets,
                             const std::optional<at::Tensor>& per_sample_weights,
                             const at::Tensor& labels, double lr_start, double lr_end,
-                            std::optional<int64_t> threads) {
+                            std::optional<int64_t> threads,
+                            const std::optional<at::Tensor>& order) {
   check_parameter("embedding", embedding, 2);
   check_parameter("weight", weight, 2);
   const int64_t vocabulary = embedding.size(0), dim = embedding.size(1), classes = weight.size(0);
@@ -263,8 +266,15 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
     check_range("labels", labels_c, classes);
   }
 
-  at::Tensor losses = at::empty({batch}, embedding.options());  // [B]
-  if (batch == 0) return losses;
+  at::Tensor order_c;
+  if (order) {
+    check_cpu_tensor("order", *order, at::kLong, 1);
+    order_c = order->contiguous();
+    check_range("order", order_c, batch);
+  }
+  const int64_t steps = order ? order_c.size(0) : batch;
+  at::Tensor losses = at::empty({steps}, embedding.options());  // in training order
+  if (steps == 0) return losses;
   const Problem problem{embedding.data_ptr<float>(),
                         weight.data_ptr<float>(),
                         bias ? bias->data_ptr<float>() : nullptr,
@@ -273,16 +283,17 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
                         per_sample_weights ? bag_weights.const_data_ptr<float>() : nullptr,
                         one_vs_all ? nullptr : labels_c.const_data_ptr<int64_t>(),
                         one_vs_all ? labels_c.const_data_ptr<float>() : nullptr,
+                        order ? order_c.const_data_ptr<int64_t>() : nullptr,
                         losses.data_ptr<float>(),
                         dim,
                         classes};
 
   // One chunk per thread, each with the whole learning-rate decay over its own examples: the
   // threads progress together, as fastText's do through their parts of the file.
-  const int64_t chunks = std::min<int64_t>(threads.value_or(at::get_num_threads()), batch);
+  const int64_t chunks = std::min<int64_t>(threads.value_or(at::get_num_threads()), steps);
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-      train_chunk(problem, batch * chunk / chunks, batch * (chunk + 1) / chunks, lr_start, lr_end,
+      train_chunk(problem, steps * chunk / chunks, steps * (chunk + 1) / chunks, lr_start, lr_end,
                   /*private_classifier=*/chunks > 1);
     }
   });

@@ -27,6 +27,7 @@ def fasttext_sgd_(
     lr_start: float,
     lr_end: float,
     threads: int | None = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Train the fastText model ``weight @ (sum_j w_j embedding[i_j]) + bias`` on B examples by
     per-example SGD, in place, as fastText does: on softmax cross-entropy when ``labels`` are
@@ -45,7 +46,10 @@ def fasttext_sgd_(
     parameters without locks, so a concurrent update to a shared row can be lost (benign noise
     for sparse SGD). With one thread the result is exactly ``mmfast.reference.fasttext_sgd_``.
 
-    Returns the losses [B], each example's loss before its own step.
+    ``order`` (int64 [S], values in [0, B)) trains the examples in that order, e.g. a shuffle,
+    without gathering the bags into a new buffer; None trains 0..B-1.
+
+    Returns the losses [S] (S = B without ``order``), each step's loss before its own update.
     """
     check_tensor(_OP, "embedding", embedding, ndim=2, dtypes=(torch.float32,))
     check_tensor(_OP, "weight", weight, ndim=2, dtypes=(torch.float32,))
@@ -72,6 +76,8 @@ def fasttext_sgd_(
               "labels": (labels, 2, torch.float32) if one_vs_all else (labels, 1, torch.int64)}
     if per_sample_weights is not None:
         inputs["per_sample_weights"] = (per_sample_weights, 1, torch.float32)
+    if order is not None:
+        inputs["order"] = (order, 1, torch.int64)
     for name, (value, ndim, dtype) in inputs.items():
         check_tensor(_OP, name, value, ndim=ndim, dtypes=(dtype,))
         check_same_device(_OP, name, value, embedding)
@@ -92,13 +98,15 @@ def fasttext_sgd_(
                                 or threads < 1):
         raise ValueError(f"{_OP}: threads must be an integer >= 1 or None, got {threads!r}")
     if _backend.use_reference():
-        _check_values(embedding, weight, indices, offsets, labels)
+        _check_values(embedding, weight, indices, offsets, labels, order)
         return reference.fasttext_sgd_(embedding, weight, bias, indices, offsets,
-                                       per_sample_weights, labels, float(lr_start), float(lr_end))
-    # The kernel checks the values (offsets, id and label ranges) itself, before any update.
+                                       per_sample_weights, labels, float(lr_start), float(lr_end),
+                                       order)
+    # The kernel checks the values (offsets, id, label and order ranges) itself, before any
+    # update.
     return torch.ops.mmfast.fasttext_sgd_(embedding, weight, bias, indices, offsets,
                                           per_sample_weights, labels, float(lr_start),
-                                          float(lr_end), threads)
+                                          float(lr_end), threads, order)
 
 
 def _real(name: str, value) -> float:
@@ -114,7 +122,7 @@ def _real(name: str, value) -> float:
     return float(value)
 
 
-def _check_values(embedding, weight, indices, offsets, labels) -> None:
+def _check_values(embedding, weight, indices, offsets, labels, order) -> None:
     """The value checks of the C++ kernel, for the reference path."""
     if int(offsets[0]) != 0 or int(offsets[-1]) != indices.shape[0]:
         raise ValueError(f"{_OP}: offsets must run from 0 to indices.size(0) = "
@@ -127,9 +135,11 @@ def _check_values(embedding, weight, indices, offsets, labels) -> None:
             raise ValueError(f"{_OP}: one-vs-all labels must hold only 0 and 1")
     else:
         check_ids(_OP, "labels must be", labels, weight.shape[0], error=IndexError)
+    if order is not None:
+        check_ids(_OP, "order must be", order, labels.shape[0], error=IndexError)
 
 
 @torch.library.register_fake("mmfast::fasttext_sgd_")
 def _(embedding, weight, bias, indices, offsets, per_sample_weights, labels, lr_start, lr_end,
-      threads=None):
-    return embedding.new_empty((labels.shape[0],))
+      threads=None, order=None):
+    return embedding.new_empty((labels.shape[0] if order is None else order.shape[0],))

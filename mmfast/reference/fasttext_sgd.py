@@ -11,6 +11,7 @@ def fasttext_sgd_(
     labels: torch.Tensor,
     lr_start: float,
     lr_end: float,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """fastText's training loop, one example at a time: for example b with the bag
     ``indices[offsets[b]:offsets[b+1]]`` (weights ``per_sample_weights``, or 1/bag size),
@@ -21,15 +22,16 @@ def fasttext_sgd_(
             the K binary cross-entropies)
         weight -= lr g hidden^T,  bias -= lr g,  embedding[i_j] -= lr w_j grad_hidden
 
-    with ``lr = lr_start + (lr_end - lr_start) * b / B``. Updates the parameters in place and
-    returns each example's loss before its own step [B]. Sequential: the fused op with one
+    with ``lr = lr_start + (lr_end - lr_start) * s / S`` at step s of S, which trains example
+    ``order[s]`` (``order`` None: example s of S = B). Updates the parameters in place and
+    returns each step's loss before its own update [S]. Sequential: the fused op with one
     thread computes exactly this.
     """
-    batch = labels.shape[0]
-    losses = embedding.new_empty(batch)
+    examples = range(labels.shape[0]) if order is None else order.tolist()
+    losses = embedding.new_empty(len(examples))
     with torch.no_grad():
-        for b in range(batch):
-            lr = lr_start + (lr_end - lr_start) * b / batch
+        for step, b in enumerate(examples):
+            lr = lr_start + (lr_end - lr_start) * step / len(examples)
             bag = indices[offsets[b] : offsets[b + 1]]
             if per_sample_weights is None:
                 bag_weights = embedding.new_full((len(bag),), 1.0 / max(len(bag), 1))
@@ -40,12 +42,12 @@ def fasttext_sgd_(
             if bias is not None:
                 logits = logits + bias
             if labels.dim() == 2:
-                losses[b] = torch.nn.functional.binary_cross_entropy_with_logits(
+                losses[step] = torch.nn.functional.binary_cross_entropy_with_logits(
                     logits, labels[b], reduction="sum")
                 grad_logits = torch.sigmoid(logits) - labels[b]
             else:
                 log_probs = torch.log_softmax(logits, 0)
-                losses[b] = -log_probs[labels[b]]
+                losses[step] = -log_probs[labels[b]]
                 grad_logits = log_probs.exp()
                 grad_logits[labels[b]] -= 1.0
             grad_hidden = weight.T @ grad_logits  # with the classifier before its step

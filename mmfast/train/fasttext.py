@@ -236,22 +236,26 @@ def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
 
 def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
                   generator: torch.Generator):
-    """One ``fasttext_sgd_`` call per epoch over a fresh shuffle, each taking its share of the
-    run's linear decay; yields each epoch's mean loss."""
+    """One ``fasttext_sgd_`` call per epoch over a fresh shuffle (an ``order``: the bags are
+    built once and never gathered), each taking its share of the run's linear decay; yields each
+    epoch's mean loss."""
     targets = examples.targets
     # softmax: items without a known label (-100) take no step, as cross_entropy ignores them
     kept = (targets >= 0).nonzero().flatten() if targets.dim() == 1 else torch.arange(len(targets))
+    if targets.dim() == 1:
+        targets = targets.clamp(min=0)  # the kernel checks every label; `order` skips these
     parameters = (model.embedding.weight.detach(), model.classifier.weight.detach(),
                   model.classifier.bias.detach())
+    with torch.no_grad():
+        ids, starts, weights = model.bags(examples.words, examples.offsets, examples.image)
+    bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
     for epoch in range(epochs):
         model.train()
-        words, offsets, image, targets = examples.batch(
-            kept[torch.randperm(len(kept), generator=generator)])
+        order = kept[torch.randperm(len(kept), generator=generator)]
         with torch.no_grad():
-            ids, starts, weights = model.bags(words, offsets, image)
-            bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
             losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
-                                   lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs))
+                                   lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs),
+                                   order=order)
         yield float(losses.mean()) if losses.numel() else 0.0
 
 
