@@ -47,13 +47,7 @@ def pack_texts(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text, offsets)``: the texts' UTF-8 bytes end to end (uint8) and the [n + 1] offsets
     where each starts, the last the byte count. Each text keeps a NUL after it (a non-word
     character, so its tokens are unchanged): one join and one search find them all."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"hash_text: texts must be a sequence of strings, got "
-                        f"{type(texts).__name__}")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"hash_text: texts must be strings, got {type(text).__name__} at "
-                            f"index {index}")
+    _check_texts(texts)
     if not texts:
         return torch.empty(0, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
     joined = ("\0".join(texts) + "\0").encode("utf-8", "surrogatepass")
@@ -63,6 +57,16 @@ def pack_texts(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [len(t.encode("utf-8", "surrogatepass")) + 1 for t in texts]
         ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
     return text, torch.cat([torch.zeros(1, dtype=torch.long), ends])
+
+
+def _check_texts(texts) -> None:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"hash_text: texts must be a sequence of strings, got "
+                        f"{type(texts).__name__}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"hash_text: texts must be strings, got {type(text).__name__} at "
+                            f"index {index}")
 
 
 class PackedVocabulary:
@@ -82,6 +86,11 @@ class PackedVocabulary:
     def __len__(self) -> int:
         return len(self.words)
 
+    @functools.cached_property
+    def word_ids(self) -> dict[str, int]:
+        """word -> index, for the Python tokenizer's texts."""
+        return {word: i for i, word in enumerate(self.words)}
+
 
 def hash_text(texts: Sequence[str], vocabulary: PackedVocabulary, buckets: int,
               ngrams: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,9 +108,8 @@ def hash_text(texts: Sequence[str], vocabulary: PackedVocabulary, buckets: int,
     if ngrams > 1 and buckets < 1:
         raise ValueError(f"hash_text: buckets must be >= 1 when ngrams > 1, got {buckets}")
     if _backend.use_reference():
-        pack_texts(texts)  # the same type checks
-        word_ids = {word: i for i, word in enumerate(vocabulary.words)}
-        return reference.hash_text(texts, word_ids, buckets, ngrams)
+        _check_texts(texts)
+        return reference.hash_text(texts, vocabulary.word_ids, buckets, ngrams)
     text, text_offsets = pack_texts(texts)
     ids, offsets, fallback = torch.ops.mmfast.hash_text(
         text, text_offsets, fold_table(), vocabulary.bytes, vocabulary.offsets, vocabulary.table,
@@ -114,11 +122,10 @@ def hash_text(texts: Sequence[str], vocabulary: PackedVocabulary, buckets: int,
 
 def _with_python_texts(texts, ids, offsets, fallback, vocabulary, buckets, ngrams):
     """The kernel's output with the ids of the texts it left to Python (``fallback``) put in."""
-    word_ids = {word: i for i, word in enumerate(vocabulary.words)}
     per_text = list(torch.tensor_split(ids, offsets[1:]))
     for index in torch.nonzero(fallback).flatten().tolist():
-        per_text[index] = torch.tensor(text_ids(texts[index], word_ids, buckets, ngrams),
-                                       dtype=torch.long)
+        per_text[index] = torch.tensor(
+            text_ids(texts[index], vocabulary.word_ids, buckets, ngrams), dtype=torch.long)
     sizes = torch.tensor([len(part) for part in per_text], dtype=torch.long)
     return torch.cat(per_text), torch.cumsum(sizes, 0) - sizes
 
@@ -127,7 +134,7 @@ def count_words(texts: Sequence[str]) -> list[tuple[str, int]]:
     """Every distinct token of ``texts`` with its count, most frequent first, then in
     code-point order (``mmfast.reference.hash_text.count_words``)."""
     if _backend.use_reference():
-        pack_texts(texts)
+        _check_texts(texts)
         return reference.count_words(texts)
     text, text_offsets = pack_texts(texts)
     words, word_offsets, counts, fallback = torch.ops.mmfast.count_words(text, text_offsets,
