@@ -12,7 +12,7 @@ import importlib.metadata as _metadata
 
 try:
     __version__ = _metadata.version("mmfast")
-except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path, not installed
+except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
     __version__ = "unknown"
 
 _SUBMODULES = ("metrics", "nn", "ops", "quant", "reference", "train")

@@ -29,7 +29,8 @@ Labels = str | Sequence[str]
 
 class Classifier:
     """A paper-003 model (``Recipe.default(model, multilabel, **recipe)``, the task kind
-    taken from the labels ``fit`` gets) with its text hasher, image extractor and labels. ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
+    taken from the labels ``fit`` gets) with its text hasher, image extractor and labels.
+    ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
     the checkpoint ``mmfast classify``/``eval`` read and ``load`` reads it back."""
 
     def __init__(self, model: str = "additive", extractor: ImageFeatureExtractor | None = None,

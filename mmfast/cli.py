@@ -16,20 +16,18 @@ from mmfast.defaults import (DEMO_IMAGE_SIZE, MODELS, OPTIMIZERS, PACKAGED, RECI
 def _recipe_defaults(field: str) -> str:
     """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max", then
     where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
-    def listing(multilabel: bool, only: set | None = None) -> str:
+    def listing(models, multilabel: bool) -> str:
         models_of: dict = {}
-        for model in MODELS:
+        for model in models:
             value = getattr(Recipe.default(model, multilabel), field)
-            if only is None or model in only:
-                models_of.setdefault(value, []).append(model)
-        if len(models_of) == 1 and only is None:
+            models_of.setdefault(value, []).append(model)
+        if len(models_of) == 1 and models == MODELS:
             return str(next(iter(models_of)))
-        return "; ".join(f"{value} for {', '.join(models)}"
-                         for value, models in models_of.items())
+        return "; ".join(f"{value} for {', '.join(names)}" for value, names in models_of.items())
 
-    differs = {model for model in MODELS if getattr(Recipe.default(model, True), field)
-               != getattr(Recipe.default(model), field)}
-    return listing(False) + (f"; multi-label: {listing(True, differs)}" if differs else "")
+    differs = tuple(model for model in MODELS if getattr(Recipe.default(model, True), field)
+                    != getattr(Recipe.default(model), field))
+    return listing(MODELS, False) + (f"; multi-label: {listing(differs, True)}" if differs else "")
 
 
 def add_kiela_commands(commands) -> None:
@@ -215,8 +213,8 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     parser.prog = f"mmfast {args.command}"
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
         parser.error("--num-train must be smaller than --num-vectors")
-    for name in ("threads", "batch_size", "top_k", "epochs", "dim", "patience", "num_vectors", "num_train",
-                 "iters", "subvectors", "centroids", "repetitions", "buckets"):
+    for name in ("threads", "batch_size", "top_k", "epochs", "dim", "patience", "num_vectors",
+                 "num_train", "iters", "subvectors", "centroids", "repetitions", "buckets"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")

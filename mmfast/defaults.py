@@ -57,11 +57,12 @@ class Recipe:
 
 
 # Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use
-# with no flags. Chosen on held-out data of the emoji group, subgroup and tags tasks and the oxygen
-# icon set (benchmarks/bench_kiela.py prints them beside the autotuned recipes): the fastText-trained
-# models want dim 50 and 30 epochs at lr 0.4, PQ's image tokens at alpha 1 and RSPQ's at 2 (held-out
-# group/subgroup/tags mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813 at alpha 1, 0.746/0.551/
-# 0.518/0.867 at 2, alpha 8 diverged; pq's were best at 1); the autograd fusions lr 3
+# with no flags. Chosen on held-out data of the emoji group, subgroup and tags tasks and the
+# oxygen icon set (benchmarks/bench_kiela.py prints them beside the autotuned recipes): the
+# fastText-trained models want dim 50 and 30 epochs at lr 0.4, PQ's image tokens at alpha 1 and
+# RSPQ's at 2 (held-out group/subgroup/tags mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813
+# at alpha 1, 0.746/0.551/0.518/0.867 at 2, alpha 8 diverged; pq's were best at 1); the autograd
+# fusions lr 3
 # on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the image vectors
 # centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to 0.780/0.583/0.581/0.873 on
 # group/subgroup/tags/icons), except the bilinear forms, whose gradient grows with

@@ -5,6 +5,7 @@ Text becomes a bag of ids: in-vocabulary words plus hashed word n-grams (n = 2..
 applies a linear classifier ``W``.
 """
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -26,12 +27,10 @@ class TextHasher:
         if ngrams < 1:
             raise ValueError(f"TextHasher: ngrams must be >= 1, got {ngrams}")
         self.vocabulary = list(vocabulary)
-        self.word_ids = {word: i for i, word in enumerate(self.vocabulary)}
-        if len(self.word_ids) != len(self.vocabulary):
+        if len(set(self.vocabulary)) != len(self.vocabulary):
             raise ValueError("TextHasher: vocabulary has repeated words")
         self.buckets = buckets if ngrams > 1 else 0
         self.ngrams = ngrams
-        self._packed: PackedVocabulary | None = None
 
     @classmethod
     def build(cls, texts: Iterable[str], min_count: int = 1, buckets: int = 200_000,
@@ -46,12 +45,15 @@ class TextHasher:
     def num_embeddings(self) -> int:
         return len(self.vocabulary) + self.buckets
 
-    @property
+    @functools.cached_property
     def packed(self) -> PackedVocabulary:
         """The vocabulary as ``mmfast.ops.hash_text`` reads it, built on first use."""
-        if self._packed is None:
-            self._packed = PackedVocabulary(self.vocabulary)
-        return self._packed
+        return PackedVocabulary(self.vocabulary)
+
+    @property
+    def word_ids(self) -> dict[str, int]:
+        """word -> id."""
+        return self.packed.word_ids
 
     def ids(self, text: str) -> list[int]:
         return self.encode([text])[0].tolist()

@@ -163,9 +163,9 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
     """Search ``model``'s recipe for the best score on ``valid`` = (records, image features)
     (accuracy, or mAP when ``multilabel``), as fastText's ``-autotune-validation`` does.
 
-    Trial 0 trains ``base`` (default: ``Recipe.default(model, multilabel)``); each later trial samples the
-    fields ``model`` uses (``search_space``) or perturbs the best recipe so far, the other
-    fields and ``seed`` staying the base's, so trials differ in hyperparameters alone. Every
+    Trial 0 trains ``base`` (default: ``Recipe.default(model, multilabel)``); each later trial
+    samples the fields ``model`` uses (``search_space``) or perturbs the best recipe so far, the
+    other fields and ``seed`` staying the base's, so trials differ in hyperparameters alone. Every
     trial keeps the weights of its best validation epoch; the result is the best trial's
     model as trained (the first of equal scores), with no retraining: its recipe keeps the
     planned ``epochs``, as the learning rate decayed over those, and the epoch that scored is
