@@ -25,7 +25,7 @@ import torch
 from mmfast import metrics
 from mmfast.data import Record
 from mmfast.nn.fasttext import tokenize
-from mmfast.train import kiela
+from mmfast.systems.base import targets
 
 FEATURES = ("image", "text")
 
@@ -323,8 +323,8 @@ def _present_classes(records, multilabel) -> list[str]:
 def _validation_score(scores: torch.Tensor, records, labels, multilabel) -> float:
     """Accuracy (single-label) or mean average precision (multi-label) of ``scores``."""
     if multilabel:
-        targets = kiela.targets(records, labels, multilabel)
-        return metrics.average_precision(scores, targets) if targets.any() else 0.0
+        truth = targets(records, labels, multilabel)
+        return metrics.average_precision(scores, truth) if truth.any() else 0.0
     predicted = scores.argmax(1).tolist()
     return float(np.mean([labels[p] == record.labels[0] for p, record in zip(predicted, records)]))
 

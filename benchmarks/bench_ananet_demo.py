@@ -31,7 +31,7 @@ from mmfast.data import (RELEVANCE_LABELS, demo_cache_dir, emoji_dataset, read_m
 from mmfast.features import GridRegionFeatureExtractor, WordVectors, token_vectors
 from mmfast.nn.ananet import VARIANTS, AnANet
 from mmfast.train import AnANetTrainer, relevance_features
-from mmfast.train.kiela import image_store
+from mmfast.features import image_store
 
 SEED = 0
 IMAGE_SIZE = 128  # the emoji are 72 x 72; 128 px gives a 4 x 4 grid of cells

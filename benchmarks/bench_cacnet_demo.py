@@ -14,7 +14,7 @@ of 500 epochs) scaled to ``EPOCHS``: the ramp is the last fifth.
 import time
 
 from mmfast.train.cacnet_demo import HASHTAG_METRICS, cacnet_features, table4
-from mmfast.train.kiela import demo_features
+from mmfast.features import demo_features
 
 EPOCHS = 100
 LR = 0.1

@@ -27,10 +27,11 @@ import torch
 from mmfast import metrics
 from mmfast._io import cache_dir
 from mmfast.data import read_manifest, split_records, write_image_folder_manifest
-from mmfast.train.autotune import autotune
+from mmfast.systems.autotune import autotune
 from mmfast.train.fasttext import predict, score
-from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, Recipe, demo_features, fit, image_store,
-                                store_features)
+from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, Recipe
+from mmfast.features import demo_features, image_store, store_features
+from mmfast.systems.kiela import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from baselines import fasttext_baseline, logistic_baseline  # noqa: E402
@@ -94,8 +95,8 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
     rows = []
     targets = None
     for model in MODELS:
-        trained = fit(Recipe.default(model, multilabel), fit_records, fit_image, labels, multilabel,
-                      valid=valid)
+        trained = fit(Recipe.default(model, multilabel), (fit_records, fit_image), labels,
+                      multilabel, valid=valid)
         examples = trained.examples(heldout, heldout_image)
         targets = examples.targets
         _row(rows, model, predict(trained.model, examples), targets, multilabel,
@@ -187,7 +188,7 @@ def test_pq_training_throughput_vs_fasttext(emoji, threads):
     fasttext = pytest.importorskip("fasttext")
     data, train, heldout, train_image, heldout_image = emoji
     recipe = Recipe.default("pq")
-    trained = fit(recipe, train, train_image, data.labels, False)
+    trained = fit(recipe, (train, train_image), data.labels, False)
     ours = recipe.epochs * len(train) / trained.stats["seconds"]
     examples = trained.examples(heldout, heldout_image)
     our_accuracy = score(predict(trained.model, examples), examples.targets, "softmax")

@@ -1,15 +1,17 @@
-"""Drop-in use from Python: train, save, load and apply a paper-003 model without manifests or
-feature stores.
+"""Drop-in use from Python: train, save, load and apply any of mmfast's systems
+(``mmfast.systems.SYSTEMS``, as ``mmfast models`` lists them) without manifests or feature
+stores.
 
-    clf = mmfast.Classifier("additive").fit(texts, images, labels)
+    clf = mmfast.Classifier("additive").fit(texts, images, labels)  # or system="cacnet", ...
     clf.save("ckpt")                     # the checkpoint `mmfast train` writes
     clf = mmfast.load("ckpt")            # or one `mmfast train` wrote
     clf.predict(texts, images, top_k=3)  # [["label", ...], ...]
 
 ``images`` are image files (paths), PIL images, image tensors [3, H, W] in [0, 1], or
-precomputed features [N, D] (an array or tensor, as ``mmfast features`` stores them); the text
-model takes ``images=None``. Files, PIL images and tensors go through the image extractor the
-checkpoint records, so the model sees the features it was trained on.
+precomputed features [N, D] (an array or tensor, as ``mmfast features`` stores them); the
+systems that read no image (the text model) take ``images=None``. Files, PIL images and
+tensors go through the image extractor the checkpoint records, so the model sees the features
+it was trained on.
 """
 
 import os
@@ -19,34 +21,38 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
+from mmfast import systems
 from mmfast.data import Record
+from mmfast.defaults import DEMO_IMAGE_SIZE
 from mmfast.features import ImageFeatureExtractor
 from mmfast.features.image import image_tensor, load_image
-from mmfast.train.kiela import DEMO_IMAGE_SIZE, Recipe, Trained, fit
+from mmfast.systems.base import Fitted
 
 Labels = str | Sequence[str]
 
 
 class Classifier:
-    """A paper-003 model (``Recipe.default(model, multilabel, **recipe)``, the task kind
-    taken from the labels ``fit`` gets) with its text hasher, image extractor and labels.
-    ``fit`` trains it, ``scores``/``predict`` apply it, ``save`` writes
-    the checkpoint ``mmfast classify``/``eval`` read and ``load`` reads it back."""
+    """A ``system`` of ``mmfast.systems.SYSTEMS`` with its ``recipe`` (over the system's default
+    recipe for the task kind the labels ``fit`` gets), image extractor and labels. ``fit`` trains
+    it, ``scores``/``predict`` apply it, ``save`` writes the checkpoint ``mmfast classify``/
+    ``eval`` read and ``load`` reads it back."""
 
-    def __init__(self, model: str = "additive", extractor: ImageFeatureExtractor | None = None,
+    def __init__(self, system: str = "additive", extractor: ImageFeatureExtractor | None = None,
                  **recipe):
-        self.recipe = Recipe.default(model, **recipe)  # checks the arguments now
+        self.system = systems.get(system)
+        self.recipe = self.system.default_recipe(**recipe)  # checks the arguments now
         self._overrides = recipe
         self._extractor = extractor
         self._extractor_config = None if extractor is None else extractor.config()
-        self.trained: Trained | None = None
+        self.trained: Fitted | None = None
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Classifier":
-        trained, config = Trained.load(directory)
-        classifier = cls(**asdict(trained.recipe))  # a later fit trains this recipe again
+        trained = systems.load(directory)
+        recipe = asdict(trained.recipe)  # a later fit trains this recipe again
+        classifier = cls(recipe.pop("model"), **recipe)
         classifier.trained = trained
-        classifier._extractor_config = config.get("extractor")
+        classifier._extractor_config = trained.extractor
         return classifier
 
     @property
@@ -70,8 +76,9 @@ class Classifier:
             valid_texts, valid_images, valid_labels = valid
             validation = (_records(valid_texts, valid_labels),
                           self._features(valid_images, len(valid_texts), "valid images"))
-        self.recipe = Recipe.default(self.recipe.model, multilabel, **self._overrides)
-        self.trained = fit(self.recipe, records, features, names, multilabel, valid=validation)
+        self.recipe = self.system.default_recipe(multilabel, **self._overrides)
+        self.trained = self.system.fit(self.recipe, (records, features), names, multilabel,
+                                       validation)
         return self
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -80,10 +87,9 @@ class Classifier:
     def scores(self, texts: Sequence[str], images=None) -> torch.Tensor:
         """Probabilities [N, len(labels)]: softmax for single-label, per-label sigmoids for
         multi-label models."""
-        trained = self._fitted()
         records = _records(texts, None)
-        return trained.probabilities(trained.examples(
-            records, self._features(images, len(records), "images"), with_targets=False))
+        return self._fitted().probabilities(records,
+                                            self._features(images, len(records), "images"))
 
     def predict(self, texts: Sequence[str], images=None, top_k: int = 1,
                 threshold: float | None = None) -> list[list[str]]:
@@ -105,18 +111,18 @@ class Classifier:
             out.append([labels[i] for i in chosen.tolist()])
         return out
 
-    def _fitted(self) -> Trained:
+    def _fitted(self) -> Fitted:
         if self.trained is None:
             raise ValueError("Classifier: not trained yet: call fit, or load a checkpoint")
         return self.trained
 
     def _features(self, images, count: int, name: str) -> np.ndarray | None:
         """Image features [count, D] of ``images`` (see the module docstring)."""
+        if not self.system.image:
+            return None  # the system reads no image, whatever is passed
         if images is None:
-            if self.recipe.model != "text":
-                raise ValueError(f"Classifier: {name} are needed by the {self.recipe.model!r} "
-                                 "model (only 'text' takes images=None)")
-            return None
+            raise ValueError(f"Classifier: {name} are needed by the {self.system.name!r} system "
+                             "(only the systems that read no image take images=None)")
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
             features = torch.as_tensor(images).detach().cpu().float()
             _check_count(name, len(features), count)

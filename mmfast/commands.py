@@ -12,17 +12,17 @@ import torch
 from tqdm import tqdm
 
 import mmfast
-from mmfast import metrics
+from mmfast import metrics, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, emoji_dataset, read_manifest, split_records,
                          write_image_folder_manifest)
-from mmfast.features import BadImageError, ImageFeatureExtractor
+from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe
+from mmfast.features import (BadImageError, ImageFeatureExtractor, demo_image_store,
+                             image_store, store_features)
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.report import format_report, plot_report, write_confusion_csv
-from mmfast.train.autotune import autotune
-from mmfast.train.fasttext import predict
-from mmfast.train.kiela import (DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe, Trained,
-                                demo_image_store, fit, image_store, store_features)
+from mmfast.systems.kiela import fit
+from mmfast.systems.autotune import autotune
 
 def _demo(args) -> int:
     return _demo_pq(args) if args.pq else _demo_kiela(args)
@@ -52,12 +52,11 @@ def _demo_kiela(args) -> int:
     for name in names:
         recipe = Recipe.default(name, data.multilabel,
                                 **({"epochs": args.epochs} if args.epochs else {}))
-        trained = fit(recipe, fit_records, fit_image, data.labels, data.multilabel, valid=valid)
-        examples = trained.examples(heldout, heldout_image)
+        trained = fit(recipe, (fit_records, fit_image), data.labels, data.multilabel, valid=valid)
         begin = time.perf_counter()
-        logits = predict(trained.model, examples)
+        logits = trained.logits(heldout, heldout_image)
         rate = len(heldout) / (time.perf_counter() - begin)
-        report = metrics.classification_report(logits, examples.targets, data.multilabel)
+        report = metrics.classification_report(logits, trained.targets(heldout), data.multilabel)
         stats = trained.stats
         print(f"{name:<15}" + "".join(f"{report[c]:>9.3f}" for c in columns)
               + f"{stats['valid_score']:>7.3f} {stats['best_epoch']:>5} {stats['seconds']:>8.2f} "
@@ -119,28 +118,33 @@ def _validation_split(args, records: list) -> tuple[list, list]:
 
 
 def _train(args) -> int:
+    system = systems.get(args.model)
     records = read_manifest(args.train)
     if not records:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
-    store = FeatureStore(args.store)
+    if system.image and not args.store:
+        raise ValueError(f"--store: the {system.name} system reads image features: pass the "
+                         "feature store `mmfast features` wrote for this manifest")
+    store = FeatureStore(args.store) if system.image else None
     multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
     labels = sorted({label for record in records for label in record.labels})
     with locked(args.out, "another mmfast train"):
-        return _train_locked(args, records, store, multilabel, labels)
+        return _train_locked(args, system, records, store, multilabel, labels)
 
 
-def _train_locked(args, records, store, multilabel, labels) -> int:
+def _train_locked(args, system, records, store, multilabel, labels) -> int:
     train_records, valid_records = _validation_split(args, records)
-    valid = (valid_records, store_features(store, valid_records)) if valid_records else None
-    overrides = {f.name: getattr(args, f.name) for f in fields(Recipe)
+    features = (lambda split: store_features(store, split)) if store else (lambda split: None)
+    valid = (valid_records, features(valid_records)) if valid_records else None
+    overrides = {f.name: getattr(args, f.name) for f in fields(system.recipe)
                  if f.name != "model" and getattr(args, f.name, None) is not None}
-    recipe = Recipe.default(args.model, multilabel, **overrides)
-    train_image = store_features(store, train_records)
+    recipe = system.default_recipe(multilabel, **overrides)
+    train = (train_records, features(train_records))
     if args.autotune:
         if valid is None:
             raise ValueError("--autotune needs a validation split: pass --valid or a "
                              "--valid-fraction above 0")
-        result = autotune(args.model, train_records, train_image, labels, multilabel, valid,
+        result = autotune(args.model, *train, labels, multilabel, valid,
                           duration=args.autotune_duration, seed=recipe.seed, base=recipe,
                           progress=not args.quiet)
         trained = result.trained
@@ -148,23 +152,22 @@ def _train_locked(args, records, store, multilabel, labels) -> int:
               f"valid {result.metric} {result.score:.4f}; recipe "
               f"{json.dumps(asdict(result.recipe))}")
     else:
-        trained = fit(recipe, train_records, train_image, labels, multilabel,
-                      progress=not args.quiet, valid=valid)
+        trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet)
     if valid is not None:
         trained.stats["valid_items"] = len(valid_records)
-    trained.save(args.out, extractor=store.meta.get("extractor"))
+    trained.save(args.out, extractor=store.meta.get("extractor") if store else None)
     stats = trained.stats
     print(f"trained {args.model} on {len(train_records)} items in {stats['seconds']:.2f} s "
           f"({stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
-    last = stats["history"][-1]
+    metric, history = stats["metric"], stats["history"]
     if valid is not None:
-        best = stats["history"][stats["best_epoch"] - 1]
-        print(f"kept epoch {stats['best_epoch']} of {len(stats['history'])}: valid "
-              f"{stats['metric']} {stats['valid_score']:.4f} on {len(valid_records)} items, "
-              f"train {best['train_' + stats['metric']]:.4f}")
+        best = next(row for row in history if row["epoch"] == stats["best_epoch"])
+        print(f"kept epoch {stats['best_epoch']} of {history[-1]['epoch']}: valid {metric} "
+              f"{stats['valid_score']:.4f} on {len(valid_records)} items, train "
+              f"{best['train_' + metric]:.4f}")
     else:
-        print(f"no validation split: kept the last epoch, train {stats['metric']} "
-              f"{last['train_' + stats['metric']]:.4f}")
+        print(f"no validation split: kept the last epoch, train {metric} "
+              f"{history[-1]['train_' + metric]:.4f}")
     return 0
 
 
@@ -175,15 +178,18 @@ def _batches(manifest: Manifest, size: int):
         yield batch
 
 
-def _image_source(args, config: dict):
+def _image_source(args, trained: systems.base.Fitted):
     """A function of ``(where, record)`` pairs -> ``(image features, records, unreadable)``:
-    features from --store, or extracted now as at training; with --skip-bad, records whose image
-    cannot be read are left out (and counted), else the first is an error naming its line."""
+    features from --store, or extracted now as at training (None for a system that reads no
+    image); with --skip-bad, records whose image cannot be read are left out (and counted), else
+    the first is an error naming its line."""
+    if not systems.get(trained.system).image:
+        return lambda numbered: (None, [r for _, r in numbered], 0)
     if args.store:
         store = FeatureStore(args.store)
         return lambda numbered: (store_features(store, [r for _, r in numbered]),
                                  [r for _, r in numbered], 0)
-    recipe = config.get("extractor")
+    recipe = trained.extractor
     if recipe is None:
         raise ValueError(f"{args.command}: the checkpoint records no image extractor: pass "
                          "--store")
@@ -252,9 +258,9 @@ def _json(text: str) -> str:
 
 
 def _classify(args) -> int:
-    trained, config = Trained.load(args.checkpoint)
+    trained = systems.load(args.checkpoint)
     names, label_json = trained.labels, [_json(label) for label in trained.labels]
-    images = _image_source(args, config)
+    images = _image_source(args, trained)
     thresholds = _thresholds(args, trained.labels)
     k = min(args.top_k, len(trained.labels))
     manifest = Manifest(args.input, skip_bad=args.skip_bad)
@@ -283,8 +289,7 @@ def _classify(args) -> int:
             bar.update(bad)
             if not batch:
                 continue
-            examples = trained.examples(batch, features, with_targets=False)
-            rows = _chosen_labels(trained.probabilities(examples), k, thresholds)
+            rows = _chosen_labels(trained.probabilities(batch, features), k, thresholds)
             if writer:
                 writer.writerows([record.id, "|".join(names[i] for i in chosen),
                                   "|".join(f"{v:g}" for v in values)]
@@ -312,24 +317,22 @@ def _classify(args) -> int:
 
 
 def _eval(args) -> int:
-    trained, config = Trained.load(args.checkpoint)
+    trained = systems.load(args.checkpoint)
     numbered = list(Manifest(args.input).numbered())
     if not numbered:
         raise ValueError(f"--input {args.input}: expected items to evaluate, got none")
-    images = _image_source(args, config)
-    features, records, _ = images(numbered)
-    examples = trained.examples(records, features)
-    logits = predict(trained.model, examples)
-    report = metrics.classification_report(logits, examples.targets, trained.multilabel)
+    features, records, _ = _image_source(args, trained)(numbered)
+    logits, targets = trained.logits(records, features), trained.targets(records)
+    report = metrics.classification_report(logits, targets, trained.multilabel)
     if args.confusion and trained.multilabel:
         raise ValueError("--confusion: a confusion matrix needs a single-label model, got "
                          "a multi-label one (see --per-class)")
     if args.plot:  # first: it refuses a path whose format it cannot write before writing
         plot_report(args.plot, report, trained.labels)
     if args.confusion:
-        known = examples.targets != metrics.UNKNOWN_TARGET
+        known = targets != metrics.UNKNOWN_TARGET
         write_confusion_csv(args.confusion, metrics.confusion_matrix(
-            logits.argmax(1)[known], examples.targets[known], len(trained.labels)),
+            logits.argmax(1)[known], targets[known], len(trained.labels)),
             trained.labels)
     if args.json:
         if not args.per_class:

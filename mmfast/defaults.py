@@ -103,3 +103,78 @@ DEFAULT_RECIPES = {
 }
 # Over DEFAULT_RECIPES on multi-label tasks.
 MULTILABEL_RECIPES = {"text": _FASTTEXT}
+
+
+# Text as one vector per item (mmfast.features.text_features): the systems other than paper
+# 003's read their text this way.
+TEXT_FEATURES = ("hashed", "word2vec", "glove", "glove:PATH", "sentence:PATH")
+
+
+@dataclass
+class CACNetRecipe:
+    """Paper 000's CACNet (DESIGN 3.2) on the store's image features, reduced by PCA to
+    ``image_dim``, and ``text_features`` of width ``text_dim``, each standardized; ``dim`` hidden
+    units (half per modality), SGD at ``lr`` on minibatches of ``batch_size``, the cross-active
+    threshold gamma rising from ``gamma`` to ``gamma_end`` over the last fifth of the epochs."""
+
+    model: str = "cacnet"
+    dim: int = 600
+    epochs: int = 40
+    lr: float = 0.1
+    batch_size: int = 20
+    image_dim: int = 300
+    text_features: str = "hashed"
+    text_dim: int = 300
+    ngrams: int = 1
+    gamma: float = 0.4
+    gamma_end: float = 0.8
+    patience: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dim % 2:
+            raise ValueError(f"dim of cacnet must be even (an image and a text half), got "
+                             f"{self.dim}")
+
+    @classmethod
+    def default(cls, model: str = "cacnet", multilabel: bool = False,
+                **overrides) -> "CACNetRecipe":
+        return cls(model=model, **overrides)
+
+
+AUTOENCODERS = ("joint_ae", "crossmodal_ae_i", "crossmodal_ae_ii")
+PROBE_L2 = (0.1, 1.0, 10.0)  # the probes' penalties tried on validation when l2 is None
+
+
+@dataclass
+class AutoencoderRecipe:
+    """Paper 002's autoencoders (DESIGN 3.3) as classifiers: the store's image features
+    PCA-whitened to ``image_dim`` and standardized ``text_features`` of width ``text_dim``
+    train the autoencoder (``epochs`` of ``batch_size`` rows, ``optimizer`` at ``lr``, text
+    weight ``mu``); its hidden units then feed one L2-regularized logistic regression per label
+    (penalty ``l2``; None picks one of ``PROBE_L2`` on the validation split). The cross-modal
+    ones read only the image at prediction time."""
+
+    model: str = "joint_ae"
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 32
+    optimizer: str = "adam"
+    image_dim: int = 200
+    text_features: str = "hashed"
+    text_dim: int = 100
+    ngrams: int = 1
+    mu: float = 10.0
+    l2: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in AUTOENCODERS:
+            raise ValueError(f"model must be one of {AUTOENCODERS}, got {self.model!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+
+    @classmethod
+    def default(cls, model: str = "joint_ae", multilabel: bool = False,
+                **overrides) -> "AutoencoderRecipe":
+        return cls(model=model, **overrides)

@@ -13,7 +13,7 @@ from mmfast.features import GridRegionFeatureExtractor, WordVectors
 from mmfast.nn import AlignmentNet, AnANet, AssociationNet
 from mmfast.nn.ananet import VARIANTS, mean_pool
 from mmfast.train import AnANetTrainer, load_checkpoint, load_features, relevance_features
-from mmfast.train.kiela import image_store
+from mmfast.features import image_store
 
 SMALL = dict(num_classes=3, num_regions=5, num_words=7, region_dim=24, word_dim=6,
              context_dim=10, hidden_dim=16, inv_dim=8)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mmfast.data import Record
-from mmfast.train.autotune import Choice, autotune, search_space
-from mmfast.train.kiela import MODELS, Recipe
+from mmfast.systems.autotune import Choice, autotune, search_space
+from mmfast.defaults import MODELS, Recipe
 
 CLASSES = ("red", "green", "blue")
 IMAGE_DIM = 16

@@ -42,8 +42,8 @@ def test_text_model_and_multilabel_targets():
     clf = mmfast.Classifier("text", epochs=10).fit(texts, None, tags)
     assert clf.trained.multilabel and "shared" in clf.labels
     # the task kind picks the default recipe: the text model's multi-label lr, its own epochs
-    assert clf.recipe == mmfast.train.kiela.Recipe.default("text", True, epochs=10)
-    assert clf.recipe.lr != mmfast.train.kiela.Recipe.default("text").lr
+    assert clf.recipe == mmfast.defaults.Recipe.default("text", True, epochs=10)
+    assert clf.recipe.lr != mmfast.defaults.Recipe.default("text").lr
     chosen = clf.predict(texts, threshold=0.5)
     assert all(all(label in clf.labels for label in row) for row in chosen)
     assert np.mean([labels[i] in row for i, row in enumerate(chosen)]) > 0.8
@@ -85,13 +85,13 @@ def test_bad_arguments_are_clear():
     texts, features, labels = _task(n=6)
     with pytest.raises(ValueError, match="not trained yet"):
         mmfast.Classifier().predict(texts, features)
-    with pytest.raises(ValueError, match="images are needed by the 'additive' model"):
+    with pytest.raises(ValueError, match="images are needed by the 'additive' system"):
         mmfast.Classifier().fit(texts, None, labels)
     with pytest.raises(ValueError, match=r"images must have one entry per text \(6\), got 5"):
         mmfast.Classifier().fit(texts, features[:5], labels)
     with pytest.raises(ValueError, match="6 texts but 2 labels"):
         mmfast.Classifier().fit(texts, features, labels[:2])
-    with pytest.raises(ValueError, match="model must be one of"):
+    with pytest.raises(ValueError, match="system must be one of .*'cacnet'.*, got 'resnet'"):
         mmfast.Classifier("resnet")
     clf = mmfast.Classifier("additive", epochs=1).fit(texts, features, labels)
     with pytest.raises(ValueError, match="top_k must be an integer >= 1, got 0"):

@@ -108,12 +108,12 @@ def test_features_train_classify_eval(tmp_path, capsys):
     assert "items/s" in capsys.readouterr().out
     # each row: the model's best labels, best first, and their probabilities to 6 decimals
     from mmfast.data import FeatureStore
-    from mmfast.train.kiela import Trained, store_features
+    from mmfast.features import store_features
+    from mmfast.systems import load
 
-    trained, _ = Trained.load(checkpoint)
+    trained = load(checkpoint)
     records = read_manifest(heldout)
-    probabilities = trained.probabilities(trained.examples(
-        records, store_features(FeatureStore(store), records), with_targets=False))
+    probabilities = trained.probabilities(records, store_features(FeatureStore(store), records))
     for record, row, p in zip(records, rows, probabilities.tolist()):
         best = sorted(range(len(p)), key=lambda i: -p[i])[:2]
         assert row == {"id": record.id, "labels": [trained.labels[i] for i in best],
@@ -249,7 +249,7 @@ def test_a_folder_in_use_by_another_process_is_refused(tmp_path, capsys):
         assert f"in use by pid {holder.pid}" in error and error.count("\n") == 1
         assert (checkpoint / "model.safetensors").read_bytes() == before
         from mmfast.data import Record
-        from mmfast.train.kiela import image_store
+        from mmfast.features import image_store
 
         with pytest.raises(OSError, match=f"in use by pid {holder.pid}"):
             image_store([Record("new", "x.png", "t")], checkpoint)

@@ -138,7 +138,7 @@ def test_text_that_is_not_utf8_is_a_named_skippable_bad_record(tmp_path, suffix)
 
 
 def test_repeated_ids_are_extracted_once_and_conflicting_ones_refused(tmp_path):
-    from mmfast.train.kiela import image_store
+    from mmfast.features import image_store
 
     class Extractor:
         calls = []
@@ -180,7 +180,7 @@ class _PathExtractor:
 def test_an_interrupted_extraction_resumes_where_it_stopped(tmp_path, monkeypatch):
     """The store used to be written only at the end: a kill late in a long run lost every
     extracted row."""
-    from mmfast.train import kiela
+    from mmfast.features import store as kiela
 
     monkeypatch.setattr(kiela, "EXTRACT_CHUNK", 3)
     records = [Record(f"id{n}", f"i{n}.png", "") for n in range(10)]

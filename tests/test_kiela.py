@@ -14,7 +14,8 @@ from mmfast.metrics import accuracy
 from mmfast.nn.kiela import FUSIONS
 from mmfast.train import Examples, load_checkpoint, predict, save_checkpoint, train
 from mmfast.data import Record
-from mmfast.train.kiela import Recipe, Trained, fit
+from mmfast.defaults import Recipe
+from mmfast.systems.kiela import fit
 
 
 def test_fnv1a_is_the_standard_hash():
@@ -246,12 +247,10 @@ def test_demo_tags_text_model_beats_the_label_prior(tmp_path):
     import numpy as np
 
     from mmfast.data import emoji_dataset, read_manifest
-    from mmfast.train.kiela import Recipe, fit
-
     data = emoji_dataset("tags", root=tmp_path)
     train_records, heldout = read_manifest(data.train), read_manifest(data.heldout)
     no_image = np.zeros((len(train_records), 1), np.float32)  # the text model reads no image
-    trained = fit(Recipe.default("text", True), train_records, no_image, data.labels, True)
+    trained = fit(Recipe.default("text", True), (train_records, no_image), data.labels, True)
     examples = trained.examples(heldout, np.zeros((len(heldout), 1), np.float32))
     precision = mmfast.metrics.precision_at_k(predict(trained.model, examples),
                                               examples.targets, 1)
@@ -327,14 +326,14 @@ def test_mlp_learns_and_round_trips_through_a_checkpoint(tmp_path):
     generator = torch.Generator().manual_seed(0)
     image = (torch.nn.functional.one_hot(torch.arange(90) % 3, 6).float()
              + 0.3 * torch.rand(90, 6, generator=generator) + 1.0).numpy()
-    trained = fit(Recipe.default("mlp", epochs=30, lr=1e-2, dim=32), records, image,
+    trained = fit(Recipe.default("mlp", epochs=30, lr=1e-2, dim=32), (records, image),
                   ["c0", "c1", "c2"], multilabel=False)
     examples = trained.examples(records, image)
     logits = predict(trained.model, examples)
     assert accuracy(logits, examples.targets) > 0.95
     assert trained.model.idf.min() >= 1 and trained.model.image_mean.abs().sum() > 0
     trained.save(tmp_path / "ckpt")
-    loaded, _ = Trained.load(tmp_path / "ckpt")
+    loaded = mmfast.systems.load(tmp_path / "ckpt")
     torch.testing.assert_close(predict(loaded.model, examples), logits)
 
 
@@ -352,14 +351,14 @@ def test_auto_gate_keeps_the_modality_that_validates_better(informative):
              + 0.2 * torch.rand(120, 6, generator=generator) + 1.0).numpy()
     recipe = Recipe.default("gated", dim=16, epochs=20)
     assert recipe.gate == "auto"
-    trained = fit(recipe, records[:90], image[:90], ["c0", "c1", "c2"], multilabel=False,
+    trained = fit(recipe, (records[:90], image[:90]), ["c0", "c1", "c2"], multilabel=False,
                   valid=(records[90:], image[90:]))
     assert trained.recipe.gate == ("image" if informative == "text" else "text")
     assert trained.model.gate == trained.recipe.gate
     examples = trained.examples(records[90:], image[90:])
     assert accuracy(predict(trained.model, examples), examples.targets) > 0.9
     # without a validation set there is nothing to choose by: the text gate
-    assert fit(recipe, records[:30], image[:30], ["c0", "c1", "c2"], False).recipe.gate == "text"
+    assert fit(recipe, (records[:30], image[:30]), ["c0", "c1", "c2"], False).recipe.gate == "text"
 
 
 def test_bilinear_checkpoints_without_input_offsets_load_with_zero_offsets():
@@ -383,11 +382,11 @@ def test_an_embedding_table_larger_than_memory_is_refused_before_allocation(monk
     with pytest.raises(ValueError, match=r"embedding table \(2,000,0[0-9,]+ rows = vocabulary "
                                          r"\+ buckets 2,000,000, x dim 2048\) needs 4[0-9.]+ GiB, "
                                          r"more than half this machine's 64.0 GiB"):
-        fit(Recipe.default("mlp", ngrams=2, buckets=2_000_000, dim=2048, epochs=1), records,
-            image, ["c"], False)
+        fit(Recipe.default("mlp", ngrams=2, buckets=2_000_000, dim=2048, epochs=1),
+            (records, image), ["c"], False)
     machine(4)  # fastText's table, SGD: 2.2 GiB
     with pytest.raises(ValueError, match="more than half this machine's 4.0 GiB"):
-        fit(Recipe.default("text", ngrams=2, buckets=2_000_000, dim=300), records, None, ["c"],
-            False)
-    fit(Recipe.default("text", ngrams=2, buckets=1_000_000, dim=300, epochs=1), records, None,
+        fit(Recipe.default("text", ngrams=2, buckets=2_000_000, dim=300), (records, None),
+            ["c"], False)
+    fit(Recipe.default("text", ngrams=2, buckets=1_000_000, dim=300, epochs=1), (records, None),
         ["c"], False)

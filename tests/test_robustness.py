@@ -63,7 +63,7 @@ from mmfast.data import FeatureStore, Record, read_manifest, write_manifest
 from mmfast.ops.bilinear_fusion import GATES
 from mmfast.ops.cacnet import ACTIVATIONS, PARAM_NAMES, param_shapes
 from mmfast.reference import cacnet as reference_cacnet
-from mmfast.train.kiela import Trained
+from mmfast.systems import load as load_checkpoint
 
 SEED = int(os.environ.get("MMFAST_FUZZ_SEED", "0"))
 # What an op may raise for a bad input (its message starting with the op's name).
@@ -1274,7 +1274,7 @@ def _success_problems(argv: list[str], stdout: str, rows: int | None) -> list[st
     elif command == "train":
         out = _flag(argv, "--out")
         try:
-            Trained.load(out)
+            load_checkpoint(out)
         except Exception as error:  # any: a checkpoint train just wrote must load
             problems.append(f"wrote a checkpoint that does not load: {_said(error)}")
         else:

@@ -5,6 +5,8 @@ from mmfast.features.image import (BACKBONES, BadImageError, ImageFeatureExtract
                                   load_image)
 from mmfast.features.pca import PCA
 from mmfast.features.regions import GridRegionFeatureExtractor, RegionFeatureExtractor
+from mmfast.features.store import (demo_features, demo_image_store, image_store,
+                                   store_features)
 from mmfast.features.tags import TagVectors
 from mmfast.features.text import (SentenceEncoder, WordVectors, token_vectors, weighted_average,
                                   word_probabilities)
@@ -13,5 +15,5 @@ __all__ = [
     "BagOfVisualWords", "dense_sift", "BACKBONES", "BadImageError", "ImageFeatureExtractor",
     "build_backbone", "load_image", "PCA", "GridRegionFeatureExtractor", "RegionFeatureExtractor",
     "SentenceEncoder", "TagVectors", "WordVectors", "token_vectors", "weighted_average",
-    "word_probabilities",
+    "word_probabilities", "demo_features", "demo_image_store", "image_store", "store_features",
 ]

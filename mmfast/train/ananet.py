@@ -17,7 +17,7 @@ from mmfast.data import FeatureStore, Pair
 from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
 from mmfast.train import checkpoint
-from mmfast.train.kiela import store_features
+from mmfast.features.store import store_features
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
 

@@ -38,7 +38,7 @@ from mmfast.data import Record
 from mmfast.features import PCA, TagVectors
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder, tokenize
 from mmfast.train.autoencoder import AutoencoderTrainer
-from mmfast.train.kiela import targets as multilabel_targets
+from mmfast.systems.base import targets as multilabel_targets
 from mmfast.train.logistic import LogisticRegression
 
 ROWS = ("Raw Tags", "SIFT", "Raw Tags + SIFT", "Semantic Word Vectors", "Joint Features",

@@ -24,7 +24,7 @@ from mmfast.data import Record
 from mmfast.features import PCA, WordVectors, weighted_average, word_probabilities
 from mmfast.nn import CACNet
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
-from mmfast.train.kiela import targets as multilabel_targets
+from mmfast.systems.base import targets as multilabel_targets
 
 # (column, metric, K) in the order of paper 000's Tables 3 and 4.
 HASHTAG_METRICS = (

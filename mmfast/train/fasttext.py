@@ -1,18 +1,16 @@
 """fastText-style training: SGD with the learning rate decaying linearly to 0 over the run."""
 
-import math
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mmfast import _backend, metrics
 from mmfast.defaults import OPTIMIZERS
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
+from mmfast.train.selection import select_epochs
 
 LOSSES = ("softmax", "ova")
 
@@ -127,8 +125,6 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"train: epochs and batch_size must be >= 1 and lr > 0, got "
                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
-    if patience is not None and patience < 1:
-        raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     if not weight_decay >= 0:
         raise ValueError(f"train: weight_decay must be >= 0, got {weight_decay}")
     if optimizer not in OPTIMIZERS:
@@ -142,55 +138,14 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
                                          weight_decay, optimizer, generator)
     # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
     sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
-    name = SCORE_NAMES[loss]
-    history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
-    with tqdm(total=epochs, desc=f"train {type(model).__name__}", unit="epoch",
-              disable=not progress, leave=False) as bar:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            epoch_loss = next(epoch_losses)
-            seconds += time.perf_counter() - start
-            if not (math.isfinite(epoch_loss) and _finite(model)):
-                if best is None:
-                    raise ValueError(f"train: diverged at epoch {epoch} (loss {epoch_loss:.4g}, "
-                                     f"non-finite weights): lr {lr} is too high for this model "
-                                     "and data, lower it")
-                diverged = epoch  # the best epoch before it is kept
-                break
-            row = {"epoch": epoch, "loss": epoch_loss,
-                   f"train_{name}": score(predict(model, sample), sample.targets, loss)}
-            if valid is not None:
-                value = row[f"valid_{name}"] = score(predict(model, valid), valid.targets, loss)
-                previous = None if best is None else best[f"valid_{name}"]
-                stale = 0 if previous is None or value > previous else stale + 1
-                # A tie goes to the later epoch, trained longer at a lower learning rate: on a
-                # small validation set the score plateaus, and the first epoch to reach it was
-                # the noisiest (emoji group additive: epoch 4 kept, held-out 0.742; epoch 18,
-                # same validation score, 0.763).
-                if previous is None or value >= previous:
-                    best = row
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            history.append(row)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"})
-            bar.update()
-            if patience is not None and stale >= patience:
-                break
-    model.train(False)
-    stats = {"seconds": seconds, "items_per_s": len(history) * len(examples) / max(seconds, 1e-9),
-             "final_loss": history[-1]["loss"], "history": history, "metric": name}
-    if diverged is not None:
-        stats["diverged_epoch"] = diverged
-    if best is not None:
-        model.load_state_dict(best_state)
-        stats.update(best_epoch=best["epoch"], valid_score=best[f"valid_{name}"])
-    return stats
+    return select_epochs(
+        model, epoch_losses, epochs, SCORE_NAMES[loss],
+        lambda: score(predict(model, sample), sample.targets, loss),
+        None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
+        patience, len(examples), lr, progress)
 
 
 _TRAIN_SAMPLE = 2048
-
-
-def _finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,

@@ -20,7 +20,8 @@ from tqdm import tqdm
 from mmfast.data import Record
 from mmfast.nn.kiela import GATES
 from mmfast.train.fasttext import SCORE_NAMES
-from mmfast.train.kiela import GATED_MODELS, MODELS, Recipe, Trained, fit
+from mmfast.defaults import GATED_MODELS, MODELS, Recipe
+from mmfast.systems.kiela import Trained, fit
 
 # Trained by mmfast.ops.fasttext_sgd_ (per-example SGD) on the fused backend: larger rates.
 FUSED_MODELS = ("text", "pq", "rspq")
@@ -156,8 +157,8 @@ class AutotuneResult:
     metric: str
 
 
-def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: Sequence[str],
-             multilabel: bool, valid: tuple[Sequence[Record], np.ndarray], *,
+def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
+             labels: Sequence[str], multilabel: bool, valid: tuple[Sequence[Record], np.ndarray], *,
              duration: float = 60.0, seed: int = 0, max_trials: int | None = None,
              base: Recipe | None = None, progress: bool = False) -> AutotuneResult:
     """Search ``model``'s recipe for the best score on ``valid`` = (records, image features)
@@ -192,7 +193,8 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
     base = base or Recipe.default(model, multilabel)
     if base.model != model:
         raise ValueError(f"autotune: base recipe is for {base.model!r}, not {model!r}")
-    space = search_space(model, np.asarray(image).shape[1], len(records), multilabel)
+    space = search_space(model, 0 if image is None else image.shape[1], len(records),
+                         multilabel)
     metric = SCORE_NAMES["ova" if multilabel else "softmax"]
     rng = random.Random(seed)
     trials: list[Trial] = []
@@ -214,7 +216,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray, labels: S
             tried.add(_key(recipe))
             trial_start = time.perf_counter()
             try:
-                trained = fit(recipe, records, image, labels, multilabel, valid=valid)
+                trained = fit(recipe, (records, image), labels, multilabel, valid=valid)
             except ValueError as failure:
                 error = failure
                 trials.append(Trial(recipe, -math.inf, 0, time.perf_counter() - trial_start,

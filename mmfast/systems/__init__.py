@@ -1,0 +1,107 @@
+"""The systems users train and run, by name: ``mmfast train --model NAME``, ``mmfast models``,
+``mmfast.Classifier(system=NAME)`` and the benchmarks all look them up here, and nothing above
+this registry knows a particular paper.
+
+Each entry declares what the system is (paper, task kinds, whether it needs image features,
+how it reads text), its recipe (a dataclass of ``mmfast.defaults`` whose ``default(name,
+multilabel, **overrides)`` gives the recipe ``mmfast train`` uses without flags) and the module
+under ``mmfast.systems`` that implements it. That module provides
+
+- ``fit(recipe, train, labels, multilabel, valid=None, progress=False) -> Fitted``, where
+  ``train`` and ``valid`` are ``(records, image features [N, D] or None)``;
+- ``load(directory, config) -> Fitted`` for the checkpoints its ``Fitted.save`` writes;
+
+and its ``Fitted`` (``mmfast.systems.base``) scores records (``logits``, ``probabilities``)
+and saves itself. Adding a system is one such module and one line in ``SYSTEMS`` below.
+
+This module imports no torch: the command builds its parser and help from it.
+"""
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfast.defaults import (AUTOENCODERS, MODELS, AutoencoderRecipe, CACNetRecipe, Recipe)
+
+SINGLE, MULTI = "single-label", "multi-label"
+# The checkpoint layout this version writes and reads; a newer one is refused by name.
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    paper: str
+    module: str
+    recipe: type
+    tasks: tuple[str, ...]
+    image: bool
+    text: str
+    summary: str
+
+    def default_recipe(self, multilabel: bool = False, **overrides):
+        """The recipe ``mmfast train --model NAME`` uses, with ``overrides`` on top."""
+        return self.recipe.default(self.name, multilabel, **overrides)
+
+    def implementation(self):
+        return importlib.import_module(f"mmfast.systems.{self.module}")
+
+    def fit(self, recipe, train, labels, multilabel: bool, valid=None, progress: bool = False):
+        return self.implementation().fit(recipe, train, labels, multilabel, valid, progress)
+
+
+_KIELA = "003 Kiela et al."
+_HASHED = "hashed words and n-grams, learned embeddings"
+_VECTOR = "one vector per text (--text-features)"
+_KIELA_SUMMARIES = {
+    "text": "fastText: text only", "continuous": "image features only",
+    "additive": "sum of text and image embeddings", "max": "element-wise max fusion",
+    "gated": "one modality gates the other", "bilinear": "bilinear fusion (fused op)",
+    "bilinear_gated": "gated bilinear fusion (fused op)",
+    "pq": "fastText over words + PQ image tokens", "rspq": "fastText over words + RSPQ tokens",
+    "mlp": "baseline: early-fusion MLP on [image ; text]",
+}
+
+SYSTEMS: dict[str, System] = {system.name: system for system in (
+    *(System(name, "baseline" if name == "mlp" else _KIELA, "kiela", Recipe, (SINGLE, MULTI),
+             name != "text", _HASHED, _KIELA_SUMMARIES[name]) for name in MODELS),
+    System("cacnet", "000 CACNet", "cacnet", CACNetRecipe, (SINGLE, MULTI), True, _VECTOR,
+           "cross-active connections between an image and a text network"),
+    *(System(name, "002 autoencoders", "autoencoder", AutoencoderRecipe, (SINGLE, MULTI), True,
+             _VECTOR, summary) for name, summary in zip(AUTOENCODERS, (
+                 "joint autoencoder features + per-label logistic probes",
+                 "cross-modal (image -> text) features + probes",
+                 "cross-modal (image -> image, text) features + probes")))
+)}
+
+
+def get(name: str) -> System:
+    if name not in SYSTEMS:
+        raise ValueError(f"system must be one of {tuple(SYSTEMS)}, got {name!r}")
+    return SYSTEMS[name]
+
+
+def load(directory):
+    """The ``Fitted`` system a checkpoint directory holds (``mmfast train``'s or
+    ``Classifier.save``'s), whatever its system."""
+    from mmfast.train.checkpoint import CONFIG, _read_config
+
+    config = _read_config(directory)
+    where = Path(directory) / CONFIG
+    found = config.get("format", 1)
+    if not isinstance(found, int) or found > CHECKPOINT_FORMAT:
+        raise ValueError(f"{where}: format {found!r} was written by a newer mmfast (this one "
+                         f"reads format {CHECKPOINT_FORMAT} and older): upgrade mmfast")
+    # format 1 checkpoints written before the registry name their system in their recipe
+    name = config.get("system") or (config.get("recipe") or {}).get("model")
+    if name not in SYSTEMS:
+        raise ValueError(f"{where}: expected a checkpoint of one of mmfast's systems "
+                         f"{tuple(SYSTEMS)}, got {json.dumps(name) if name else 'none named'}"
+                         f" (model {config.get('model')!r})")
+    fitted = SYSTEMS[name].implementation().load(directory, config)
+    fitted.extractor = config.get("extractor")  # how its image features were extracted
+    return fitted
+
+
+__all__ = ["SYSTEMS", "System", "get", "load", "SINGLE", "MULTI", "CHECKPOINT_FORMAT"]

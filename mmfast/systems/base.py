@@ -1,0 +1,104 @@
+"""What every trained system shares: its labels and task kind, its recipe and training
+figures, scoring records, and the header of its checkpoint's config.json."""
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfast.data import Record
+from mmfast.systems import CHECKPOINT_FORMAT
+from mmfast.train.checkpoint import CONFIG
+
+# (records, image features [N, D] or None): a split as the systems take it
+Inputs = tuple[Sequence[Record], np.ndarray | None]
+
+# What a checkpoint records of its training run (``Fitted.stats``): the selection metric, the
+# chosen epoch and its validation score, the per-epoch history, and an autotune summary.
+RECORDED = ("metric", "best_epoch", "valid_score", "valid_items", "history", "seconds",
+            "autotune")
+
+
+class Fitted:
+    """A trained system. Subclasses set ``labels`` (tuple of str), ``multilabel``, ``recipe``
+    (the dataclass it trained with) and ``stats`` (``mmfast.train.selection``'s figures), and
+    implement ``logits`` and ``save``."""
+
+    labels: tuple[str, ...]
+    multilabel: bool
+    recipe: object
+    stats: dict
+    extractor: dict | None = None
+
+    @property
+    def system(self) -> str:
+        return self.recipe.model
+
+    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+        """[N, len(labels)] scores of ``records`` with their image features."""
+        raise NotImplementedError
+
+    def probabilities(self, records: Sequence[Record], image: np.ndarray | None
+                      ) -> torch.Tensor:
+        """[N, len(labels)]: softmax for single-label, per-label sigmoids for multi-label."""
+        logits = self.logits(records, image)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
+
+    def targets(self, records: Sequence[Record]) -> torch.Tensor:
+        return targets(records, self.labels, self.multilabel)
+
+    def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
+        raise NotImplementedError
+
+    def header(self, extractor: dict | None) -> dict:
+        """The config.json entries every system's checkpoint has."""
+        return {"system": self.system, "format": CHECKPOINT_FORMAT, "labels": list(self.labels),
+                "multilabel": self.multilabel, "recipe": asdict(self.recipe),
+                "extractor": extractor,
+                "training": {key: self.stats[key] for key in RECORDED if key in self.stats}}
+
+
+def read_header(directory: str | os.PathLike, config: dict, num_outputs: int, recipe_type: type,
+                keys: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool, object]:
+    """``(labels, multilabel, recipe)`` of a checkpoint's config, checked against its model's
+    ``num_outputs``, and the system's own ``keys`` present; a ValueError naming the file and
+    what is wrong otherwise."""
+    where = Path(directory) / CONFIG
+    missing = [key for key in ("labels", "multilabel", "recipe", *keys) if key not in config]
+    if missing:
+        raise ValueError(f"{where}: expected a checkpoint of mmfast train (labels, recipe, "
+                         f"settings), got a {config.get('model')} one without {missing}")
+    labels = config["labels"]
+    if not (isinstance(labels, list) and all(isinstance(label, str) for label in labels)
+            and len(labels) == num_outputs):
+        raise ValueError(f"{where}: labels must be a list of {num_outputs} strings (one per "
+                         f"output of the model), got {labels!r:.80}")
+    try:
+        recipe = recipe_type(**config["recipe"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: recipe not as mmfast train writes it ({error})") from None
+    return tuple(labels), bool(config["multilabel"]), recipe
+
+
+def targets(records: Sequence[Record], labels: Sequence[str], multilabel: bool) -> torch.Tensor:
+    """Multi-label: {0,1} [N, len(labels)]. Single-label: class indices [N], -100 (ignored by
+    the losses, a miss in the metrics) for an item whose label is not in ``labels``."""
+    index = {label: i for i, label in enumerate(labels)}
+    if multilabel:
+        out = torch.zeros(len(records), len(labels))
+        for row, record in enumerate(records):
+            out[row, [index[label] for label in record.labels if label in index]] = 1.0
+        return out
+    return torch.tensor([index.get(record.labels[0], -100) if record.labels else -100
+                         for record in records], dtype=torch.long)
+
+
+def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """{0,1} [N, C] of single-label ``targets`` [N] (a -100 row stays all 0)."""
+    out = torch.zeros(len(targets), num_classes)
+    known = targets >= 0
+    out[known.nonzero().flatten(), targets[known]] = 1.0
+    return out
