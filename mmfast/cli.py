@@ -9,25 +9,59 @@ import os
 import sys
 
 import mmfast
-from mmfast.defaults import (DEMO_IMAGE_SIZE, MODELS, OPTIMIZERS, PACKAGED, RECIPE_GATES,
-                             Recipe)
+from mmfast.defaults import (DEMO_IMAGE_SIZE, OPTIMIZERS, PACKAGED, RECIPE_GATES, TEXT_FEATURES,
+                             reads_setting)
+from mmfast.systems import SYSTEMS
+
+
+def _systems_with(field: str) -> tuple[str, ...]:
+    """The systems whose recipe has ``field`` and that read it."""
+    return tuple(name for name, system in SYSTEMS.items()
+                 if reads_setting(system.recipe, name, field))
 
 
 def _recipe_defaults(field: str) -> str:
-    """``field``'s default in every model's recipe, e.g. "50 for text, pq; 100 for max", then
-    where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
-    def listing(models, multilabel: bool) -> str:
-        models_of: dict = {}
-        for model in models:
-            value = getattr(Recipe.default(model, multilabel), field)
-            models_of.setdefault(value, []).append(model)
-        if len(models_of) == 1 and models == MODELS:
-            return str(next(iter(models_of)))
-        return "; ".join(f"{value} for {', '.join(names)}" for value, names in models_of.items())
+    """``field``'s default in every system's recipe that has it, e.g. "50 for text, pq; 100
+    for max", then where multi-label tasks differ, e.g. "; multi-label: 0.4 for text"."""
+    def value(name: str, multilabel: bool):
+        return getattr(SYSTEMS[name].default_recipe(multilabel), field)
 
-    differs = tuple(model for model in MODELS if getattr(Recipe.default(model, True), field)
-                    != getattr(Recipe.default(model), field))
-    return listing(MODELS, False) + (f"; multi-label: {listing(differs, True)}" if differs else "")
+    def listing(names, multilabel: bool) -> str:
+        names_of: dict = {}
+        for name in names:
+            names_of.setdefault(value(name, multilabel), []).append(name)
+        if len(names_of) == 1 and not multilabel:  # one value for every system that has it
+            return str(next(iter(names_of)))
+        return "; ".join(f"{value} for {', '.join(names)}" for value, names in names_of.items())
+
+    having = _systems_with(field)
+    differs = tuple(name for name in having if value(name, True) != value(name, False))
+    return listing(having, False) + (f"; multi-label: {listing(differs, True)}" if differs else "")
+
+
+# The recipe settings `mmfast train` takes as flags: (field, type, meaning).
+RECIPE_FLAGS = (
+    ("dim", int, "embedding width H (mlp, cacnet: hidden units)"),
+    ("epochs", int, "passes over the data"),
+    ("lr", float, "initial learning rate (fastText's models: decays linearly to 0; cacnet: per "
+                  "label, times the label count)"),
+    ("batch_size", int, "minibatch of the autograd models"),
+    ("alpha", float, "weight of the image tokens"),
+    ("ngrams", int, "word n-grams up to this n"), ("buckets", int, "n-gram hash buckets"),
+    ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
+    ("repetitions", int, "RSPQ repetitions R"),
+    ("patience", int, "stop after this many epochs without a better valid score"),
+    ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
+    ("dropout", float, "dropout of the mlp's input and hidden layer"),
+    ("image_dim", int, "image features reduced by PCA to this many components"),
+    ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)}"),
+    ("text_dim", int, "width of hashed or word2vec text features"),
+    ("gamma", float, "cacnet's cross-active threshold at the start"),
+    ("gamma_end", float, "cacnet's cross-active threshold at the end"),
+    ("mu", float, "weight of the text reconstruction (joint_ae, crossmodal_ae_ii)"),
+    ("l2", float, "the label probes' L2 penalty (the autoencoders)"),
+    ("seed", int, "seed of initialization, shuffling and the validation split"),
+)
 
 
 def add_kiela_commands(commands) -> None:
@@ -48,12 +82,15 @@ def add_kiela_commands(commands) -> None:
     features.add_argument("--quiet", action="store_true", help="no progress bar")
     features.set_defaults(run="_features")
 
-    train = commands.add_parser("train", help="train a paper-003 model, save a checkpoint")
+    train = commands.add_parser("train", help="train a system, save a checkpoint")
     train.add_argument("--train", required=True, help="training manifest")
-    train.add_argument("--store", required=True, help="feature store with its image features")
+    train.add_argument("--store", default=None, help="feature store with the items' image "
+                       "features (needed by every system that reads images)")
     train.add_argument("--out", required=True, help="checkpoint directory")
-    train.add_argument("--model", default="additive", choices=MODELS,
-                       help="the paper-003 model (default: %(default)s)")
+    train.add_argument("--model", "--system", dest="model", default="additive",
+                       choices=tuple(SYSTEMS), metavar="SYSTEM",
+                       help="the system to train, one of " + ", ".join(SYSTEMS)
+                       + " (mmfast models describes them; default: %(default)s)")
     train.add_argument("--multilabel", action="store_true",
                        help="one-vs-all sigmoid loss (implied when an item has several labels)")
     train.add_argument("--valid", default=None,
@@ -62,25 +99,16 @@ def add_kiela_commands(commands) -> None:
                        help="without --valid, hold out this seeded share of --train to validate "
                        "(0: no validation, the last epoch is kept; default: %(default)s)")
     train.add_argument("--autotune", action="store_true",
-                       help="search the model's recipe on the validation split (fastText's "
-                       "-autotune-validation); explicit flags set the first trial")
+                       help="search the recipe on the validation split (fastText's "
+                       "-autotune-validation; paper 003's models and mlp); explicit flags set "
+                       "the first trial")
     train.add_argument("--autotune-duration", type=float, default=60.0,
                        help="autotune's time budget in seconds (default: %(default)s)")
-    for name, kind, meaning in (
-            ("dim", int, "embedding width H (the mlp's hidden width)"),
-            ("epochs", int, "passes over the data"),
-            ("lr", float, "initial learning rate (decays linearly to 0)"),
-            ("batch_size", int, "minibatch of the autograd models"),
-            ("alpha", float, "weight of the image tokens (pq, rspq)"),
-            ("ngrams", int, "word n-grams up to this n"), ("buckets", int, "n-gram hash buckets"),
-            ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
-            ("repetitions", int, "RSPQ repetitions R"),
-            ("patience", int, "stop after this many epochs without a better valid score"),
-            ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
-            ("dropout", float, "dropout of the mlp's input and hidden layer"),
-            ("seed", int, "seed of initialization, shuffling and the validation split")):
+    for name, kind, meaning in RECIPE_FLAGS:
+        default = ("chosen on validation among 0.1, 1, 10; 1 without" if name == "l2"
+                   else _recipe_defaults(name))
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                           help=f"{meaning} (default: {_recipe_defaults(name)})")
+                           help=f"{meaning} (default: {default})")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                        help=f"of the autograd models (default: {_recipe_defaults('optimizer')})")
     train.add_argument("--gate", choices=RECIPE_GATES, default=None,
@@ -93,7 +121,8 @@ def add_kiela_commands(commands) -> None:
     evaluate = commands.add_parser("eval", help="held-out metrics of a checkpoint")
     for sub in (classify, evaluate):
         sub.add_argument("--checkpoint", required=True,
-                         help="checkpoint directory written by mmfast train (required)")
+                         help="checkpoint directory written by mmfast train or "
+                              "Classifier.save, any system (required)")
         sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
         sub.add_argument("--store", default=None,
                          help="feature store with the items' image features (default: extract)")
@@ -133,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="build facts: version, torch, compiler, ISA, CUDA")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run="_info")
+
+    models = commands.add_parser("models", help="the systems mmfast train --model takes: paper, "
+                                 "task kinds, inputs")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(run="_models")
 
     demo = commands.add_parser(
         "demo", help="paper 003's models on the embedded emoji data: held-out accuracy and "
@@ -222,6 +256,8 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+    if args.command == "train":
+        _check_recipe_flags(parser, args)
     dropout = getattr(args, "dropout", None)
     if dropout is not None and not 0 <= dropout < 1:
         parser.error(f"--dropout: expected a number in [0, 1), got {dropout}")
@@ -239,6 +275,33 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
 
 
 _MAX_BUCKETS = 2**32
+
+
+def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
+    """A setting the chosen system does not have would be ignored: refuse it, naming the
+    systems that have it."""
+    for name in (*(flag[0] for flag in RECIPE_FLAGS), "optimizer", "gate"):
+        if getattr(args, name) is not None and args.model not in _systems_with(name):
+            parser.error(f"--{name.replace('_', '-')}: the {args.model} system has no such "
+                         f"setting (it is one of {', '.join(_systems_with(name))})")
+    if args.autotune and SYSTEMS[args.model].module != "kiela":
+        parser.error(f"--autotune: searches the recipes of paper 003's models and mlp, not "
+                     f"{args.model}'s yet; set its flags instead")
+    for name in ("image_dim", "text_dim"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
+    for name in ("gamma", "gamma_end"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value <= 1:
+            parser.error(f"--{name.replace('_', '-')}: expected a number in [0, 1], got {value}")
+    for name in ("mu", "l2"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name}: expected a finite number > 0, got {value}")
+    if args.dim is not None and args.model == "cacnet" and args.dim % 2:
+        parser.error(f"--dim: cacnet's hidden units are an image and a text half: expected an "
+                     f"even number, got {args.dim}")
 
 
 def _check_paths(parser: argparse.ArgumentParser, args) -> None:

@@ -343,6 +343,22 @@ def _eval(args) -> int:
     return 0
 
 
+def _models(args) -> int:
+    rows = [{"system": system.name, "paper": system.paper, "tasks": list(system.tasks),
+             "reads": "image + text" if system.image else "text", "text": system.text,
+             "summary": system.summary} for system in systems.SYSTEMS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'system':<17} {'paper':<17} {'reads':<13} summary")
+    for row in rows:
+        print(f"{row['system']:<17} {row['paper']:<17} {row['reads']:<13} {row['summary']}")
+    print("every system trains single- and multi-label tasks (mmfast train --model SYSTEM), "
+          "validates and keeps its best epoch, and its checkpoint classifies and evaluates "
+          "(mmfast classify|eval); the systems reading image + text need a feature store")
+    return 0
+
+
 def _info(args) -> int:
     facts = mmfast.info()
     if args.json:

@@ -3,6 +3,7 @@ builds its parser (help texts with every default), answers ``--help``/``--versio
 bad arguments from this module alone, in a fraction of the 1.5 s that importing torch takes.
 """
 
+import dataclasses
 from dataclasses import dataclass
 
 # The models of `mmfast train --model` (text: FastText; pq/rspq: DiscretizedFastText; mlp: the
@@ -114,16 +115,22 @@ TEXT_FEATURES = ("hashed", "word2vec", "glove", "glove:PATH", "sentence:PATH")
 class CACNetRecipe:
     """Paper 000's CACNet (DESIGN 3.2) on the store's image features, reduced by PCA to
     ``image_dim``, and ``text_features`` of width ``text_dim``, each standardized; ``dim`` hidden
-    units (half per modality), SGD at ``lr`` on minibatches of ``batch_size``, the cross-active
-    threshold gamma rising from ``gamma`` to ``gamma_end`` over the last fifth of the epochs."""
+    units (half per modality), SGD at ``lr`` times the label count (the loss averages over the
+    labels) on minibatches of ``batch_size``, the cross-active threshold gamma rising from
+    ``gamma`` to ``gamma_end`` over the last fifth of the epochs.
+
+    Defaults measured on the emoji tasks (held-out group accuracy / tags mAP): Word2Vec text
+    over hashed (0.742 against 0.688 on group at the same settings: its vectors carry word
+    similarity to held-out names), 1000 hidden units over 600 (0.750 / 0.742), lr 0.05 (0.03:
+    0.755 / 0.499, 0.06: 0.758 / 0.515, 0.1: 0.739 / 0.524)."""
 
     model: str = "cacnet"
-    dim: int = 600
+    dim: int = 1000
     epochs: int = 40
-    lr: float = 0.1
+    lr: float = 0.05
     batch_size: int = 20
     image_dim: int = 300
-    text_features: str = "hashed"
+    text_features: str = "word2vec"
     text_dim: int = 300
     ngrams: int = 1
     gamma: float = 0.4
@@ -153,7 +160,12 @@ class AutoencoderRecipe:
     train the autoencoder (``epochs`` of ``batch_size`` rows, ``optimizer`` at ``lr``, text
     weight ``mu``); its hidden units then feed one L2-regularized logistic regression per label
     (penalty ``l2``; None picks one of ``PROBE_L2`` on the validation split). The cross-modal
-    ones read only the image at prediction time."""
+    ones read only the image at prediction time.
+
+    The joint model reads Word2Vec text by default, the cross-modal ones (which only learn to
+    predict the text) hashed text (held-out emoji group accuracy / tags mAP, hashed -> word2vec:
+    joint 0.610 / 0.439 -> 0.683 / 0.524, cross-modal I 0.685 / 0.522 -> 0.653 / 0.506,
+    cross-modal II 0.696 / 0.523 -> 0.667 / 0.535)."""
 
     model: str = "joint_ae"
     epochs: int = 30
@@ -177,4 +189,18 @@ class AutoencoderRecipe:
     @classmethod
     def default(cls, model: str = "joint_ae", multilabel: bool = False,
                 **overrides) -> "AutoencoderRecipe":
-        return cls(model=model, **overrides)
+        text = {"text_features": "word2vec"} if model == "joint_ae" else {}
+        return cls(**{"model": model, **text, **overrides})
+
+
+# Recipe fields that only some of the systems sharing a recipe read; a flag setting one for
+# another system is refused (it would be ignored).
+_ONLY = {"alpha": ("pq", "rspq"), "subvectors": ("pq", "rspq"), "centroids": ("pq", "rspq"),
+         "repetitions": ("rspq",), "dropout": ("mlp",), "gate": GATED_MODELS,
+         "mu": ("joint_ae", "crossmodal_ae_ii")}
+
+
+def reads_setting(recipe: type, model: str, field: str) -> bool:
+    """Whether ``model``, trained with a ``recipe`` (a recipe class), reads ``field``."""
+    names = {f.name for f in dataclasses.fields(recipe)} - {"model"}
+    return field in names and model in _ONLY.get(field, (model,))

@@ -4,7 +4,7 @@ case 1) or the cross-active sub-networks (case 2). Each phase ends with an optim
 
 import numbers
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +36,27 @@ class GammaSchedule:
 
     def __repr__(self) -> str:
         return f"GammaSchedule(start={self.start}, end={self.end}, ramp_epochs={self.ramp_epochs})"
+
+
+class ShuffledBatches:
+    """``(x_img, x_txt, targets)`` mini-batches of ``batch_size`` rows, reshuffled each epoch by
+    a generator seeded with ``seed``: what ``CACNetTrainer.fit`` iterates. Slicing whole
+    tensors, unlike a ``DataLoader`` collating sample by sample, costs little next to a
+    batch-20 step."""
+
+    def __init__(self, x_img: torch.Tensor, x_txt: torch.Tensor, targets: torch.Tensor,
+                 batch_size: int, seed: int):
+        self.tensors, self.batch_size = (x_img, x_txt, targets), batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = torch.randperm(len(self.tensors[0]), generator=self.generator)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield tuple(tensor[rows] for tensor in self.tensors)
 
 
 class CACNetTrainer:

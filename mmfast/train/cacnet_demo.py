@@ -11,7 +11,7 @@ gives averages ~50x smaller than the image components, and SGD would otherwise i
 Shared by ``benchmarks/bench_cacnet_demo.py`` and ``tests/test_cacnet_demo.py``.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ from mmfast import metrics
 from mmfast.data import Record
 from mmfast.features import PCA, WordVectors, weighted_average, word_probabilities
 from mmfast.nn import CACNet
-from mmfast.train.cacnet import CACNetTrainer, GammaSchedule
+from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
 from mmfast.systems.base import targets as multilabel_targets
 
 # (column, metric, K) in the order of paper 000's Tables 3 and 4.
@@ -83,25 +83,6 @@ def _standardize(train: np.ndarray, heldout: np.ndarray) -> tuple[torch.Tensor, 
     return torch.from_numpy((train - mean) / std), torch.from_numpy((heldout - mean) / std)
 
 
-class ShuffledBatches:
-    """(image, text, targets) mini-batches of a split, reshuffled each epoch by a seeded
-    generator. Slicing whole tensors, unlike a ``DataLoader`` collating sample by sample, costs
-    little next to a batch-20 step."""
-
-    def __init__(self, split: Split, batch_size: int, seed: int):
-        self.split, self.batch_size = split, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = torch.randperm(len(self.split), generator=self.generator)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            yield self.split.image[rows], self.split.text[rows], self.split.targets[rows]
-
-
 def dense_mlp(input_dim: int, hidden: int, num_classes: int) -> nn.Sequential:
     """The baseline: CACNet's layer sizes, every unit connected to both modalities."""
     return nn.Sequential(
@@ -119,7 +100,8 @@ def train_cacnet(train: Split, gamma, epochs: int, hidden: int = 600, batch_size
     model = CACNet(train.image.shape[1], train.text.shape[1], hidden, train.targets.shape[1])
     trainer = CACNetTrainer(model, torch.optim.SGD(model.parameters(), lr=lr),
                             gamma_schedule=gamma)
-    history = trainer.fit(ShuffledBatches(train, batch_size, seed), epochs, progress=False)
+    batches = ShuffledBatches(train.image, train.text, train.targets, batch_size, seed)
+    history = trainer.fit(batches, epochs, progress=False)
     return model, history
 
 
@@ -129,7 +111,7 @@ def train_mlp(train: Split, epochs: int, hidden: int = 600, batch_size: int = 20
     torch.manual_seed(seed)
     model = dense_mlp(train.image.shape[1] + train.text.shape[1], hidden, train.targets.shape[1])
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    batches = ShuffledBatches(train, batch_size, seed)
+    batches = ShuffledBatches(train.image, train.text, train.targets, batch_size, seed)
     for _ in range(epochs):
         for image, text, targets in batches:
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,169 @@
+"""Paper 002's autoencoders as systems (``joint_ae``, ``crossmodal_ae_i``,
+``crossmodal_ae_ii``): ``DenseInputs`` (image features PCA-whitened, text vectors, both
+standardized) train the autoencoder without labels; its hidden units are the item's features,
+and one L2-regularized logistic regression per label on them (paper 002's concept detectors)
+scores the labels. Single-label tasks fit the probes one-vs-rest and predict the top score.
+The joint model reads image and text; the cross-modal ones learn from the text but read only
+the image when they predict."""
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast.data import Record
+from mmfast.defaults import PROBE_L2, AutoencoderRecipe
+from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
+from mmfast.systems.base import Fitted, Inputs, one_hot, read_header, targets
+from mmfast.systems.dense_inputs import DenseInputs
+from mmfast.train.autoencoder import AutoencoderTrainer
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.fasttext import SCORE_NAMES, score
+from mmfast.train.logistic import LogisticRegression
+
+INPUTS = "inputs.safetensors"  # the fitted PCA, text vectors, standardization and probes
+# A label that every (or no) training item has gets no regression: a constant logit this large.
+_CONSTANT_LOGIT = 20.0
+
+
+class Probes:
+    """Per-label logistic regressions on standardized features: ``probes(x)`` -> logits
+    [N, K] = ``((x - mean) / scale) @ weight.T + bias``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
+                 scale: torch.Tensor):
+        self.weight, self.bias, self.mean, self.scale = weight, bias, mean, scale
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, truth: torch.Tensor, l2: float) -> "Probes":
+        """``truth`` {0,1} [N, K]; the labels with both classes among the N rows are fitted
+        together (``LogisticRegression``), the others get a constant logit."""
+        positives = truth.sum(0)
+        fitted = ((positives > 0) & (positives < len(truth))).nonzero().flatten()
+        weight = torch.zeros(truth.shape[1], features.shape[1], dtype=torch.float64)
+        bias = torch.where(positives > 0, _CONSTANT_LOGIT, -_CONSTANT_LOGIT).double()
+        regression = LogisticRegression(l2).fit(features, truth[:, fitted]) if len(fitted) else None
+        if regression is None:
+            mean, scale = features.double().mean(0), features.double().std(0, correction=0)
+            scale[scale == 0] = 1.0
+        else:
+            weight[fitted], bias[fitted] = regression.weight, regression.bias
+            mean, scale = regression.mean, regression.scale
+        return cls(weight, bias, mean, scale)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features.double() - self.mean) / self.scale
+        return torch.addmm(self.bias, x, self.weight.t()).float()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"probe_weight": self.weight, "probe_bias": self.bias, "probe_mean": self.mean,
+                "probe_scale": self.scale}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Probes":
+        return cls(*(tensors[f"probe_{name}"] for name in ("weight", "bias", "mean", "scale")))
+
+
+class TrainedAutoencoder(Fitted):
+    def __init__(self, model: JointAutoencoder | CrossModalAutoencoder, inputs: DenseInputs,
+                 probes: Probes | None, labels: Sequence[str], multilabel: bool,
+                 recipe: AutoencoderRecipe, stats: dict):
+        self.model, self.inputs, self.probes = model, inputs, probes
+        self.labels, self.multilabel = tuple(labels), multilabel
+        self.recipe, self.stats = recipe, stats
+
+    @torch.no_grad()
+    def encode(self, records: Sequence[Record], image: np.ndarray) -> torch.Tensor:
+        """The autoencoder's hidden units [N, hidden]: the items' learned features."""
+        v, tau = self.inputs(records, image)
+        self.model.eval()
+        return self.model.encode(v, tau) if self.recipe.model == "joint_ae" else \
+            self.model.encode(v)
+
+    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+        if not len(records):
+            return torch.empty(0, len(self.labels))
+        return self.probes(self.encode(records, image))
+
+    def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(directory / INPUTS, {**self.inputs.tensors(),
+                                                 **self.probes.tensors()})
+        save_checkpoint(directory, self.model, {**self.header(extractor),
+                                                "inputs": self.inputs.config()})
+
+
+def load(directory: str | os.PathLike, config: dict) -> TrainedAutoencoder:
+    model, config = load_checkpoint(directory)
+    tensors = load_tensors(Path(directory) / INPUTS)
+    if "probe_weight" not in tensors:
+        raise ValueError(f"{Path(directory) / INPUTS}: expected the label probes of an "
+                         "autoencoder system, got none")
+    probes = Probes.from_tensors(tensors)
+    labels, multilabel, recipe = read_header(directory, config, len(probes.bias),
+                                             AutoencoderRecipe, ("inputs",))
+    inputs = DenseInputs.from_state(config["inputs"], tensors)
+    return TrainedAutoencoder(model, inputs, probes, labels, multilabel, recipe, {})
+
+
+def build_model(recipe: AutoencoderRecipe, visual_dim: int, text_dim: int):
+    if recipe.model == "joint_ae":
+        return JointAutoencoder(visual_dim, text_dim, mu=recipe.mu)
+    if recipe.model == "crossmodal_ae_i":
+        return CrossModalAutoencoder(visual_dim, text_dim, "I")
+    return CrossModalAutoencoder(visual_dim, text_dim, "II", mu=recipe.mu)
+
+
+def fit(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
+        valid: Inputs | None = None, progress: bool = False) -> TrainedAutoencoder:
+    """The autoencoder trained on ``train`` (labels unused), then the probes on its features;
+    with ``recipe.l2`` None, the probes' penalty is the one of ``PROBE_L2`` that scores best on
+    ``valid`` (1 without it), and the returned recipe names it."""
+    records, image = train
+    if image is None:
+        raise ValueError(f"fit: the {recipe.model} system needs image features, got None")
+    start = time.perf_counter()
+    inputs = DenseInputs.fit(records, image, recipe.image_dim, True, recipe.text_features,
+                             recipe.text_dim, recipe.ngrams, recipe.seed)
+    v, tau = inputs(records, image)
+    with torch.random.fork_rng(devices=[]):  # seed the initial weights, not the caller's RNG
+        torch.manual_seed(recipe.seed)
+        model = build_model(recipe, inputs.image_dim, inputs.text_dim)
+    parameters = model.parameters()
+    optimizer = (torch.optim.SGD(parameters, lr=recipe.lr, momentum=0.9)
+                 if recipe.optimizer == "sgd" else torch.optim.Adam(parameters, lr=recipe.lr))
+    history = AutoencoderTrainer(model, optimizer).fit(v, tau, recipe.epochs, recipe.batch_size,
+                                                       recipe.seed, progress=progress)
+    trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})
+    features = trained.encode(records, image)
+    truth = targets(records, labels, multilabel)
+    binary = truth if multilabel else one_hot(truth, len(labels))
+    loss = "ova" if multilabel else "softmax"
+    metric = SCORE_NAMES[loss]
+    row = {"epoch": recipe.epochs, "loss": history[-1]["loss"]}
+    penalties = (recipe.l2,) if recipe.l2 is not None else PROBE_L2 if valid else (1.0,)
+    best = None
+    valid_features = None if valid is None else trained.encode(*valid)
+    for l2 in penalties:
+        probes = Probes.fit(features, binary, l2)
+        candidate = {"l2": l2, "probes": probes}
+        if valid is not None:
+            candidate["valid"] = score(probes(valid_features),
+                                       targets(valid[0], labels, multilabel), loss)
+        if best is None or candidate.get("valid", 0) > best.get("valid", 0):
+            best = candidate
+    trained.probes, trained.recipe = best["probes"], replace(recipe, l2=best["l2"])
+    row[f"train_{metric}"] = score(trained.probes(features), truth, loss)
+    seconds = time.perf_counter() - start
+    trained.stats = {"seconds": seconds, "items_per_s": recipe.epochs * len(records) / seconds,
+                     "final_loss": row["loss"], "history": [row], "metric": metric}
+    if valid is not None:
+        row[f"valid_{metric}"] = best["valid"]
+        trained.stats.update(best_epoch=recipe.epochs, valid_score=best["valid"])
+    return trained

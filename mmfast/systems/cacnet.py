@@ -1,0 +1,99 @@
+"""Paper 000's CACNet as a system: ``DenseInputs`` (PCA-reduced image features, text vectors,
+both standardized) -> ``CACNet`` trained by ``CACNetTrainer``'s two phases with the gamma
+schedule, the best validation epoch kept. Single-label tasks train on one-hot targets (CACNet's
+loss is per-label binary cross-entropy) and predict the top-scored label."""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast.data import Record
+from mmfast.defaults import CACNetRecipe
+from mmfast.nn import CACNet
+from mmfast.systems.base import Fitted, Inputs, one_hot, read_header, targets
+from mmfast.systems.dense_inputs import DenseInputs
+from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.fasttext import SCORE_NAMES, score
+from mmfast.train.selection import select_epochs
+
+INPUTS = "inputs.safetensors"  # the fitted PCA, text vectors and standardization
+_TRAIN_SAMPLE = 2048  # items scored per epoch to report the training metric
+
+
+class TrainedCACNet(Fitted):
+    def __init__(self, model: CACNet, inputs: DenseInputs, labels: Sequence[str],
+                 multilabel: bool, recipe: CACNetRecipe, stats: dict):
+        self.model, self.inputs, self.labels = model, inputs, tuple(labels)
+        self.multilabel, self.recipe, self.stats = multilabel, recipe, stats
+
+    @torch.no_grad()
+    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+        if not len(records):
+            return torch.empty(0, len(self.labels))
+        self.model.eval()
+        return self.model(*self.inputs(records, image))
+
+    def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(directory / INPUTS, self.inputs.tensors())
+        save_checkpoint(directory, self.model, {**self.header(extractor),
+                                                "inputs": self.inputs.config()})
+
+
+def load(directory: str | os.PathLike, config: dict) -> TrainedCACNet:
+    model, config = load_checkpoint(directory)
+    labels, multilabel, recipe = read_header(directory, config, model.num_classes,
+                                             CACNetRecipe, ("inputs",))
+    inputs = DenseInputs.from_state(config["inputs"], load_tensors(Path(directory) / INPUTS))
+    return TrainedCACNet(model, inputs, labels, multilabel, recipe, {})
+
+
+def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
+        valid: Inputs | None = None, progress: bool = False) -> TrainedCACNet:
+    records, image = train
+    if image is None:
+        raise ValueError("fit: the cacnet system needs image features, got None")
+    torch.manual_seed(recipe.seed)
+    inputs = DenseInputs.fit(records, image, recipe.image_dim, False, recipe.text_features,
+                             recipe.text_dim, recipe.ngrams, recipe.seed)
+    model = CACNet(inputs.image_dim, inputs.text_dim, recipe.dim, len(labels))
+    trained = TrainedCACNet(model, inputs, labels, multilabel, recipe, {})
+    x_img, x_txt = inputs(records, image)
+    truth = targets(records, labels, multilabel)
+    y = truth if multilabel else one_hot(truth, len(labels))
+    batches = ShuffledBatches(x_img, x_txt, y, recipe.batch_size, recipe.seed)
+    # CACNet's loss averages its per-label binary cross-entropies (DESIGN 2.4), so a label's
+    # gradient shrinks with the label count: the recipe's lr is a step on their sum, as
+    # fastText's one-vs-all takes it, and one value suits 9 classes and 113 tags alike.
+    lr = recipe.lr * len(labels)
+    trainer = CACNetTrainer(model, torch.optim.SGD(model.parameters(), lr=lr),
+                            gamma_schedule=GammaSchedule(recipe.gamma, recipe.gamma_end,
+                                                         ramp_epochs=max(recipe.epochs // 5, 1)))
+
+    def epochs():  # the trainer's epochs one at a time, for select_epochs to score each
+        for epoch in range(1, recipe.epochs + 1):
+            yield trainer.fit(batches, epoch, progress=False)[-1]["loss"]
+
+    loss = "ova" if multilabel else "softmax"
+    sample = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.seed))[
+        :_TRAIN_SAMPLE]
+
+    @torch.no_grad()
+    def train_score() -> float:
+        return score(model(x_img[sample], x_txt[sample]), truth[sample], loss)
+
+    valid_score = None
+    if valid is not None:
+        valid_inputs, valid_truth = inputs(*valid), targets(valid[0], labels, multilabel)
+        valid_score = torch.no_grad()(lambda: score(model(*valid_inputs), valid_truth, loss))
+    trained.stats = select_epochs(model, epochs(), recipe.epochs, SCORE_NAMES[loss], train_score,
+                                  valid_score, recipe.patience, len(y), lr, progress,
+                                  desc="train cacnet")
+    return trained
+

@@ -1,0 +1,77 @@
+"""The dense image and text inputs of the systems that take one vector per modality (CACNet,
+the autoencoders): the store's image features through a PCA fitted on the training split
+(optionally whitened), the text through ``TextFeatures``, each then standardized with the
+training split's per-dimension mean and deviation, so neither modality drowns the other
+(Word2Vec averages of short texts are ~50x smaller than CNN feature components)."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmfast.data import Record
+from mmfast.features import PCA
+from mmfast.features.text_features import TextFeatures
+
+
+class DenseInputs:
+    """``inputs(records, image)`` -> ``(image [N, image_dim], text [N, text_dim])`` float32."""
+
+    def __init__(self, pca: PCA, text: TextFeatures, statistics: dict[str, np.ndarray]):
+        self.pca, self.text, self.statistics = pca, text, statistics
+
+    @classmethod
+    def fit(cls, records: Sequence[Record], image: np.ndarray, image_dim: int, whiten: bool,
+            text_features: str, text_dim: int, ngrams: int, seed: int) -> "DenseInputs":
+        """Fitted on the training split: the PCA keeps ``min(image_dim, N, D)`` components."""
+        image = np.asarray(image, np.float32)
+        pca = PCA.fit(image, min(image_dim, *image.shape), whiten=whiten)
+        texts = [record.text for record in records]
+        text = TextFeatures.fit(text_features, texts, text_dim, ngrams, seed)
+        statistics = {}
+        for name, values in (("image", pca(image)), ("text", text(texts))):
+            std = values.std(axis=0)
+            std[std == 0] = 1.0  # a constant dimension stays 0 instead of becoming NaN
+            statistics[f"{name}_mean"], statistics[f"{name}_std"] = values.mean(axis=0), std
+        return cls(pca, text, statistics)
+
+    @property
+    def image_dim(self) -> int:
+        return self.pca.dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.text.dim
+
+    def __call__(self, records: Sequence[Record], image: np.ndarray
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        if image is None or len(image) != len(records):
+            raise ValueError(f"image features must have one row per record ({len(records)}), "
+                             f"got {None if image is None else len(image)}")
+        stats = self.statistics
+        image = (self.pca(image) - stats["image_mean"]) / stats["image_std"]
+        text = (self.text([record.text for record in records]) - stats["text_mean"]) \
+            / stats["text_std"]
+        return (torch.from_numpy(np.ascontiguousarray(image, np.float32)),
+                torch.from_numpy(np.ascontiguousarray(text, np.float32)))
+
+    # ---- checkpoint state: tensors for safetensors, the rest for config.json
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"pca_mean": self.pca.mean, "pca_components": self.pca.components,
+                   **self.statistics}
+        tensors = {name: torch.from_numpy(np.asarray(value)) for name, value in tensors.items()}
+        tensors.update({f"text_{name}": value for name, value in self.text.tensors().items()})
+        return tensors
+
+    def config(self) -> dict:
+        return {"text": self.text.config()}
+
+    @classmethod
+    def from_state(cls, config: dict, tensors: dict[str, torch.Tensor]) -> "DenseInputs":
+        pca = PCA(tensors["pca_mean"].numpy(), tensors["pca_components"].numpy())
+        text = TextFeatures.from_state(config["text"], {
+            name[len("text_"):]: value for name, value in tensors.items()
+            if name.startswith("text_") and name not in ("text_mean", "text_std")})
+        statistics = {name: tensors[name].numpy() for name in
+                      ("image_mean", "image_std", "text_mean", "text_std")}
+        return cls(pca, text, statistics)

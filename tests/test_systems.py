@@ -1,0 +1,204 @@
+"""The registry of systems (mmfast.systems): every system trains, classifies and evaluates from
+the command and from the Python API, on one code path, and its checkpoint says what it is."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mmfast
+from mmfast import systems
+from mmfast.cli import main
+from mmfast.data import Record, emoji_dataset, read_manifest, write_manifest
+from mmfast.features.text_features import TextFeatures
+
+NEW_SYSTEMS = ("cacnet", "joint_ae", "crossmodal_ae_i", "crossmodal_ae_ii")
+FAST = {"cacnet": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16", "--dim", "32"],
+        "joint_ae": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
+        "crossmodal_ae_i": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
+        "crossmodal_ae_ii": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
+        "mlp": ["--epochs", "3", "--dim", "32"], "text": ["--epochs", "3"]}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """Small group (single-label) and tags (multi-label) manifests of the demo data and one
+    feature store of their images (an untrained ResNet-18 at 32 px: fast, not informative)."""
+    root = tmp_path_factory.mktemp("systems")
+    paths = {}
+    for task, step in (("group", 12), ("tags", 12)):
+        data = emoji_dataset(task, root=root / "cache")
+        for split, records in (("train", read_manifest(data.train)[::step]),
+                               ("heldout", read_manifest(data.heldout)[::step])):
+            paths[task, split] = root / f"{task}-{split}.jsonl"
+            write_manifest(paths[task, split], records)
+    store = root / "store"
+    with pytest.warns(UserWarning, match="repeated ids"):  # the two tasks share their images
+        assert main(["features", *(arg for path in paths.values()
+                                    for arg in ("--manifest", str(path))),
+                     "--store", str(store), "--backbone", "resnet18", "--weights", "none",
+                     "--image-size", "32", "--quiet"]) == 0
+    return paths, store, root
+
+
+@pytest.mark.parametrize("system", [*NEW_SYSTEMS, "mlp", "text"])
+@pytest.mark.parametrize("task", ["group", "tags"])
+def test_every_system_trains_classifies_and_evaluates_from_the_command(demo, system, task,
+                                                                       capsys):
+    paths, store, root = demo
+    checkpoint = root / f"{system}-{task}"
+    store_args = [] if system == "text" else ["--store", str(store)]  # text reads no image
+    assert main(["train", "--train", str(paths[task, "train"]), *store_args, "--out",
+                 str(checkpoint), "--model", system, *FAST[system], "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"trained {system}" in out and "kept epoch" in out
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["system"] == system and config["format"] == systems.CHECKPOINT_FORMAT
+    assert config["multilabel"] == (task == "tags") and config["training"]["valid_items"] > 0
+
+    output = root / f"{system}-{task}.jsonl"
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input",
+                 str(paths[task, "heldout"]), *store_args, "--output", str(output),
+                 "--top-k", "3", "--quiet"]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    heldout = read_manifest(paths[task, "heldout"])
+    assert [row["id"] for row in rows] == [record.id for record in heldout]
+    assert all(len(row["labels"]) == 3 for row in rows)
+
+    assert main(["eval", "--checkpoint", str(checkpoint), "--input",
+                 str(paths[task, "heldout"]), *store_args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert report["items"] == len(heldout) and report["multilabel"] == (task == "tags")
+
+    # the Python API loads the same checkpoint and ranks the same labels first
+    from mmfast.data import FeatureStore
+    from mmfast.features import store_features
+
+    classifier = mmfast.load(checkpoint)
+    images = None if system == "text" else store_features(FeatureStore(store), heldout)
+    predicted = classifier.predict([record.text for record in heldout], images, top_k=3)
+    assert predicted == [row["labels"] for row in rows]
+
+
+def _learnable(n: int, seed: int, multilabel: bool = False):
+    """Items whose class shows in both their words and their image features."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.arange(n) % 3
+    words = [f"w{int(c)} filler{int(r)}" for c, r in
+             zip(classes, torch.randint(50, (n,), generator=generator))]
+    labels = [[f"c{int(c)}", "all"] if multilabel else f"c{int(c)}" for c in classes]
+    image = torch.nn.functional.one_hot(classes, 8).float() + 0.3 * torch.randn(
+        n, 8, generator=generator)
+    return words, image.numpy(), labels
+
+
+@pytest.mark.parametrize("system", NEW_SYSTEMS)
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_new_systems_learn_a_learnable_task(system, multilabel, tmp_path):
+    """Far above chance on held-out items, through ``mmfast.Classifier``; a label every item has
+    (no regression to fit) is scored certain; the saved checkpoint predicts the same."""
+    texts, image, labels = _learnable(240, 0, multilabel)
+    test_texts, test_image, test_labels = _learnable(90, 1, multilabel)
+    # hashed text: Word2Vec's a/(a + p(w)) weights would all but drop the class words, which
+    # are the most frequent words here
+    settings = {"cacnet": {"dim": 32}}.get(system, {})
+    classifier = mmfast.Classifier(system, image_dim=8, text_dim=32, text_features="hashed",
+                                   epochs=15, **settings)
+    classifier.fit(texts, image, labels, valid=(test_texts[:30], test_image[:30],
+                                                test_labels[:30]))
+    predicted = classifier.predict(test_texts, test_image, top_k=2 if multilabel else 1)
+    truth = [[label] if isinstance(label, str) else label for label in test_labels]
+    hits = np.mean([set(p) == set(t) for p, t in zip(predicted, truth)])
+    assert hits > 0.9, (system, hits)
+    classifier.save(tmp_path / "ckpt")
+    loaded = mmfast.load(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded.scores(test_texts, test_image),
+                               classifier.scores(test_texts, test_image))
+    assert loaded.trained.system == system
+
+
+def test_checkpoints_of_unknown_systems_or_newer_formats_are_refused(demo, tmp_path):
+    texts, image, labels = _learnable(60, 0)
+    classifier = mmfast.Classifier("crossmodal_ae_ii", epochs=1, image_dim=4, text_dim=8)
+    classifier.fit(texts, image, labels).save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "format": 99}))
+    with pytest.raises(ValueError, match="format 99 was written by a newer mmfast"):
+        mmfast.load(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "system": "resnet"}))
+    with pytest.raises(ValueError, match=r"expected a checkpoint of one of mmfast's systems "
+                                         r"\(.*'cacnet'.*\), got \"resnet\""):
+        mmfast.load(tmp_path)
+
+
+def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
+    paths, store, root = demo
+    base = ["train", "--train", str(paths["group", "train"]), "--out", str(root / "x")]
+    for argv, message in (
+            (["--model", "crossmodal_ae_i", "--mu", "3", "--store", str(store)],
+             "--mu: the crossmodal_ae_i system has no such setting (it is one of joint_ae, "
+             "crossmodal_ae_ii)"),
+            (["--model", "additive", "--alpha", "2", "--store", str(store)],
+             "--alpha: the additive system has no such setting (it is one of pq, rspq)"),
+            (["--model", "cacnet", "--autotune", "--store", str(store)],
+             "--autotune: searches the recipes of paper 003's models and mlp"),
+            (["--model", "cacnet", "--dim", "33", "--store", str(store)], "expected an even"),
+            (["--model", "joint_ae", "--l2", "0", "--store", str(store)],
+             "--l2: expected a finite number > 0")):
+        with pytest.raises(SystemExit) as exit:
+            main(base + argv)
+        assert exit.value.code == 2
+        assert message in capsys.readouterr().err
+    assert main(base + ["--model", "cacnet"]) == 1
+    assert ("--store: the cacnet system reads image features" in capsys.readouterr().err)
+
+
+def test_models_lists_every_system(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["system"] for row in rows] == list(systems.SYSTEMS)
+    assert {row["paper"] for row in rows} >= {"000 CACNet", "002 autoencoders",
+                                              "003 Kiela et al.", "baseline"}
+
+
+def test_hashed_text_features_are_deterministic_signed_and_normalized():
+    features = TextFeatures.fit("hashed", [], dim=64, ngrams=2)
+    x = features(["red apple pie", "red apple pie", "", "pie red apple"])
+    np.testing.assert_array_equal(x[0], x[1])
+    np.testing.assert_allclose(np.linalg.norm(x[[0, 3]], axis=1), 1.0, rtol=1e-6)
+    assert not x[2].any() and (x < 0).any() and (x > 0).any()
+    assert not np.array_equal(x[0], x[3])  # word order shows in the bigrams
+    restored = TextFeatures.from_state(features.config(), features.tensors())
+    np.testing.assert_array_equal(restored(["red apple pie"]), x[:1])
+
+
+def test_word2vec_and_glove_text_features_round_trip(tmp_path):
+    texts = ["red apple pie", "green apple", "blue sky", "red sky at night"] * 5
+    word2vec = TextFeatures.fit("word2vec", texts, dim=8)
+    restored = TextFeatures.from_state(json.loads(json.dumps(word2vec.config())),
+                                       word2vec.tensors())
+    np.testing.assert_allclose(restored(texts), word2vec(texts))
+    assert word2vec(["unknown words only"]).any() == False  # noqa: E712 (out of vocabulary)
+    glove = tmp_path / "vectors.txt"
+    glove.write_text("red 1 0 0\napple 0 1 0\nsky 0 0 1\n")
+    features = TextFeatures.fit(f"glove:{glove}", texts)
+    assert features.dim == 3 and features(["red"])[0, 0] > 0
+    restored = TextFeatures.from_state(features.config(), features.tensors())
+    np.testing.assert_allclose(restored(texts), features(texts))
+    for kind in ("bag", "hashed:x", "sentence"):
+        with pytest.raises(ValueError, match="text features must be one of"):
+            TextFeatures.fit(kind, texts)
+    with pytest.raises(FileNotFoundError, match="glove:nowhere.txt"):
+        TextFeatures.fit("glove:nowhere.txt", texts)
+
+
+def test_records_without_image_features_are_refused_by_image_systems():
+    texts, image, labels = _learnable(30, 0)
+    records = [Record(str(n), "", text, (label,)) for n, (text, label) in
+               enumerate(zip(texts, labels))]
+    for name in NEW_SYSTEMS:
+        system = systems.get(name)
+        with pytest.raises(ValueError, match=f"the {name} system needs image features"):
+            system.fit(system.default_recipe(epochs=1), (records, None), ["c0", "c1", "c2"],
+                       False)
