@@ -24,11 +24,13 @@ import torch
 from mmfast import systems
 from mmfast.data import Record
 from mmfast.defaults import DEMO_IMAGE_SIZE
-from mmfast.features import ImageFeatureExtractor
+from mmfast.features import (GridRegionFeatureExtractor, ImageFeatureExtractor,
+                             extractor_from_config)
 from mmfast.features.image import image_tensor, load_image
 from mmfast.systems.base import Fitted
 
 Labels = str | Sequence[str]
+REGION_IMAGE_SIZE = 128  # a 4 x 4 grid of cells (EfficientNet's stride is 32)
 
 
 class Classifier:
@@ -117,42 +119,48 @@ class Classifier:
         return self.trained
 
     def _features(self, images, count: int, name: str) -> np.ndarray | None:
-        """Image features [count, D] of ``images`` (see the module docstring)."""
+        """Image features [count, D] (regions [count, Kr, D] for the systems that read regions)
+        of ``images`` (see the module docstring)."""
         if not self.system.image:
             return None  # the system reads no image, whatever is passed
         if images is None:
             raise ValueError(f"Classifier: {name} are needed by the {self.system.name!r} system "
                              "(only the systems that read no image take images=None)")
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
+        regions = self.system.image == systems.REGIONS
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2 + regions:
             features = torch.as_tensor(images).detach().cpu().float()
             _check_count(name, len(features), count)
-            return torch.nn.functional.normalize(features, dim=1).numpy()
+            # pooled vectors are L2-normalized as the extractor leaves them; regions are not
+            return (features if regions else torch.nn.functional.normalize(features, dim=1)
+                    ).numpy()
         images = list(images)
         _check_count(name, len(images), count)
         for image in images:
             if not isinstance(image, (str, os.PathLike, torch.Tensor)) and not hasattr(
                     image, "convert"):
                 raise ValueError(f"Classifier: {name} must be paths, PIL images, tensors "
-                                 f"[3, H, W] or features [N, D], got a {type(image).__name__}")
+                                 f"[3, H, W] or features [N, D] (regions [N, Kr, D]), got a "
+                                 f"{type(image).__name__}")
         extractor = self._image_extractor()
         pixels = [_pixels(image, extractor.image_size, name) for image in images]
         batches = [extractor.features(torch.stack(pixels[start:start + extractor.batch_size]))
                    for start in range(0, len(pixels), extractor.batch_size)]
-        return torch.cat(batches).cpu().numpy() if batches else np.empty((0, extractor.dim),
-                                                                          np.float32)
+        return torch.cat(batches).cpu().numpy() if batches else np.empty(
+            (0, *extractor.feature_shape), np.float32)
 
     def _image_extractor(self) -> ImageFeatureExtractor:
         if self._extractor is None:
             if self.trained is None:  # fitting: the demo's default extractor
-                self._extractor = ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE)
+                self._extractor = (
+                    GridRegionFeatureExtractor(REGION_IMAGE_SIZE)
+                    if self.system.image == systems.REGIONS else
+                    ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE))
                 self._extractor_config = self._extractor.config()
             elif self._extractor_config is None:
                 raise ValueError("Classifier: no image extractor is recorded (the model was "
                                  "trained on image features): pass features [N, D], not images")
             else:
-                config = self._extractor_config
-                self._extractor = ImageFeatureExtractor(config["backbone"],
-                                                        image_size=config["image_size"])
+                self._extractor = extractor_from_config(self._extractor_config)
         return self._extractor
 
 

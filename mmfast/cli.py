@@ -9,8 +9,8 @@ import os
 import sys
 
 import mmfast
-from mmfast.defaults import (DEMO_IMAGE_SIZE, OPTIMIZERS, PACKAGED, RECIPE_GATES, TEXT_FEATURES,
-                             reads_setting)
+from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, OPTIMIZERS, PACKAGED, RECIPE_GATES,
+                             TEXT_FEATURES, reads_setting)
 from mmfast.systems import SYSTEMS
 
 
@@ -41,7 +41,7 @@ def _recipe_defaults(field: str) -> str:
 
 # The recipe settings `mmfast train` takes as flags: (field, type, meaning).
 RECIPE_FLAGS = (
-    ("dim", int, "embedding width H (mlp, cacnet: hidden units)"),
+    ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units)"),
     ("epochs", int, "passes over the data"),
     ("lr", float, "initial learning rate (fastText's models: decays linearly to 0; cacnet: per "
                   "label, times the label count)"),
@@ -56,6 +56,7 @@ RECIPE_FLAGS = (
     ("image_dim", int, "image features reduced by PCA to this many components"),
     ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)}"),
     ("text_dim", int, "width of hashed or word2vec text features"),
+    ("num_words", int, "the words of a text ananet reads, from its start"),
     ("gamma", float, "cacnet's cross-active threshold at the start"),
     ("gamma_end", float, "cacnet's cross-active threshold at the end"),
     ("mu", float, "weight of the text reconstruction (joint_ae, crossmodal_ae_ii)"),
@@ -76,6 +77,11 @@ def add_kiela_commands(commands) -> None:
     features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
                           help="images are resized to this many pixels square")
     features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    features.add_argument("--regions", choices=("none", "grid"), default="none",
+                          help="grid: store each image's grid of cells [Kr, 1280] of "
+                               "EfficientNet-Lite0's last feature map (the regions the ananet "
+                               "systems read; --backbone and --weights do not apply), not one "
+                               "pooled vector")
     features.add_argument("--skip-bad", action="store_true",
                           help="skip bad records and unreadable images (counted, listed) "
                                "instead of stopping at the first")
@@ -287,7 +293,7 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
     if args.autotune and SYSTEMS[args.model].module != "kiela":
         parser.error(f"--autotune: searches the recipes of paper 003's models and mlp, not "
                      f"{args.model}'s yet; set its flags instead")
-    for name in ("image_dim", "text_dim"):
+    for name in ("image_dim", "text_dim", "num_words"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
@@ -299,9 +305,9 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
             parser.error(f"--{name}: expected a finite number > 0, got {value}")
-    if args.dim is not None and args.model == "cacnet" and args.dim % 2:
-        parser.error(f"--dim: cacnet's hidden units are an image and a text half: expected an "
-                     f"even number, got {args.dim}")
+    if args.dim is not None and args.model in ("cacnet", *ANANETS) and args.dim % 2:
+        parser.error(f"--dim: {args.model}'s hidden units come in two halves: expected an even "
+                     f"number, got {args.dim}")
 
 
 def _check_paths(parser: argparse.ArgumentParser, args) -> None:

@@ -17,8 +17,9 @@ from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, emoji_dataset, read_manifest, split_records,
                          write_image_folder_manifest)
 from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe
-from mmfast.features import (BadImageError, ImageFeatureExtractor, demo_image_store,
-                             image_store, store_features)
+from mmfast.features import (BadImageError, GridRegionFeatureExtractor, ImageFeatureExtractor,
+                             demo_image_store, extractor_from_config, image_store,
+                             store_features)
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.systems.kiela import fit
@@ -69,6 +70,8 @@ def _demo_kiela(args) -> int:
 
 
 def _extractor(args) -> ImageFeatureExtractor:
+    if args.regions == "grid":
+        return GridRegionFeatureExtractor(args.image_size, args.batch_size)
     weights = None if args.weights == "none" else args.weights
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
 
@@ -124,7 +127,8 @@ def _train(args) -> int:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
     if system.image and not args.store:
         raise ValueError(f"--store: the {system.name} system reads image features: pass the "
-                         "feature store `mmfast features` wrote for this manifest")
+                         "feature store `mmfast features` wrote for this manifest"
+                         + (" with --regions grid" if system.image == systems.REGIONS else ""))
     store = FeatureStore(args.store) if system.image else None
     multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
     labels = sorted({label for record in records for label in record.labels})
@@ -183,17 +187,22 @@ def _image_source(args, trained: systems.base.Fitted):
     features from --store, or extracted now as at training (None for a system that reads no
     image); with --skip-bad, records whose image cannot be read are left out (and counted), else
     the first is an error naming its line."""
-    if not systems.get(trained.system).image:
+    system = systems.get(trained.system)
+    if not system.image:
         return lambda numbered: (None, [r for _, r in numbered], 0)
     if args.store:
         store = FeatureStore(args.store)
-        return lambda numbered: (store_features(store, [r for _, r in numbered]),
-                                 [r for _, r in numbered], 0)
+
+        def read(numbered):
+            features = store_features(store, [r for _, r in numbered])
+            system.check_image(features)
+            return features, [r for _, r in numbered], 0
+        return read
     recipe = trained.extractor
     if recipe is None:
         raise ValueError(f"{args.command}: the checkpoint records no image extractor: pass "
                          "--store")
-    extractor = ImageFeatureExtractor(recipe["backbone"], image_size=recipe["image_size"])
+    extractor = extractor_from_config(recipe)
     skip_bad = getattr(args, "skip_bad", False)
 
     def extract(numbered):
@@ -344,18 +353,20 @@ def _eval(args) -> int:
 
 
 def _models(args) -> int:
+    reads = {None: "text", systems.POOLED: "image + text", systems.REGIONS: "regions + text"}
     rows = [{"system": system.name, "paper": system.paper, "tasks": list(system.tasks),
-             "reads": "image + text" if system.image else "text", "text": system.text,
+             "reads": reads[system.image], "text": system.text,
              "summary": system.summary} for system in systems.SYSTEMS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'system':<17} {'paper':<17} {'reads':<13} summary")
+    print(f"{'system':<19} {'paper':<17} {'tasks':<26} {'reads':<15} summary")
     for row in rows:
-        print(f"{row['system']:<17} {row['paper']:<17} {row['reads']:<13} {row['summary']}")
-    print("every system trains single- and multi-label tasks (mmfast train --model SYSTEM), "
-          "validates and keeps its best epoch, and its checkpoint classifies and evaluates "
-          "(mmfast classify|eval); the systems reading image + text need a feature store")
+        print(f"{row['system']:<19} {row['paper']:<17} {', '.join(row['tasks']):<26} "
+              f"{row['reads']:<15} {row['summary']}")
+    print("mmfast train --model SYSTEM trains one (validating, keeping its best epoch); its "
+          "checkpoint classifies and evaluates (mmfast classify|eval). Images are read from a "
+          "feature store: pooled vectors (mmfast features) or regions (--regions grid)")
     return 0
 
 

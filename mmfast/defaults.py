@@ -193,6 +193,39 @@ class AutoencoderRecipe:
         return cls(**{"model": model, **text, **overrides})
 
 
+ANANETS = ("ananet", "ananet_alignment", "ananet_association", "ananet_concat")
+
+
+@dataclass
+class AnANetRecipe:
+    """Paper 004's AnANet (DESIGN 3.4) on region features [Kr, D] from the store (``mmfast
+    features --regions grid``) and the text's first ``num_words`` words as Word2Vec vectors of
+    width ``text_dim`` trained on the training texts (no contextual vectors: no BERT offline);
+    ``dim`` hidden units, Adam at ``lr`` on minibatches of ``batch_size`` (the paper's 1e-3 and
+    64). The variants drop the alignment or the association net, or concatenate instead."""
+
+    model: str = "ananet"
+    dim: int = 128
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 64
+    text_dim: int = 50
+    num_words: int = 8
+    patience: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in ANANETS:
+            raise ValueError(f"model must be one of {ANANETS}, got {self.model!r}")
+        if self.dim % 2:
+            raise ValueError(f"dim of ananet must be even (two GRU directions), got {self.dim}")
+
+    @classmethod
+    def default(cls, model: str = "ananet", multilabel: bool = False,
+                **overrides) -> "AnANetRecipe":
+        return cls(model=model, **overrides)
+
+
 # Recipe fields that only some of the systems sharing a recipe read; a flag setting one for
 # another system is refused (it would be ignored).
 _ONLY = {"alpha": ("pq", "rspq"), "subvectors": ("pq", "rspq"), "centroids": ("pq", "rspq"),

@@ -10,7 +10,8 @@ import torch
 import mmfast
 from mmfast import systems
 from mmfast.cli import main
-from mmfast.data import Record, emoji_dataset, read_manifest, write_manifest
+from mmfast.data import (Record, emoji_dataset, read_manifest, relevance_records,
+                         write_manifest)
 from mmfast.features.text_features import TextFeatures
 
 NEW_SYSTEMS = ("cacnet", "joint_ae", "crossmodal_ae_i", "crossmodal_ae_ii")
@@ -18,7 +19,8 @@ FAST = {"cacnet": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16", "--
         "joint_ae": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
         "crossmodal_ae_i": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
         "crossmodal_ae_ii": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
-        "mlp": ["--epochs", "3", "--dim", "32"], "text": ["--epochs", "3"]}
+        "mlp": ["--epochs", "3", "--dim", "32"], "text": ["--epochs", "3"],
+        "ananet": ["--epochs", "2", "--dim", "16", "--text-dim", "8"]}
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +41,27 @@ def demo(tmp_path_factory):
                                     for arg in ("--manifest", str(path))),
                      "--store", str(store), "--backbone", "resnet18", "--weights", "none",
                      "--image-size", "32", "--quiet"]) == 0
-    return paths, store, root
+    # image-text relevance pairs (own, same-group and other-group captions) and their regions
+    data = emoji_dataset("group", root=root / "cache")
+    for split, records in (("train", read_manifest(data.train)[::40]),
+                           ("heldout", read_manifest(data.heldout)[::40])):
+        paths["relevance", split] = root / f"relevance-{split}.jsonl"
+        write_manifest(paths["relevance", split], relevance_records(records))
+    regions = root / "regions"
+    assert main(["features", "--manifest", str(paths["relevance", "train"]), "--manifest",
+                 str(paths["relevance", "heldout"]), "--store", str(regions), "--regions",
+                 "grid", "--image-size", "64", "--quiet"]) == 0
+    return paths, {"pooled": store, "regions": regions}, root
 
 
-@pytest.mark.parametrize("system", [*NEW_SYSTEMS, "mlp", "text"])
-@pytest.mark.parametrize("task", ["group", "tags"])
+CASES = [(system, task) for system in (*NEW_SYSTEMS, "mlp", "text") for task in ("group", "tags")]
+
+
+@pytest.mark.parametrize(("system", "task"), [*CASES, ("ananet", "relevance")])
 def test_every_system_trains_classifies_and_evaluates_from_the_command(demo, system, task,
                                                                        capsys):
-    paths, store, root = demo
+    paths, stores, root = demo
+    store = stores["regions" if task == "relevance" else "pooled"]
     checkpoint = root / f"{system}-{task}"
     store_args = [] if system == "text" else ["--store", str(store)]  # text reads no image
     assert main(["train", "--train", str(paths[task, "train"]), *store_args, "--out",
@@ -133,7 +148,8 @@ def test_checkpoints_of_unknown_systems_or_newer_formats_are_refused(demo, tmp_p
 
 
 def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
-    paths, store, root = demo
+    paths, stores, root = demo
+    store = stores["pooled"]
     base = ["train", "--train", str(paths["group", "train"]), "--out", str(root / "x")]
     for argv, message in (
             (["--model", "crossmodal_ae_i", "--mu", "3", "--store", str(store)],
@@ -193,12 +209,26 @@ def test_word2vec_and_glove_text_features_round_trip(tmp_path):
         TextFeatures.fit("glove:nowhere.txt", texts)
 
 
+def test_each_system_takes_the_image_features_it_reads():
+    systems.get("ananet").check_image(np.zeros((2, 4, 5)))
+    systems.get("cacnet").check_image(np.zeros((2, 5)))
+    systems.get("text").check_image(None)
+    with pytest.raises(ValueError, match=r"the ananet system reads region features \[N, Kr, D\] "
+                                         r"\(a store of mmfast features --regions grid\), got "
+                                         r"pooled features of shape \(2, 5\)"):
+        systems.get("ananet").check_image(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=r"the cacnet system reads pooled image features "
+                                         r"\[N, D\] \(a store of mmfast features\), got region "
+                                         r"features of shape \(2, 4, 5\)"):
+        systems.get("cacnet").check_image(np.zeros((2, 4, 5)))
+
+
 def test_records_without_image_features_are_refused_by_image_systems():
     texts, image, labels = _learnable(30, 0)
     records = [Record(str(n), "", text, (label,)) for n, (text, label) in
                enumerate(zip(texts, labels))]
     for name in NEW_SYSTEMS:
         system = systems.get(name)
-        with pytest.raises(ValueError, match=f"the {name} system needs image features"):
+        with pytest.raises(ValueError, match=f"the {name} system reads pooled image features"):
             system.fit(system.default_recipe(epochs=1), (records, None), ["c0", "c1", "c2"],
                        False)

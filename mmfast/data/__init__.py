@@ -6,12 +6,13 @@ from mmfast.data.image_folder import (
     write_image_folder_manifest,
 )
 from mmfast.data.manifest import Manifest, ManifestError, Record, read_manifest, write_manifest
-from mmfast.data.relevance import RELEVANCE_LABELS, Pair, relevance_pairs
+from mmfast.data.relevance import RELEVANCE_LABELS, Pair, relevance_pairs, relevance_records
 from mmfast.data.store import FeatureStore
 
 __all__ = [
     "DemoData", "demo_cache_dir", "emoji_dataset", "Manifest", "ManifestError", "Record",
     "read_manifest", "write_manifest", "FeatureStore", "RELEVANCE_LABELS", "Pair",
-    "relevance_pairs", "IMAGE_EXTENSIONS", "ImageFolderRecords", "image_folder_records",
+    "relevance_pairs", "relevance_records", "IMAGE_EXTENSIONS", "ImageFolderRecords",
+    "image_folder_records",
     "split_records", "write_image_folder_manifest",
 ]

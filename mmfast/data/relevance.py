@@ -55,3 +55,12 @@ def relevance_pairs(records: Sequence[Record], seed: int = 0) -> list[Pair]:
             pairs.append(Pair(record, rng.choice(same), 1))
         pairs.append(Pair(record, rng.choice(outside[group]), 2))
     return pairs
+
+
+def relevance_records(records: Sequence[Record], seed: int = 0) -> list[Record]:
+    """``relevance_pairs`` as a relevance manifest's records, what the ananet systems train on:
+    each pair's image with its caption's text, labeled with its ``RELEVANCE_LABELS`` class; the
+    id joins the image's and the caption's ids ("image~caption")."""
+    return [Record(f"{pair.image.id}~{pair.caption.id}", pair.image.image, pair.caption.text,
+                   (RELEVANCE_LABELS[pair.label],))
+            for pair in relevance_pairs(records, seed)]

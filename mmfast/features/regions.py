@@ -95,3 +95,11 @@ class GridRegionFeatureExtractor(ImageFeatureExtractor):
 
     def config(self) -> dict:
         return {**super().config(), "regions": "grid", "num_regions": self.num_regions}
+
+
+def extractor_from_config(config: dict) -> ImageFeatureExtractor:
+    """The extractor that wrote features of ``config`` (an extractor's ``config()``, as stores
+    and checkpoints record it): pooled vectors, or grid-cell regions."""
+    if config.get("regions") == "grid":
+        return GridRegionFeatureExtractor(config["image_size"])
+    return ImageFeatureExtractor(config["backbone"], image_size=config["image_size"])

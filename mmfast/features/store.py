@@ -19,12 +19,13 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     """The feature store at ``directory`` holding ``records``' image features, extracted now
     only for the ids it lacks. Rows are committed every ``EXTRACT_CHUNK`` images
     (``FeatureStore.commit_chunk``) and merged into the store at the end, so a killed run loses
-    at most one chunk: the next run on the same store takes up what it left. A repeated id is
-    extracted once (a warning counts them); two records of one id with different images are a
-    ValueError. An unreadable image is a ``BadImageError`` naming the record's id, or with
-    ``skip_bad`` is left out of the store (appended to ``skipped`` when a list is given). The
-    store is locked (``mmfast._io.locked``) from read to write: a second writer gets "in use
-    by pid N" instead of replacing the first one's rows with its own."""
+    at most one chunk: the next run on the same store takes up what it left. A repeated id, or
+    an image several ids share, is extracted once (a warning counts repeated ids); two records
+    of one id with different images are a ValueError. An unreadable image is a
+    ``BadImageError`` naming the record's id, or with ``skip_bad`` is left out of the store
+    (its records appended to ``skipped`` when a list is given). The store is locked
+    (``mmfast._io.locked``) from read to write: a second writer gets "in use by pid N" instead
+    of replacing the first one's rows with its own."""
     unique = _unique_by_id(records, directory)
     with locked(directory, "another features run"):
         old = FeatureStore(directory) if FeatureStore.exists(directory) else None
@@ -40,26 +41,35 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
         done = set(FeatureStore.pending_ids(directory, meta))  # an interrupted run's rows
         missing = [r for r in missing if r.id not in done]
         committed = len(done)
-        with tqdm(total=len(missing), desc="image features", unit="img",
+        # An image several records share (a relevance manifest pairs each image with three
+        # captions) is read and run through the network once, its row stored under each id.
+        sharing: dict[str, list[Record]] = {}
+        for record in missing:
+            sharing.setdefault(record.image, []).append(record)
+        images = list(sharing)
+        with tqdm(total=len(images), desc="image features", unit="img",
                   disable=not progress, leave=False) as bar:
-            for start in range(0, len(missing), EXTRACT_CHUNK):
-                chunk = missing[start:start + EXTRACT_CHUNK]
+            for start in range(0, len(images), EXTRACT_CHUNK):
+                chunk = images[start:start + EXTRACT_CHUNK]
                 try:
-                    rows, bad = extractor.extract([r.image for r in chunk], False, skip_bad)
+                    rows, bad = extractor.extract(chunk, False, skip_bad)
                 except BadImageError as error:
-                    record = chunk[error.index]
-                    raise BadImageError(start + error.index, f"id {record.id!r}: {error}",
+                    record = sharing[chunk[error.index]][0]
+                    raise BadImageError(missing.index(record), f"id {record.id!r}: {error}",
                                         record.id) from None
                 unreadable = set(bad)
                 if skipped is not None:
-                    skipped.extend(chunk[index] for index in bad)
-                kept = [r.id for index, r in enumerate(chunk) if index not in unreadable]
+                    skipped.extend(r for index in bad for r in sharing[chunk[index]])
+                kept = [sharing[image] for index, image in enumerate(chunk)
+                        if index not in unreadable]
                 if kept:
-                    FeatureStore.commit_chunk(directory, kept, rows, meta)
+                    FeatureStore.commit_chunk(directory, [r.id for group in kept for r in group],
+                                              np.repeat(rows, [len(g) for g in kept], axis=0),
+                                              meta)
                     committed += len(kept)
                 bar.update(len(chunk))
         if old is None and not committed:
-            raise ValueError(f"{directory}: none of the {len(missing)} images could be read")
+            raise ValueError(f"{directory}: none of the {len(images)} images could be read")
         return FeatureStore.merge_pending(directory, meta)
 
 

@@ -22,9 +22,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmfast.defaults import (AUTOENCODERS, MODELS, AutoencoderRecipe, CACNetRecipe, Recipe)
+from mmfast.defaults import (ANANETS, AUTOENCODERS, MODELS, AnANetRecipe, AutoencoderRecipe,
+                             CACNetRecipe, Recipe)
 
-SINGLE, MULTI = "single-label", "multi-label"
+# Task kinds: one label per item, a set of labels per item, or one relevance class per
+# image-text pair (a single-label task whose label says how the text relates to the image).
+SINGLE, MULTI, RELEVANCE = "single-label", "multi-label", "relevance"
+# What a system reads of the images: the store's pooled vectors [N, D] (``mmfast features``)
+# or its regions [N, Kr, D] (``mmfast features --regions grid``); None: no image.
+POOLED, REGIONS = "pooled", "regions"
 # The checkpoint layout this version writes and reads; a newer one is refused by name.
 CHECKPOINT_FORMAT = 1
 
@@ -36,7 +42,7 @@ class System:
     module: str
     recipe: type
     tasks: tuple[str, ...]
-    image: bool
+    image: str | None
     text: str
     summary: str
 
@@ -48,7 +54,27 @@ class System:
         return importlib.import_module(f"mmfast.systems.{self.module}")
 
     def fit(self, recipe, train, labels, multilabel: bool, valid=None, progress: bool = False):
+        """``recipe`` trained on ``train`` = (records, image features), ``valid`` the same."""
+        for inputs in (train, valid):
+            if inputs is not None:
+                self.check_image(inputs[1])
         return self.implementation().fit(recipe, train, labels, multilabel, valid, progress)
+
+    def check_image(self, image) -> None:
+        """A ValueError unless ``image`` is what the system reads: pooled vectors [N, D],
+        regions [N, Kr, D], or (a system that reads no image) anything."""
+        if self.image is None:
+            return
+        ndim = None if image is None else getattr(image, "ndim", None)
+        if ndim == (3 if self.image == REGIONS else 2):
+            return
+        expected = ("region features [N, Kr, D] (a store of mmfast features --regions grid)"
+                    if self.image == REGIONS else
+                    "pooled image features [N, D] (a store of mmfast features)")
+        got = "none" if image is None else (
+            f"{'region' if ndim == 3 else 'pooled' if ndim == 2 else 'image'} features of shape "
+            f"{tuple(image.shape)}")
+        raise ValueError(f"the {self.name} system reads {expected}, got {got}")
 
 
 _KIELA = "003 Kiela et al."
@@ -65,14 +91,21 @@ _KIELA_SUMMARIES = {
 
 SYSTEMS: dict[str, System] = {system.name: system for system in (
     *(System(name, "baseline" if name == "mlp" else _KIELA, "kiela", Recipe, (SINGLE, MULTI),
-             name != "text", _HASHED, _KIELA_SUMMARIES[name]) for name in MODELS),
-    System("cacnet", "000 CACNet", "cacnet", CACNetRecipe, (SINGLE, MULTI), True, _VECTOR,
+             None if name == "text" else POOLED, _HASHED, _KIELA_SUMMARIES[name])
+      for name in MODELS),
+    System("cacnet", "000 CACNet", "cacnet", CACNetRecipe, (SINGLE, MULTI), POOLED, _VECTOR,
            "cross-active connections between an image and a text network"),
-    *(System(name, "002 autoencoders", "autoencoder", AutoencoderRecipe, (SINGLE, MULTI), True,
-             _VECTOR, summary) for name, summary in zip(AUTOENCODERS, (
+    *(System(name, "002 autoencoders", "autoencoder", AutoencoderRecipe, (SINGLE, MULTI),
+             POOLED, _VECTOR, summary) for name, summary in zip(AUTOENCODERS, (
                  "joint autoencoder features + per-label logistic probes",
                  "cross-modal (image -> text) features + probes",
-                 "cross-modal (image -> image, text) features + probes")))
+                 "cross-modal (image -> image, text) features + probes"))),
+    *(System(name, "004 AnANet", "ananet", AnANetRecipe, (RELEVANCE,), REGIONS,
+             "word vectors trained on the texts, through a BiGRU", summary)
+      for name, summary in zip(ANANETS, (
+          "image-text relevance: association + alignment nets",
+          "ablation: the alignment net (regions vs words) alone",
+          "ablation: the association net alone", "ablation: concatenated encodings"))),
 )}
 
 
@@ -104,4 +137,5 @@ def load(directory):
     return fitted
 
 
-__all__ = ["SYSTEMS", "System", "get", "load", "SINGLE", "MULTI", "CHECKPOINT_FORMAT"]
+__all__ = ["SYSTEMS", "System", "get", "load", "SINGLE", "MULTI", "RELEVANCE", "POOLED", "REGIONS",
+           "CHECKPOINT_FORMAT"]

@@ -1,0 +1,114 @@
+"""Paper 004's AnANet as systems (``ananet`` and its ablations): image-text relevance
+classification of records whose label says how the text relates to the image. The image is
+read as regions [Kr, D] from the store (``mmfast features --regions grid``), the text as its
+first ``num_words`` words' Word2Vec vectors (trained on the training texts, saved with the
+checkpoint); ``AnANetTrainer`` trains the model, the best validation epoch is kept."""
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast.data import Record
+from mmfast.defaults import AnANetRecipe
+from mmfast.features import token_vectors
+from mmfast.features.text_features import TextFeatures
+from mmfast.nn.ananet import AnANet
+from mmfast.systems.base import Fitted, Inputs, read_header, targets
+from mmfast.train.ananet import AnANetTrainer
+from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.fasttext import SCORE_NAMES, score
+from mmfast.train.selection import select_epochs
+
+WORDS = "words.safetensors"  # the Word2Vec vectors the texts are read with
+VARIANT = {"ananet": "full", "ananet_alignment": "alignment",
+           "ananet_association": "association", "ananet_concat": "concat"}
+_TRAIN_SAMPLE = 2048
+
+
+class TrainedAnANet(Fitted):
+    def __init__(self, model: AnANet, words: TextFeatures, labels: Sequence[str],
+                 recipe: AnANetRecipe, stats: dict):
+        self.model, self.words, self.labels = model, words, tuple(labels)
+        self.multilabel, self.recipe, self.stats = False, recipe, stats
+
+    def features(self, records: Sequence[Record], image: np.ndarray,
+                 with_targets: bool = False) -> dict[str, torch.Tensor]:
+        """AnANet's inputs (``mmfast.train.ananet``'s feature mapping) of ``records``."""
+        if image is None or np.ndim(image) != 3 or len(image) != len(records):
+            raise ValueError(f"the {self.system} system needs region features [{len(records)}, "
+                             f"Kr, D], got {None if image is None else np.shape(image)}")
+        num_words = self.recipe.num_words
+        words, lengths, _ = token_vectors([record.text for record in records],
+                                          self.words.vectors, num_words)
+        features = {"regions": torch.from_numpy(np.asarray(image, np.float32)),
+                    "word_vectors": torch.from_numpy(words),
+                    "context_vectors": torch.zeros(len(records), num_words, 0),
+                    "t_lengths": torch.from_numpy(lengths)}
+        if with_targets:
+            features["labels"] = targets(records, self.labels, False)
+        return features
+
+    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+        if not len(records):
+            return torch.empty(0, len(self.labels))
+        # log-probabilities: the same order and softmax as the fused logits
+        return AnANetTrainer(self.model).predict(self.features(records, image)).log()
+
+    def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(directory / WORDS, self.words.tensors())
+        save_checkpoint(directory, self.model, {**self.header(extractor),
+                                                "words": self.words.config()})
+
+
+def load(directory: str | os.PathLike, config: dict) -> TrainedAnANet:
+    model, config = load_checkpoint(directory)
+    labels, _, recipe = read_header(directory, config, model.config()["num_classes"],
+                                    AnANetRecipe, ("words",))
+    words = TextFeatures.from_state(config["words"], load_tensors(Path(directory) / WORDS))
+    return TrainedAnANet(model, words, labels, recipe, {})
+
+
+def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
+        valid: Inputs | None = None, progress: bool = False) -> TrainedAnANet:
+    records, image = train
+    if multilabel:
+        raise ValueError(f"the {recipe.model} system classifies each image-text pair into one "
+                         "relevance class: expected single-label records, got multi-label ones")
+    words = TextFeatures.fit("word2vec", [record.text for record in records], recipe.text_dim,
+                             seed=recipe.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = AnANet(num_classes=len(labels), num_regions=image.shape[1],
+                       num_words=recipe.num_words, region_dim=image.shape[2],
+                       word_dim=words.dim, context_dim=0, hidden_dim=recipe.dim,
+                       inv_dim=recipe.dim // 2, variant=VARIANT[recipe.model])
+    trained = TrainedAnANet(model, words, labels, recipe, {})
+    features = trained.features(records, image, with_targets=True)
+    known = features["labels"] >= 0
+    features = {key: value[known] for key, value in features.items()}
+    trainer = AnANetTrainer(model, torch.optim.Adam(model.parameters(), lr=recipe.lr),
+                            recipe.batch_size)
+    generator = torch.Generator().manual_seed(recipe.seed)
+
+    def epochs():
+        while True:
+            yield trainer.fit(features, 1, generator)[0]
+
+    sample = {key: value[:_TRAIN_SAMPLE] for key, value in features.items()}
+    metric = SCORE_NAMES["softmax"]
+    valid_score = None
+    if valid is not None:
+        valid_features = trained.features(*valid, with_targets=True)
+        valid_score = lambda: score(trainer.predict(valid_features), valid_features["labels"],  # noqa: E731
+                                    "softmax")
+    trained.stats = select_epochs(
+        model, epochs(), recipe.epochs, metric,
+        lambda: score(trainer.predict(sample), sample["labels"], "softmax"), valid_score,
+        recipe.patience, int(known.sum()), recipe.lr, progress, desc=f"train {recipe.model}")
+    return trained
