@@ -4,8 +4,8 @@
 
 Paper 002's Table 2 (``test_table2_on_emoji_tags``): the demo's multi-label ``tags`` task, visual
 words of every image (codebook fitted on the train split), the seven feature representations of
-``mmfast.train.autoencoder_demo`` scored by per-concept logistic regressions, mean held-out AUC
-over the 10 most frequent tags, printed beside the paper's NUS-WIDE figures.
+``mmfast.experiments.autoencoder_demo`` scored by per-concept logistic regressions, mean
+held-out AUC over the 10 most frequent tags, printed beside the paper's NUS-WIDE figures.
 
 Bag-of-visual-words extraction throughput (``test_bovw_throughput_*``): 256 demo images (72 x 72,
 gray in [0, 1], the same input for everyone), 16-pixel patches every 8 pixels (64 descriptors an
@@ -18,7 +18,6 @@ descriptor alone too, where kornia also runs batched. Only time is compared here
 descriptors are is tested in tests/test_bovw.py.
 """
 
-import time
 
 import pytest
 import torch
@@ -28,7 +27,7 @@ from mmfast.data import emoji_dataset, read_manifest
 from mmfast.features import BagOfVisualWords, dense_sift, load_image
 from mmfast.features.bovw import grayscale
 from mmfast.ops import pq_encode
-from mmfast.train.autoencoder_demo import ROWS, table2
+from mmfast.experiments.autoencoder_demo import ROWS, run
 
 BOVW_IMAGES = 256
 BOVW_BATCH = 64
@@ -163,35 +162,11 @@ def test_bovw_throughput_descriptors(benchmark, record, bovw_images, bovw_thread
 
 # ---- paper 002's Table 2 on the demo's multi-label tags task
 
-# Paper 002's Table 2 (NUS-WIDE, 10 concepts, 50k/50k items), for the printout.
-PAPER_TABLE2 = {"Raw Tags": 0.850, "SIFT": 0.755, "Raw Tags + SIFT": 0.824,
-                "Semantic Word Vectors": 0.821, "Joint Features": 0.861,
-                "Cross-Modal I": 0.762, "Cross-Modal II": 0.773}
-
-
 def test_table2_on_emoji_tags(one_thread):
     """Visual words of every demo image (the codebook fitted on the train split's images), then
     ``autoencoder_demo.table2``: per-concept logistic regressions on each representation, mean
     held-out AUC over the 10 most frequent tags, beside the paper's figures."""
-    start = time.perf_counter()
-    data = emoji_dataset("tags")
-    train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    bovw = BagOfVisualWords(1000, PATCH, STRIDE, device="cpu")
-    bovw.fit([record.image for record in train], progress=False)
-    train_histograms = bovw.transform([r.image for r in train], progress=False).numpy()
-    heldout_histograms = bovw.transform([r.image for r in heldout], progress=False).numpy()
-    bovw_seconds = time.perf_counter() - start
-    table = table2(train, heldout, train_histograms, heldout_histograms, data.labels)
-
-    # one entry per removed tag ("" for none): no "" entry when every concept's tag was removed
-    untagged = ", ".join(f"{heldout_count}" + (f" once '{tag}' is removed" if tag else "")
-                         for tag, (_, heldout_count) in table.untagged.items())
-    print(f"\nemoji tags: {len(train)} train / {len(heldout)} held-out items; concepts "
-          f"{', '.join(table.concepts)}; visual words {bovw_seconds:.1f} s; histograms "
-          f"whitened to {table.visual_dim}; held-out items without a known tag: {untagged}")
-    print(f"{'features':<24}{'mean AUC':>10}{'paper 002':>11}")
-    for row in ROWS:
-        print(f"{row:<24}{table.auc[row].mean:>10.3f}{PAPER_TABLE2[row]:>11.3f}")
-    print(f"total {time.perf_counter() - start:.1f} s, one thread")
+    table = run(1000, PATCH, STRIDE)
+    print("one thread")
     # Noise would sit at 0.5: every representation must carry signal about the concepts.
     assert all(table.auc[row].mean > 0.55 for row in ROWS)

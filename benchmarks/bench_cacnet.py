@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import mmfast
 from mmfast.nn import CACNet
 from mmfast.train import CACNetTrainer
-from mmfast.train.cacnet_demo import dense_mlp
+from mmfast.experiments.cacnet_demo import dense_mlp
 
 DIM, HIDDEN, CLASSES = 300, 600, 300
 

@@ -175,17 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(run="_models")
 
     demo = commands.add_parser(
-        "demo", help="paper 003's models on the embedded emoji data: held-out accuracy and "
-        "throughput (--pq: the PQ/RSPQ encoding demo on generated vectors)")
+        "demo", help="a paper's table on the embedded emoji data: paper 003's models by default, "
+        "--paper all for the four papers (--pq: the PQ/RSPQ encoding demo on generated vectors)")
+    demo.add_argument("--paper", default="003", choices=("003", "000", "002", "004", "all"),
+                      help="003: Kiela et al.'s nine models (held-out accuracy, throughput); "
+                      "000: CACNet's Table 4; 002: the autoencoders' Table 2; 004: AnANet's "
+                      "Table IV; all: the four, one after the other")
     demo.add_argument("--pq", action="store_true",
                       help="train PQ and RSPQ on generated vectors, report speed and error")
     demo.add_argument("--task", default="group", choices=("group", "subgroup", "tags"),
-                      help="emoji task: 9 groups, 99 subgroups, or 113 tags (multi-label)")
+                      help="paper 003's emoji task: 9 groups, 99 subgroups, or 113 tags "
+                           "(multi-label)")
     demo.add_argument("--models", default="paper",
-                      help="comma-separated models, 'paper' (the nine of paper 003) or 'all' "
-                           "(and the mlp baseline)")
-    demo.add_argument("--epochs", type=int, default=None, help="override every model's epochs")
-    demo.add_argument("--limit", type=int, default=None, help="use only the first N items")
+                      help="paper 003: comma-separated models, 'paper' (the nine of paper 003) "
+                           "or 'all' (and the mlp baseline)")
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="override every model's epochs (papers 003, 000, 004)")
+    demo.add_argument("--limit", type=int, default=None,
+                      help="paper 003: use only the first N items")
     demo.add_argument("--num-vectors", type=int, default=60_000,
                       help="--pq: vectors generated and encoded")
     demo.add_argument("--num-train", type=int, default=20_000,

@@ -14,59 +14,40 @@ from tqdm import tqdm
 import mmfast
 from mmfast import metrics, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
-from mmfast.data import (FeatureStore, Manifest, emoji_dataset, read_manifest, split_records,
+from mmfast.data import (FeatureStore, Manifest, read_manifest, split_records,
                          write_image_folder_manifest)
-from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe
 from mmfast.features import (BadImageError, GridRegionFeatureExtractor, ImageFeatureExtractor,
-                             demo_image_store, extractor_from_config, image_store,
+                             extractor_from_config, image_store,
                              store_features)
-from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.report import format_report, plot_report, write_confusion_csv
-from mmfast.systems.kiela import fit
 from mmfast.systems.autotune import autotune
 
 def _demo(args) -> int:
-    return _demo_pq(args) if args.pq else _demo_kiela(args)
+    from mmfast.experiments import ananet_demo, autoencoder_demo, cacnet_demo, kiela_demo, pq_demo
 
-
-def _demo_kiela(args) -> int:
-    torch.manual_seed(0)
-    data = emoji_dataset(args.task)
-    train_records = read_manifest(data.train)[: args.limit]
-    heldout = read_manifest(data.heldout)[: args.limit and max(args.limit // 4, 1)]
-    names = {"all": MODELS, "paper": PAPER_MODELS}.get(args.models, tuple(args.models.split(",")))
-    print(f"mmfast demo: paper 003 (Kiela et al.) on {len(train_records)} + {len(heldout)} "
-          f"held-out emoji (Twemoji images + names), task {data.task!r} "
-          f"({len(data.labels)} {'tags' if data.multilabel else 'classes'}), "
-          f"{torch.get_num_threads()} threads")
+    if args.pq:
+        pq_demo.run(args.num_vectors, args.num_train, args.dim, args.subvectors,
+                    args.centroids, args.repetitions, args.iters, args.seed)
+        return 0
+    papers = DEMO_PAPERS if args.paper == "all" else (args.paper,)
     start = time.perf_counter()
-    store = demo_image_store(train_records + heldout)
-    print(f"image features: EfficientNet-Lite0 (ImageNet), {DEMO_IMAGE_SIZE}px, pooled 1280-d, "
-          f"store {store.directory} ({time.perf_counter() - start:.1f} s)")
-    # as `mmfast train` does by default: a seeded 10% of the training split validates
-    fit_records, valid_records = split_records(train_records, 0.1, seed=0)
-    valid = (valid_records, store_features(store, valid_records))
-    fit_image, heldout_image = store_features(store, fit_records), store_features(store, heldout)
-    columns = ("P@1", "mAP") if data.multilabel else ("accuracy", "f1_macro")
-    print(f"{'model':<15}" + "".join(f"{c:>9}" for c in columns) + f"{'valid':>7} {'epoch':>5} "
-          f"{'train s':>8} {'train items/s':>14} {'classify items/s':>17}")
-    for name in names:
-        recipe = Recipe.default(name, data.multilabel,
-                                **({"epochs": args.epochs} if args.epochs else {}))
-        trained = fit(recipe, (fit_records, fit_image), data.labels, data.multilabel, valid=valid)
-        begin = time.perf_counter()
-        logits = trained.logits(heldout, heldout_image)
-        rate = len(heldout) / (time.perf_counter() - begin)
-        report = metrics.classification_report(logits, trained.targets(heldout), data.multilabel)
-        stats = trained.stats
-        print(f"{name:<15}" + "".join(f"{report[c]:>9.3f}" for c in columns)
-              + f"{stats['valid_score']:>7.3f} {stats['best_epoch']:>5} {stats['seconds']:>8.2f} "
-              f"{stats['items_per_s']:>14,.0f} {rate:>17,.0f}")
-    print(f"total {time.perf_counter() - start:.1f} s; valid: the kept epoch's "
-          f"{trained.stats['metric']} on {len(valid_records)} training items "
-          "held out to validate; train items/s counts items x epochs; classify excludes feature "
-          "extraction")
+    for number, paper in enumerate(papers):
+        if number:
+            print()
+        if paper == "003":
+            kiela_demo.run(args.task, args.models, args.epochs, args.limit)
+        elif paper == "000":
+            cacnet_demo.run(args.epochs or 30)
+        elif paper == "002":
+            autoencoder_demo.run()
+        else:
+            ananet_demo.run(args.epochs)
+    if len(papers) > 1:
+        print(f"\nfour papers in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+DEMO_PAPERS = ("003", "000", "002", "004")
 
 
 def _extractor(args) -> ImageFeatureExtractor:
@@ -380,59 +361,6 @@ def _info(args) -> int:
         if isinstance(value, list):
             value = ", ".join(value) or "-"
         print(f"{key:<{width}}  {value}")
-    return 0
-
-
-def _demo_vectors(num_vectors: int, dim: int, seed: int) -> torch.Tensor:
-    """A fixed stand-in for pooled CNN image features: a 64-component Gaussian mixture with
-    non-negative (post-ReLU-like) coordinates, L2-normalized, as paper 003 feeds its quantizers."""
-    generator = torch.Generator().manual_seed(seed)
-    components = torch.randn(64, dim, generator=generator).relu() * 2
-    scales = torch.rand(dim, generator=generator) + 0.25  # anisotropic, like real features
-    labels = torch.randint(64, (num_vectors,), generator=generator)
-    x = (components[labels] + torch.randn(num_vectors, dim, generator=generator) * scales).relu()
-    return torch.nn.functional.normalize(x, dim=1)
-
-
-def _throughput(function, x: torch.Tensor, repeats: int = 3) -> tuple[torch.Tensor, float]:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = function(x)
-        best = min(best, time.perf_counter() - start)
-    return out, x.shape[0] / best
-
-
-def _demo_pq(args) -> int:
-    torch.manual_seed(args.seed)
-    x = _demo_vectors(args.num_vectors, args.dim, args.seed)
-    train, held_out = x[: args.num_train], x[args.num_train :]
-    print(
-        f"mmfast demo: PQ and RSPQ on {len(x)} generated {args.dim}-d image-feature vectors "
-        f"({len(train)} to train, {len(held_out)} held out), {torch.get_num_threads()} threads"
-    )
-    quantizers = {
-        f"PQ   M={args.subvectors} C={args.centroids}": ProductQuantizer(
-            args.dim, args.subvectors, args.centroids, seed=args.seed
-        ),
-        f"RSPQ M={args.subvectors} C={args.centroids} R={args.repetitions}": RSPQ(
-            args.dim, args.subvectors, args.centroids, args.repetitions, seed=args.seed
-        ),
-    }
-    print(f"{'quantizer':<26} {'train s':>8} {'encode vec/s':>13} {'reference vec/s':>16} "
-          f"{'speed-up':>9} {'same codes':>11} {'rel. error':>11}")
-    for name, quantizer in quantizers.items():
-        start = time.perf_counter()
-        quantizer.fit(train, iters=args.iters)
-        train_seconds = time.perf_counter() - start
-        codes, fused_rate = _throughput(quantizer.encode, held_out)
-        with mmfast.backend("reference"):
-            reference_codes, reference_rate = _throughput(quantizer.encode, held_out)
-        same = (codes == reference_codes).float().mean().item()
-        error = quantizer.reconstruction_error(held_out)
-        print(f"{name:<26} {train_seconds:>8.2f} {fused_rate:>13,.0f} {reference_rate:>16,.0f} "
-              f"{fused_rate / reference_rate:>8.1f}x {same:>10.4%} {error:>11.4f}")
-    print("rel. error: mean |x - decode(encode(x))|^2 / mean |x|^2 on the held-out vectors")
     return 0
 
 

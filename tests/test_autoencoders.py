@@ -16,7 +16,7 @@ from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
 from mmfast.nn.autoencoder import CROSS_MODAL_MODES
 from mmfast.train import (AutoencoderTrainer, LogisticRegression, concept_auc, load_checkpoint,
                           save_checkpoint)
-from mmfast.train.autoencoder_demo import ROWS, Training, table2
+from mmfast.experiments.autoencoder_demo import ROWS, Training, table2
 
 
 def set_weights(model, w1, b1, w2, b2):

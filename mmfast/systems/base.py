@@ -19,7 +19,7 @@ Inputs = tuple[Sequence[Record], np.ndarray | None]
 # What a checkpoint records of its training run (``Fitted.stats``): the selection metric, the
 # chosen epoch and its validation score, the per-epoch history, and an autotune summary.
 RECORDED = ("metric", "best_epoch", "valid_score", "valid_items", "history", "seconds",
-            "autotune")
+            "autotune", "case_steps")
 
 
 class Fitted:

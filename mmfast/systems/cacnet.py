@@ -76,9 +76,14 @@ def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
                             gamma_schedule=GammaSchedule(recipe.gamma, recipe.gamma_end,
                                                          ramp_epochs=max(recipe.epochs // 5, 1)))
 
+    cases = {"1": 0, "2": 0}  # steps that took each of the two cases of phase 2
+
     def epochs():  # the trainer's epochs one at a time, for select_epochs to score each
         for epoch in range(1, recipe.epochs + 1):
-            yield trainer.fit(batches, epoch, progress=False)[-1]["loss"]
+            summary = trainer.fit(batches, epoch, progress=False)[-1]
+            cases["1"] += summary["case1_steps"]
+            cases["2"] += summary["case2_steps"]
+            yield summary["loss"]
 
     loss = "ova" if multilabel else "softmax"
     sample = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.seed))[
@@ -95,5 +100,6 @@ def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
     trained.stats = select_epochs(model, epochs(), recipe.epochs, SCORE_NAMES[loss], train_score,
                                   valid_score, recipe.patience, len(y), lr, progress,
                                   desc="train cacnet")
+    trained.stats["case_steps"] = cases
     return trained
 
