@@ -51,7 +51,8 @@ def _faiss_pq(dim, subvectors, codebooks):
 def test_encode(benchmark, record, vectors, threads, subvectors, impl):
     dim = vectors.shape[1]
     # Codebooks from real training, so codes fall among near neighbours as in use.
-    codebooks = ProductQuantizer(dim, subvectors, CENTROIDS).fit(vectors[:20_000], iters=4).codebooks
+    quantizer = ProductQuantizer(dim, subvectors, CENTROIDS).fit(vectors[:20_000], iters=4)
+    codebooks = quantizer.codebooks
     record(benchmark, f"encode d={dim} M={subvectors} {threads}thr", impl)
     if impl == "faiss":
         pq, x = _faiss_pq(dim, subvectors, codebooks), vectors.numpy()

@@ -109,7 +109,8 @@ def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor
 
 
 def cache_dir() -> Path:
-    """mmfast's cache: ``$MMFAST_CACHE``, else ``$XDG_CACHE_HOME/mmfast``, else ``~/.cache/mmfast``."""
+    """mmfast's cache: ``$MMFAST_CACHE``, else ``$XDG_CACHE_HOME/mmfast``, else
+    ``~/.cache/mmfast``."""
     if os.environ.get("MMFAST_CACHE"):
         return Path(os.environ["MMFAST_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

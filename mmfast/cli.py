@@ -105,9 +105,8 @@ def add_kiela_commands(commands) -> None:
                        help="without --valid, hold out this seeded share of --train to validate "
                        "(0: no validation, the last epoch is kept; default: %(default)s)")
     train.add_argument("--autotune", action="store_true",
-                       help="search the recipe on the validation split (fastText's "
-                       "-autotune-validation; paper 003's models and mlp); explicit flags set "
-                       "the first trial")
+                       help="search the system's recipe on the validation split (fastText's "
+                       "-autotune-validation); explicit flags set the first trial")
     train.add_argument("--autotune-duration", type=float, default=60.0,
                        help="autotune's time budget in seconds (default: %(default)s)")
     for name, kind, meaning in RECIPE_FLAGS:
@@ -297,9 +296,6 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
         if getattr(args, name) is not None and args.model not in _systems_with(name):
             parser.error(f"--{name.replace('_', '-')}: the {args.model} system has no such "
                          f"setting (it is one of {', '.join(_systems_with(name))})")
-    if args.autotune and SYSTEMS[args.model].module != "kiela":
-        parser.error(f"--autotune: searches the recipes of paper 003's models and mlp, not "
-                     f"{args.model}'s yet; set its flags instead")
     for name in ("image_dim", "text_dim", "num_words"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -175,7 +175,7 @@ def test_arguments_are_checked():
         autotune("text", records, image, labels, False, valid, max_trials=0)
     with pytest.raises(ValueError, match="not 'text'"):
         autotune("text", records, image, labels, False, valid, base=Recipe(model="pq"))
-    with pytest.raises(ValueError, match="model must be one of"):
+    with pytest.raises(ValueError, match="system must be one of"):
         autotune("lstm", records, image, labels, False, valid)
 
 

@@ -133,6 +133,25 @@ def test_new_systems_learn_a_learnable_task(system, multilabel, tmp_path):
     assert loaded.trained.system == system
 
 
+@pytest.mark.parametrize("system", ["cacnet", "joint_ae", "ananet"])
+def test_autotune_searches_every_systems_recipe(system):
+    texts, image, labels = _learnable(120, 0)
+    if system == "ananet":  # regions: the image vector spread over 2 cells
+        image = np.stack([image, image[:, ::-1]], axis=1)
+    records = [Record(str(n), "", text, (label,)) for n, (text, label) in
+               enumerate(zip(texts, labels))]
+    base = systems.get(system).default_recipe(epochs=2, **(
+        {"dim": 16, "text_dim": 8} if system == "ananet" else {"image_dim": 4, "text_dim": 8}))
+    result = mmfast.train.autotune(system, records[:90], image[:90], ["c0", "c1", "c2"], False,
+                                   (records[90:], image[90:]), max_trials=3, base=base)
+    first = result.trials[0].recipe  # as trained: a probe penalty resolved on validation
+    assert len(result.trials) == 3 and (first.lr, first.epochs) == (base.lr, base.epochs)
+    assert len({str(trial.recipe) for trial in result.trials}) == 3
+    assert result.score == max(trial.score for trial in result.trials)
+    assert result.trained.system == system
+    assert result.trained.stats["autotune"]["trials"] == 3
+
+
 def test_checkpoints_of_unknown_systems_or_newer_formats_are_refused(demo, tmp_path):
     texts, image, labels = _learnable(60, 0)
     classifier = mmfast.Classifier("crossmodal_ae_ii", epochs=1, image_dim=4, text_dim=8)
@@ -157,8 +176,6 @@ def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
              "crossmodal_ae_ii)"),
             (["--model", "additive", "--alpha", "2", "--store", str(store)],
              "--alpha: the additive system has no such setting (it is one of pq, rspq)"),
-            (["--model", "cacnet", "--autotune", "--store", str(store)],
-             "--autotune: searches the recipes of paper 003's models and mlp"),
             (["--model", "cacnet", "--dim", "33", "--store", str(store)], "expected an even"),
             (["--model", "joint_ae", "--l2", "0", "--store", str(store)],
              "--l2: expected a finite number > 0")):

@@ -42,7 +42,8 @@ class FeatureStore:
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.features:
-            raise KeyError(f"{self.directory} has no feature {name!r}; it has {list(self.features)}")
+            raise KeyError(f"{self.directory} has no feature {name!r}; it has "
+                           f"{list(self.features)}")
         path = self.directory / self.features[name]["file"]
         try:
             return np.load(path, mmap_mode="r")

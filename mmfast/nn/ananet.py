@@ -129,7 +129,8 @@ class AnANet(nn.Module):
                  variant: str = "full"):
         super().__init__()
         if hidden_dim % 2:
-            raise ValueError(f"AnANet: hidden_dim must be even (two GRU directions), got {hidden_dim}")
+            raise ValueError(f"AnANet: hidden_dim must be even (two GRU directions), got "
+                             f"{hidden_dim}")
         if variant not in VARIANTS:
             raise ValueError(f"AnANet: variant must be one of {VARIANTS}, got {variant!r}")
         self._arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}

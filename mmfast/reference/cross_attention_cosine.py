@@ -20,7 +20,8 @@ def cross_attention_cosine(
 
     V [B, Kr, d] regions; T [B, N, d] words, of which the first ``t_lengths[b]`` are valid (all
     when None). ``S = scale V T^T``; each region attends to the valid words
-    (``Vhat = softmax_words(S) T``) and each word to the regions (``That = softmax_regions(S)^T V``);
+    (``Vhat = softmax_words(S) T``) and each word to the regions
+    (``That = softmax_regions(S)^T V``);
     ``v_bar = cos(V, Vhat)`` [B, Kr] and ``t_bar = cos(T, That)`` [B, N], 0 at padded words.
     float16/bfloat16 are computed in float32; results have the input dtype.
     """

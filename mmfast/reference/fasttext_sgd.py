@@ -54,6 +54,7 @@ def fasttext_sgd_(
             weight -= lr * torch.outer(grad_logits, hidden)
             if bias is not None:
                 bias -= lr * grad_logits
-            # index_add_ accumulates a repeated id once per occurrence, as the loop over the bag does
+            # index_add_ accumulates a repeated id once per occurrence, as the loop over the bag
+            # does
             embedding.index_add_(0, bag, torch.outer(bag_weights, grad_hidden), alpha=-lr)
     return losses

@@ -138,8 +138,9 @@ def fit(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str], multila
     parameters = model.parameters()
     optimizer = (torch.optim.SGD(parameters, lr=recipe.lr, momentum=0.9)
                  if recipe.optimizer == "sgd" else torch.optim.Adam(parameters, lr=recipe.lr))
-    history = AutoencoderTrainer(model, optimizer).fit(v, tau, recipe.epochs, recipe.batch_size,
-                                                       recipe.seed, progress=progress)
+    history = AutoencoderTrainer(model, optimizer).fit(
+        v, tau, recipe.epochs, recipe.batch_size, recipe.seed, progress=progress,
+        desc=f"train {recipe.model}")
     trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})
     features = trained.encode(records, image)
     truth = targets(records, labels, multilabel)

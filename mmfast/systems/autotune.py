@@ -1,5 +1,5 @@
-"""fastText's ``-autotune-validation`` for every paper-003 model: a seeded search of the
-recipe's hyperparameters, each trial a ``kiela.fit`` scored on a validation set.
+"""fastText's ``-autotune-validation`` for every system: a seeded search of the recipe's
+hyperparameters, each trial the system's ``fit`` scored on a validation set.
 
 The strategy follows fastText's ``autotune.cc``: the first trial is the base recipe; then each
 trial takes a recipe either sampled from the whole search space (the first fifth of the budget)
@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from tqdm import tqdm
 
+from mmfast import systems
 from mmfast.data import Record
-from mmfast.nn.kiela import GATES
+from mmfast.defaults import ANANETS, AUTOENCODERS, GATED_MODELS, GATES, MODELS
+from mmfast.systems.base import Fitted
 from mmfast.train.fasttext import SCORE_NAMES
-from mmfast.defaults import GATED_MODELS, MODELS, Recipe
-from mmfast.systems.kiela import Trained, fit
 
 # Trained by mmfast.ops.fasttext_sgd_ (per-example SGD) on the fused backend: larger rates.
 FUSED_MODELS = ("text", "pq", "rspq")
@@ -79,11 +79,12 @@ class Choice:
 
 
 def search_space(model: str, image_dim: int, items: int, multilabel: bool = False) -> dict:
-    """The ``Recipe`` fields ``model`` uses and their ranges, for ``items`` training items
-    with ``image_dim``-dimensional image features (PQ subvectors must divide it, and k-means
-    needs at least as many items as centroids)."""
+    """The recipe fields the system ``model`` reads and their ranges, for ``items`` training
+    items with ``image_dim``-dimensional image features (PQ subvectors must divide it, and
+    k-means needs at least as many items as centroids)."""
+    systems.get(model)  # a ValueError naming the systems
     if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        return _dense_space(model)
     if model == "mlp":  # AdamW steps
         lr = LogRange(3e-4, 1e-2)
     elif model == "bilinear":
@@ -133,12 +134,32 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
     return space
 
 
+def _dense_space(model: str) -> dict:
+    """The search space of the systems that read one vector per modality (cacnet, the
+    autoencoders) and of AnANet."""
+    epochs = LogRange(5, 100, integer=True)
+    if model in ANANETS:  # Adam steps, the paper's 1e-3 in the middle
+        return {"lr": LogRange(3e-4, 3e-3), "epochs": LogRange(5, 40, integer=True),
+                "dim": Choice((64, 128, 256)), "text_dim": Choice((25, 50, 100)),
+                "num_words": Choice((4, 8, 16))}
+    text = {"text_features": Choice(("hashed", "word2vec")), "text_dim": Choice((20, 50, 100,
+                                                                                 300)),
+            "image_dim": Choice((50, 100, 200, 300))}
+    if model == "cacnet":  # per-label SGD steps (times the label count)
+        return {"lr": LogRange(0.005, 0.3), "epochs": epochs,
+                "dim": Choice((200, 600, 1000, 2000)), **text}
+    space = {"lr": LogRange(1e-4, 1e-2), "epochs": epochs, **text}
+    if model in (AUTOENCODERS[0], AUTOENCODERS[2]):  # the ones that weigh the text term
+        space["mu"] = LogRange(1.0, 30.0)
+    return space
+
+
 @dataclass
 class Trial:
     """One recipe tried: its best validation score (-inf when ``fit`` refused the recipe, with
     the reason in ``error``), the epoch that scored it, and the trial's wall-clock seconds."""
 
-    recipe: Recipe
+    recipe: object
     score: float
     best_epoch: int
     seconds: float
@@ -150,21 +171,23 @@ class AutotuneResult:
     """The best trial's model (its recipe's planned ``epochs``, the weights of its best epoch),
     its recipe and validation score, every trial in order, and the score's name."""
 
-    trained: Trained
-    recipe: Recipe
+    trained: Fitted
+    recipe: object
     score: float
     trials: list[Trial]
     metric: str
 
 
 def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
-             labels: Sequence[str], multilabel: bool, valid: tuple[Sequence[Record], np.ndarray], *,
-             duration: float = 60.0, seed: int = 0, max_trials: int | None = None,
-             base: Recipe | None = None, progress: bool = False) -> AutotuneResult:
-    """Search ``model``'s recipe for the best score on ``valid`` = (records, image features)
-    (accuracy, or mAP when ``multilabel``), as fastText's ``-autotune-validation`` does.
+             labels: Sequence[str], multilabel: bool,
+             valid: tuple[Sequence[Record], np.ndarray | None], *, duration: float = 60.0,
+             seed: int = 0, max_trials: int | None = None, base=None,
+             progress: bool = False) -> AutotuneResult:
+    """Search the recipe of the system ``model`` for the best score on ``valid`` = (records,
+    image features) (accuracy, or mAP when ``multilabel``), as fastText's
+    ``-autotune-validation`` does.
 
-    Trial 0 trains ``base`` (default: ``Recipe.default(model, multilabel)``); each later trial
+    Trial 0 trains ``base`` (default: the system's default recipe for the task); each later trial
     samples the fields ``model`` uses (``search_space``) or perturbs the best recipe so far, the
     other fields and ``seed`` staying the base's, so trials differ in hyperparameters alone. Every
     trial keeps the weights of its best validation epoch; the result is the best trial's
@@ -190,7 +213,8 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
         raise ValueError(f"autotune: duration must be > 0 seconds, got {duration}")
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"autotune: max_trials must be >= 1 or None, got {max_trials}")
-    base = base or Recipe.default(model, multilabel)
+    system = systems.get(model)
+    base = base or system.default_recipe(multilabel)
     if base.model != model:
         raise ValueError(f"autotune: base recipe is for {base.model!r}, not {model!r}")
     space = search_space(model, 0 if image is None else image.shape[1], len(records),
@@ -199,7 +223,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
     rng = random.Random(seed)
     trials: list[Trial] = []
     tried: set[tuple] = set()
-    best: tuple[Trial, Trained] | None = None
+    best: tuple[Trial, Fitted] | None = None
     error: ValueError | None = None
     start = time.perf_counter()
     with tqdm(total=max_trials or duration, desc=f"autotune {model}",
@@ -216,13 +240,14 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
             tried.add(_key(recipe))
             trial_start = time.perf_counter()
             try:
-                trained = fit(recipe, (records, image), labels, multilabel, valid=valid)
+                trained = system.fit(recipe, (records, image), labels, multilabel, valid)
             except ValueError as failure:
                 error = failure
                 trials.append(Trial(recipe, -math.inf, 0, time.perf_counter() - trial_start,
                                     str(failure)))
             else:
-                # the recipe as trained: a gate "auto" resolved to the modality kept
+                # the recipe as trained: a gate "auto" resolved to the modality kept, a probe
+                # penalty to the one chosen
                 trial = Trial(trained.recipe, trained.stats["valid_score"],
                               trained.stats["best_epoch"], time.perf_counter() - trial_start)
                 trials.append(trial)
@@ -246,8 +271,8 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
     return AutotuneResult(trained, trial.recipe, trial.score, trials, metric)
 
 
-def _next_recipe(base: Recipe, best: Recipe | None, space: dict, rng: random.Random,
-                 used: float, tried: set, attempts: int = 10) -> Recipe:
+def _next_recipe(base, best, space: dict, rng: random.Random, used: float, tried: set,
+                 attempts: int = 10):
     """A sampled recipe early in the budget or before any trial succeeded, else a
     perturbation of ``best`` with the spread of ``used`` (the budget's share spent); redrawn
     up to ``attempts`` times while it repeats a recipe already tried."""
@@ -265,5 +290,5 @@ def _next_recipe(base: Recipe, best: Recipe | None, space: dict, rng: random.Ran
     return recipe
 
 
-def _key(recipe: Recipe) -> tuple:
+def _key(recipe) -> tuple:
     return tuple(sorted(asdict(recipe).items()))

@@ -48,14 +48,16 @@ class AutoencoderTrainer:
 
     def fit(self, v: torch.Tensor, tau: torch.Tensor | None, epochs: int, batch_size: int = 32,
             seed: int = 0, *, text_present: torch.Tensor | None = None, progress: bool = True,
-            checkpoint_dir: str | os.PathLike | None = None) -> list[dict]:
+            checkpoint_dir: str | os.PathLike | None = None, desc: str | None = None
+            ) -> list[dict]:
         """Trains from epoch ``self.epoch`` (0, or where ``load_checkpoint`` stopped) up to
         ``epochs`` on the rows of ``v`` [N, visual_dim] and ``tau`` [N, text_dim] (and
         ``text_present`` [N], as in ``model.loss``), in mini-batches of ``batch_size`` rows
         shuffled each epoch by a generator seeded with ``seed``: the same seed gives the same
         batches, on a resumed run too (a resumed run must use the checkpoint's seed). The model's
         initial weights are the caller's (seed torch before building it). Checkpoints into
-        ``checkpoint_dir`` after every epoch. Returns ``history``: per epoch, ``epoch`` and the
+        ``checkpoint_dir`` after every epoch; the progress bar is ``desc`` (default: the model's
+        class). Returns ``history``: per epoch, ``epoch`` and the
         mean over its rows of each loss part."""
         fn = "AutoencoderTrainer.fit"
         _check_positive_int(fn, "epochs", epochs)
@@ -74,7 +76,8 @@ class AutoencoderTrainer:
         total_steps = steps_per_epoch * max(epochs - self.epoch, 0)
         name = type(self.model).__name__
         self.model.train()
-        with tqdm(total=total_steps, disable=not progress, desc=name, unit="batch") as bar:
+        with tqdm(total=total_steps, disable=not progress, desc=desc or name,
+                  unit="batch") as bar:
             for epoch in range(epochs):
                 # Every epoch draws its order, done or not, so a resumed run sees the batches
                 # an uninterrupted one would have.

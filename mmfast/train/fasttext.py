@@ -27,7 +27,8 @@ class Examples:
     targets: torch.Tensor | None = None
 
     def __post_init__(self):
-        self.lengths = torch.diff(self.offsets, append=self.offsets.new_tensor([self.words.numel()]))
+        end = self.offsets.new_tensor([self.words.numel()])
+        self.lengths = torch.diff(self.offsets, append=end)
         for name in ("image", "targets"):
             value = getattr(self, name)
             if value is not None and value.shape[0] != len(self):
@@ -97,7 +98,8 @@ SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}
 def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float = 0.5,
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
-          weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False) -> dict:
+          weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False,
+          desc: str | None = None) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -106,13 +108,14 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     The learning rate falls linearly from ``lr`` to 0 over all steps (fastText's schedule).
     On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` trains as
     fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with
-    ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size`` does not apply). Otherwise
-    (the reference backend, other models, losses or devices) minibatches of ``batch_size`` take
-    autograd steps, embedding tables with sparse gradients getting sparse updates, and the
-    dense parameters (image projection, classifier, bilinear form) an L2 penalty
-    ``weight_decay`` (the fused path, like fastText, has none). ``optimizer`` "sgd" steps with
-    SGD; "adam" with AdamW (decoupled ``weight_decay``) on the dense parameters and SparseAdam
-    on the sparse tables (the fused path is SGD whatever it says).
+    ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size``
+    does not apply). Otherwise (the reference backend, other models, losses or devices)
+    minibatches of ``batch_size`` take autograd steps, embedding tables with sparse gradients
+    getting sparse updates, and the dense parameters (image projection, classifier, bilinear
+    form) an L2 penalty ``weight_decay`` (the fused path, like fastText, has none).
+    ``optimizer`` "sgd" steps with SGD; "adam" with AdamW (decoupled ``weight_decay``) on the
+    dense parameters and SparseAdam on the sparse tables (the fused path is SGD whatever it
+    says).
 
     With ``valid``, the model is scored on it after every epoch and ends with the weights of
     its best epoch (the last of equal scores); ``patience`` epochs without a better score stop
@@ -142,7 +145,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         model, epoch_losses, epochs, SCORE_NAMES[loss],
         lambda: score(predict(model, sample), sample.targets, loss),
         None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
-        patience, len(examples), lr, progress)
+        patience, len(examples), lr, progress, desc)
 
 
 _TRAIN_SAMPLE = 2048

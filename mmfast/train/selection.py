@@ -32,8 +32,9 @@ def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, 
     if patience is not None and patience < 1:
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
-    with tqdm(total=epochs, desc=desc or f"train {type(model).__name__}", unit="epoch",
-              disable=not progress, leave=False) as bar:
+    # the bar counts items (epochs x items), as classify's does, and names what trains
+    with tqdm(total=epochs * items, desc=desc or f"train {type(model).__name__}", unit="item",
+              unit_scale=True, disable=not progress, leave=False) as bar:
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             epoch_loss = next(epoch_losses)
@@ -59,8 +60,8 @@ def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, 
                     best = row
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history.append(row)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "epoch"})
-            bar.update()
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()})
+            bar.update(items)
             if patience is not None and stale >= patience:
                 break
     epoch_losses.close()
