@@ -7,9 +7,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -100,9 +101,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         Path(temporary).write_text(text, encoding="utf-8")
 
 
-def save_tensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+# torch (safetensors.torch) loads where tensors are written or read, not with this module: the
+# manifests and stores that import it stay light (a manifest reader is not charged 500 MB).
+def save_tensors_atomic(path: str | os.PathLike, tensors: "dict[str, torch.Tensor]") -> None:
     """Write ``tensors`` (detached, on the CPU, contiguous) as one safetensors file, atomically.
     A saved model's writer removes its config.json first and writes it last, after this."""
+    from safetensors.torch import save_file
+
     with atomic_path(path) as temporary:
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()},
                   temporary)
@@ -117,9 +122,11 @@ def cache_dir() -> Path:
     return Path(base) / "mmfast"
 
 
-def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_tensors(path: str | os.PathLike) -> "dict[str, torch.Tensor]":
     """The tensors of a safetensors file; a truncated or foreign file is a ValueError naming
     it (safetensors' own error names neither the file nor what was expected)."""
+    from safetensors.torch import load_file
+
     try:
         return load_file(str(path))
     except FileNotFoundError:

@@ -68,7 +68,7 @@ RECIPE_FLAGS = (
 def add_kiela_commands(commands) -> None:
     features = commands.add_parser("features", help="extract image features into a store")
     features.add_argument("--manifest", action="append", required=True,
-                          help="JSONL/CSV manifest (repeatable)")
+                          help="manifest: JSONL, CSV, Parquet or Arrow (repeatable)")
     features.add_argument("--store", required=True, help="feature store directory")
     features.add_argument("--backbone", default="efficientnet_lite0",
                           help="image network whose pooled features are stored")
@@ -89,7 +89,8 @@ def add_kiela_commands(commands) -> None:
     features.set_defaults(run="_features")
 
     train = commands.add_parser("train", help="train a system, save a checkpoint")
-    train.add_argument("--train", required=True, help="training manifest")
+    train.add_argument("--train", required=True,
+                       help="training manifest: JSONL, CSV, Parquet or Arrow")
     train.add_argument("--store", default=None, help="feature store with the items' image "
                        "features (needed by every system that reads images)")
     train.add_argument("--out", required=True, help="checkpoint directory")
@@ -128,7 +129,8 @@ def add_kiela_commands(commands) -> None:
         sub.add_argument("--checkpoint", required=True,
                          help="checkpoint directory written by mmfast train or "
                               "Classifier.save, any system (required)")
-        sub.add_argument("--input", required=True, help="JSONL/CSV manifest")
+        sub.add_argument("--input", required=True,
+                         help="manifest: JSONL, CSV, Parquet or Arrow")
         sub.add_argument("--store", default=None,
                          help="feature store with the items' image features (default: extract)")
     classify.add_argument("--output", required=True, help="predictions, .jsonl or .csv")
@@ -155,6 +157,11 @@ def add_kiela_commands(commands) -> None:
     evaluate.add_argument("--plot", default=None,
                           help="write a per-class F1 chart here (.png, .svg, .pdf)")
     evaluate.set_defaults(run="_eval")
+    for sub in (features, train, classify, evaluate):
+        sub.add_argument("--columns", type=_columns, default=None, metavar="FIELD=COLUMN,...",
+                         help="the manifest's own column (key) names of the fields id, image, "
+                              "text, labels, e.g. text=caption,labels=label (default: the "
+                              "field names)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
                              help="CPU threads of the kernels and torch (default: torch's, "
                                   "one per core)")
     return parser
+
+
+def _columns(value: str) -> dict[str, str]:
+    """``--columns``' "field=column,..." as {field: column}."""
+    fields = ("id", "image", "text", "labels")
+    mapping = {}
+    for part in value.split(","):
+        field, _, column = part.partition("=")
+        if field.strip() not in fields or not column.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected FIELD=COLUMN pairs with FIELD one of {', '.join(fields)}, got "
+                f"{part!r}")
+        mapping[field.strip()] = column.strip()
+    return mapping
 
 
 # What a user's input can cause: a bad file, record, checkpoint or value. They print as one

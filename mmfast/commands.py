@@ -61,7 +61,8 @@ _NAMED_SKIPS = 10  # skipped images listed by manifest line
 
 
 def _features(args) -> int:
-    manifests = [Manifest(path, skip_bad=args.skip_bad) for path in args.manifest]
+    manifests = [Manifest(path, skip_bad=args.skip_bad, columns=args.columns)
+                 for path in args.manifest]
     where, records = {}, []
     for manifest in manifests:
         for line, record in manifest.numbered():
@@ -90,7 +91,7 @@ def _validation_split(args, records: list) -> tuple[list, list]:
     """``(train, valid)``: ``--valid``'s records, or a seeded ``--valid-fraction`` of the
     training manifest (none when 0)."""
     if args.valid:
-        return records, read_manifest(args.valid)
+        return records, read_manifest(args.valid, columns=args.columns)
     if args.valid_fraction == 0:
         return records, []
     train, valid = split_records(records, args.valid_fraction, seed=args.seed or 0)
@@ -103,7 +104,7 @@ def _validation_split(args, records: list) -> tuple[list, list]:
 
 def _train(args) -> int:
     system = systems.get(args.model)
-    records = read_manifest(args.train)
+    records = read_manifest(args.train, columns=args.columns)
     if not records:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
     if system.image and not args.store:
@@ -253,7 +254,7 @@ def _classify(args) -> int:
     images = _image_source(args, trained)
     thresholds = _thresholds(args, trained.labels)
     k = min(args.top_k, len(trained.labels))
-    manifest = Manifest(args.input, skip_bad=args.skip_bad)
+    manifest = Manifest(args.input, skip_bad=args.skip_bad, columns=args.columns)
     output = Path(args.output)
     as_csv = output.suffix.lower() == ".csv"
     done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
@@ -308,7 +309,7 @@ def _classify(args) -> int:
 
 def _eval(args) -> int:
     trained = systems.load(args.checkpoint)
-    numbered = list(Manifest(args.input).numbered())
+    numbered = list(Manifest(args.input, columns=args.columns).numbered())
     if not numbered:
         raise ValueError(f"--input {args.input}: expected items to evaluate, got none")
     features, records, _ = _image_source(args, trained)(numbered)

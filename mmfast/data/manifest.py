@@ -1,8 +1,15 @@
 """Dataset manifests: one record per item, ``{"id", "image", "text", "labels"}``.
 
-JSONL (one object a line) or CSV (header ``id,image,text,labels``, labels joined by ``|``).
-Relative image paths are relative to the manifest's directory. A bad record raises
-``ManifestError`` naming the file and line, or is skipped and counted with ``skip_bad=True``.
+JSONL (one object a line), CSV (header ``id,image,text,labels``, labels joined by ``|``), or
+the columnar files of data frames and Hugging Face ``datasets`` exports: Parquet
+(``.parquet``) and Arrow (``.arrow``, what ``Dataset.save_to_disk`` writes), read with pyarrow
+a batch of rows at a time. Every format is streamed: memory stays bounded however long the file.
+``columns`` maps the fields to a file's own column names (``{"text": "caption", "labels":
+"label"}``); in a columnar file without an id column, the row number is the id, and integer
+labels (``datasets``' ``ClassLabel``) read as their decimal strings. A record's ``label`` stands
+for ``labels`` when it has none (one label: a relevance manifest's class). Relative image paths
+are relative to the manifest's directory. A bad record raises ``ManifestError`` naming the file
+and line (row), or is skipped and counted with ``skip_bad=True``.
 """
 
 import csv
@@ -16,6 +23,8 @@ from mmfast._io import atomic_path
 
 FIELDS = ("id", "image", "text", "labels")
 _CSV_LABEL_SEPARATOR = "|"
+COLUMNAR = (".parquet", ".arrow")
+_BATCH_ROWS = 8192  # rows a columnar file is decoded by: ~1-2 MB of short records
 
 
 class ManifestError(ValueError):
@@ -44,7 +53,7 @@ def _record(raw, where: str, base: Path) -> Record:
             raise ManifestError(
                 f"{where}: field {field!r} must be a string, got {type(raw[field]).__name__}"
             )
-    labels = raw.get("labels", [])
+    labels = raw.get("labels", raw.get("label", []))  # "label": one label, a relevance class
     if isinstance(labels, str):
         labels = [labels]
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
@@ -64,14 +73,19 @@ def _record(raw, where: str, base: Path) -> Record:
 
 
 class Manifest:
-    """Iterate the records of a JSONL or CSV manifest; ``skipped`` counts bad records passed
-    over when ``skip_bad`` is set."""
+    """Iterate the records of a manifest (see the module docstring); ``skipped`` counts bad
+    records passed over when ``skip_bad`` is set."""
 
-    def __init__(self, path: str | os.PathLike, skip_bad: bool = False):
+    def __init__(self, path: str | os.PathLike, skip_bad: bool = False,
+                 columns: dict[str, str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"manifest {self.path} does not exist")
+        unknown = set(columns or {}) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"columns: the fields are {FIELDS}, got {sorted(unknown)}")
         self.skip_bad = skip_bad
+        self.columns = dict(columns or {})  # field -> the file's column
         self.skipped = 0
 
     def _lines(self) -> Iterator[str]:
@@ -83,6 +97,17 @@ class Manifest:
                 yield raw.decode("utf-8", "surrogateescape")
 
     def _raw(self) -> Iterator[tuple[int, object]]:
+        renamed = {column: field for field, column in self.columns.items()}
+        for number, raw in self._file_rows():
+            if renamed and isinstance(raw, dict):
+                raw = {renamed.get(key, key): value for key, value in raw.items()
+                       if key not in self.columns or key in renamed}
+            yield number, raw
+
+    def _file_rows(self) -> Iterator[tuple[int, object]]:
+        if self.path.suffix.lower() in COLUMNAR:
+            yield from self._columnar_rows()
+            return
         if self.path.suffix.lower() == ".csv":
             reader = csv.DictReader(self._lines())
             while True:
@@ -94,9 +119,10 @@ class Manifest:
                     line = reader.line_num + 1  # the reader counts the lines it finished
                     yield line, ManifestError(f"{self.path}:{line}: not valid CSV ({error})")
                     continue  # the reader goes on at the next line
-                if row.get("labels") is not None:
-                    row["labels"] = [
-                        label for label in row["labels"].split(_CSV_LABEL_SEPARATOR) if label
+                labels = self.columns.get("labels", "labels")
+                if row.get(labels) is not None:
+                    row[labels] = [
+                        label for label in row[labels].split(_CSV_LABEL_SEPARATOR) if label
                     ]
                 yield reader.line_num, row
         for number, line in enumerate(self._lines(), start=1):
@@ -109,6 +135,35 @@ class Manifest:
             except RecursionError:
                 yield number, ManifestError(f"{self.path}:{number}: expected a record, got JSON "
                                             "nested deeper than Python's recursion limit")
+
+    def _columnar_rows(self) -> Iterator[tuple[int, object]]:
+        """Rows of a Parquet or Arrow file, a batch at a time, as the JSON records would be."""
+        try:
+            import pyarrow.ipc
+            import pyarrow.parquet
+        except ImportError:
+            raise ValueError(f"manifest {self.path}: reading {self.path.suffix} files needs "
+                             "pyarrow (pip install pyarrow)") from None
+        try:
+            if self.path.suffix.lower() == ".parquet":
+                # read as it is decoded (no pre-buffering): one row group's columns in memory
+                batches = pyarrow.parquet.ParquetFile(
+                    self.path, pre_buffer=False, buffer_size=1 << 20).iter_batches(_BATCH_ROWS)
+            else:
+                batches = _arrow_batches(self.path)
+            names = {self.columns.get(field, field) for field in FIELDS} | {"label"}
+            number = 0
+            for batch in batches:
+                batch = batch.select([name for name in batch.schema.names if name in names])
+                id_column = self.columns.get("id", "id")
+                for row in batch.to_pylist():
+                    number += 1
+                    if id_column not in row:
+                        row[id_column] = str(number)
+                    yield number, _columnar_values(row, self.columns)
+        except (OSError, pyarrow.ArrowException) as error:
+            raise ValueError(f"manifest {self.path}: not a readable {self.path.suffix} file "
+                             f"({error})") from None
 
     def __iter__(self) -> Iterator[Record]:
         return (record for _, record in self.numbered())
@@ -132,8 +187,46 @@ class Manifest:
             yield where, record
 
 
-def read_manifest(path: str | os.PathLike, skip_bad: bool = False) -> list[Record]:
-    return list(Manifest(path, skip_bad=skip_bad))
+def _arrow_batches(path: Path):
+    """The record batches of an Arrow file, ``_BATCH_ROWS`` rows at a time: the IPC stream
+    format that ``datasets`` writes, or the random-access file format. Read, not memory-mapped:
+    a mapping would keep the pages of the whole file resident."""
+    import pyarrow.ipc
+
+    try:
+        reader = pyarrow.ipc.open_stream(pyarrow.OSFile(str(path)))
+        batches = iter(reader)
+    except pyarrow.ArrowInvalid:
+        reader = pyarrow.ipc.open_file(pyarrow.OSFile(str(path)))
+        batches = (reader.get_batch(index) for index in range(reader.num_record_batches))
+    for batch in batches:
+        for start in range(0, len(batch), _BATCH_ROWS):
+            yield batch.slice(start, _BATCH_ROWS)
+
+
+def _columnar_values(row: dict, columns: dict[str, str]) -> dict:
+    """A columnar row's values as the JSON records have them: an image struct (``datasets``'
+    ``Image`` feature) by its path, integer labels as strings, a missing value as none."""
+    image, labels = columns.get("image", "image"), columns.get("labels", "labels")
+    if labels not in row and "label" in row:
+        row[labels] = row.pop("label")
+    if isinstance(row.get(image), dict):
+        row[image] = row[image].get("path") or ""
+    value = row.get(labels)
+    if value is None:
+        row[labels] = []
+    elif isinstance(value, (int, str)):
+        row[labels] = [str(value)]
+    elif isinstance(value, list):
+        row[labels] = [str(label) if isinstance(label, int) else label for label in value]
+    if row.get(image) is None:
+        row[image] = ""
+    return row
+
+
+def read_manifest(path: str | os.PathLike, skip_bad: bool = False,
+                  columns: dict[str, str] | None = None) -> list[Record]:
+    return list(Manifest(path, skip_bad=skip_bad, columns=columns))
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:
