@@ -335,18 +335,25 @@ def _eval(args) -> int:
 
 
 def _models(args) -> int:
-    reads = {None: "text", systems.POOLED: "image + text", systems.REGIONS: "regions + text"}
+    images = {None: [], systems.POOLED: ["image"], systems.REGIONS: ["regions"]}
     rows = [{"system": system.name, "paper": system.paper, "tasks": list(system.tasks),
-             "reads": reads[system.image], "text": system.text,
-             "summary": system.summary} for system in systems.SYSTEMS.values()]
+             "reads": " + ".join(images[system.image] + (["text"] if system.text else [])),
+             "text": system.text, "summary": system.summary,
+             "recipe": asdict(system.default_recipe()),
+             "multilabel_recipe": asdict(system.default_recipe(True))}
+            for system in systems.SYSTEMS.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'system':<19} {'paper':<17} {'tasks':<26} {'reads':<15} summary")
+    print(f"{'system':<19} {'paper':<17} {'tasks':<26} {'reads':<15} {'defaults':<26} summary")
     for row in rows:
+        recipe = row["recipe"]
+        defaults = f"dim {recipe['dim']}, " if "dim" in recipe else ""
+        defaults += f"{recipe['epochs']} epochs, lr {recipe['lr']:g}"
         print(f"{row['system']:<19} {row['paper']:<17} {', '.join(row['tasks']):<26} "
-              f"{row['reads']:<15} {row['summary']}")
-    print("mmfast train --model SYSTEM trains one (validating, keeping its best epoch); its "
+              f"{row['reads']:<15} {defaults:<26} {row['summary']}")
+    print("mmfast train --help lists every default; mmfast models --json the whole recipes. "
+          "mmfast train --model SYSTEM trains one (validating, keeping its best epoch); its "
           "checkpoint classifies and evaluates (mmfast classify|eval). Images are read from a "
           "feature store: pooled vectors (mmfast features) or regions (--regions grid)")
     return 0

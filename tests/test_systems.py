@@ -249,3 +249,19 @@ def test_records_without_image_features_are_refused_by_image_systems():
         with pytest.raises(ValueError, match=f"the {name} system reads pooled image features"):
             system.fit(system.default_recipe(epochs=1), (records, None), ["c0", "c1", "c2"],
                        False)
+
+
+def test_paper_tables_say_whether_the_papers_orderings_hold():
+    from mmfast.experiments.kiela_demo import orderings
+
+    scores = {"text": 0.6, "continuous": 0.7, "additive": 0.8, "max": 0.79, "gated": 0.75,
+              "bilinear_gated": 0.81, "pq": 0.72, "rspq": 0.74}
+    assert orderings(scores) == [
+        "paper's ordering: the fusions (additive, max, gated, bilinear-gated) beat text-only and "
+        "image-only: holds here",
+        "paper's ordering: discretized image tokens (PQ, RSPQ) beat text-only: holds here",
+        "paper's ordering: bilinear-gated is the best model (here: bilinear_gated): holds here"]
+    scores.update(pq=0.5, gated=0.65)
+    assert [line.endswith("does NOT hold here") for line in orderings(scores)] == [
+        True, True, False]
+    assert orderings({"text": 0.5}) == []  # nothing to compare

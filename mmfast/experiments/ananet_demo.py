@@ -14,6 +14,7 @@ from mmfast import metrics, systems
 from mmfast.data import (RELEVANCE_LABELS, demo_cache_dir, emoji_dataset, read_manifest,
                          relevance_records, split_records)
 from mmfast.defaults import ANANETS
+from mmfast.experiments import ordering
 from mmfast.features import GridRegionFeatureExtractor, image_store, store_features
 
 IMAGE_SIZE = 128  # the emoji are 72 x 72; 128 px gives a 4 x 4 grid of cells
@@ -55,4 +56,7 @@ def run(epochs: int | None = None, patience: int | None = 3) -> dict[str, dict]:
               f" | {PAPER[name][0] / 100:>9.3f}{PAPER[name][1] / 100:>7.3f}")
     print(f"chance: {max(report['per_class']['support']) / report['items']:.3f} (the largest "
           "class); the paper's figures are on its own data")
+    accuracy = {name: report["accuracy"] for name, report in reports.items()}
+    print(ordering("AnANet (both nets) beats each ablation",
+                   max(accuracy, key=accuracy.get) == "ananet"))
     return reports

@@ -36,6 +36,7 @@ import torch
 
 from mmfast import metrics
 from mmfast.data import Record
+from mmfast.experiments import ordering
 from mmfast.features import PCA, TagVectors
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder, tokenize
 from mmfast.train.autoencoder import AutoencoderTrainer
@@ -269,5 +270,10 @@ def run(num_words: int = 1000, patch_size: int = 16, stride: int = 8) -> Table2:
     print(f"{'features':<24}{'mean AUC':>10}{'paper 002':>11}")
     for row in ROWS:
         print(f"{row:<24}{table.auc[row].mean:>10.3f}{PAPER_TABLE2[row]:>11.3f}")
-    print(f"({time.perf_counter() - start:.1f} s)")
+    print(f"({time.perf_counter() - start:.1f} s; paper: NUS-WIDE, 10 concepts)")
+    auc = {row: table.auc[row].mean for row in ROWS}
+    print(ordering("the joint features beat every other representation",
+                   max(auc, key=auc.get) == "Joint Features"))
+    print(ordering("the cross-modal features (I, II) beat the visual words (SIFT) alone",
+                   min(auc["Cross-Modal I"], auc["Cross-Modal II"]) > auc["SIFT"]))
     return table

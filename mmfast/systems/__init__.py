@@ -43,7 +43,7 @@ class System:
     recipe: type
     tasks: tuple[str, ...]
     image: str | None
-    text: str
+    text: str  # how it reads the text; "" for a system that reads none
     summary: str
 
     def default_recipe(self, multilabel: bool = False, **overrides):
@@ -91,7 +91,8 @@ _KIELA_SUMMARIES = {
 
 SYSTEMS: dict[str, System] = {system.name: system for system in (
     *(System(name, "baseline" if name == "mlp" else _KIELA, "kiela", Recipe, (SINGLE, MULTI),
-             None if name == "text" else POOLED, _HASHED, _KIELA_SUMMARIES[name])
+             None if name == "text" else POOLED, "" if name == "continuous" else _HASHED,
+             _KIELA_SUMMARIES[name])
       for name in MODELS),
     System("cacnet", "000 CACNet", "cacnet", CACNetRecipe, (SINGLE, MULTI), POOLED, _VECTOR,
            "cross-active connections between an image and a text network"),
