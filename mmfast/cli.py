@@ -162,6 +162,10 @@ def add_kiela_commands(commands) -> None:
                          help="the manifest's own column (key) names of the fields id, image, "
                               "text, labels, e.g. text=caption,labels=label (default: the "
                               "field names)")
+        for field in ("id", "image", "text", "label"):
+            sub.add_argument(f"--{field}-column", default=None, metavar="COLUMN",
+                             help=f"the manifest's column of the {field}s (as --columns "
+                                  f"{field + 's' if field == 'label' else field}=COLUMN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +282,11 @@ class _Parser(argparse.ArgumentParser):
 def _check_values(parser: argparse.ArgumentParser, args) -> None:
     """Refuse before any work the values that would silently produce nothing or lose data."""
     parser.prog = f"mmfast {args.command}"
+    if hasattr(args, "columns"):  # --text-column etc. join --columns
+        named = {field: getattr(args, f"{flag}_column") for field, flag in (
+            ("id", "id"), ("image", "image"), ("text", "text"), ("labels", "label"))}
+        args.columns = {**(args.columns or {}),
+                        **{field: column for field, column in named.items() if column}} or None
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
         parser.error("--num-train must be smaller than --num-vectors")
     for name in ("threads", "batch_size", "top_k", "epochs", "dim", "patience", "num_vectors",

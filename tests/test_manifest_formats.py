@@ -95,3 +95,50 @@ def test_the_command_trains_and_classifies_from_parquet_with_its_column_names(tm
     with pytest.raises(SystemExit):
         main(["train", "--train", "t.parquet", "--columns", "caption", "--out", "o"])
     assert "expected FIELD=COLUMN pairs" in capsys.readouterr().err
+
+
+def _png(color) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_encoded_images_in_a_columnar_file_are_cached_once_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path / "cache"))
+    red, blue = _png("red"), _png("blue")
+    table = _table(text=["a", "b", "c"],
+                   image=[{"bytes": red, "path": None}, {"bytes": blue, "path": None},
+                          {"bytes": red, "path": None}])
+    pyarrow.parquet.write_table(table, tmp_path / "m.parquet")
+    records = read_manifest(tmp_path / "m.parquet")
+    assert records[0].image == records[2].image != records[1].image
+    assert open(records[0].image, "rb").read() == red
+    assert len(list((tmp_path / "cache" / "images").rglob("*"))) == 2 + 2  # 2 files, 2 dirs
+
+
+def test_an_image_folder_and_column_flags_are_inputs_of_every_command(tmp_path, capsys):
+    from PIL import Image
+
+    for label, color in (("cats", "red"), ("dogs", "blue")):
+        (tmp_path / "folder" / label).mkdir(parents=True)
+        for n in range(6):
+            Image.new("RGB", (40, 40), color).save(tmp_path / "folder" / label / f"{label}-{n}.png")
+    folder, store = str(tmp_path / "folder"), str(tmp_path / "store")
+    assert main(["features", "--manifest", folder, "--store", store, "--backbone", "resnet18",
+                 "--weights", "none", "--image-size", "32", "--quiet"]) == 0
+    assert main(["train", "--train", folder, "--store", store, "--model", "continuous",
+                 "--epochs", "2", "--valid-fraction", "0", "--out", str(tmp_path / "c"),
+                 "--quiet"]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "c"), "--input", folder, "--store",
+                 store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["items"] == 12
+    pyarrow.parquet.write_table(_table(caption=["w0 x", "w1 y"] * 10, tag=["a", "b"] * 10),
+                                tmp_path / "t.parquet")
+    assert main(["train", "--train", str(tmp_path / "t.parquet"), "--text-column", "caption",
+                 "--label-column", "tag", "--model", "text", "--out", str(tmp_path / "t"),
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["labels"] == ["a", "b"]

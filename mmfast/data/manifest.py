@@ -1,9 +1,12 @@
 """Dataset manifests: one record per item, ``{"id", "image", "text", "labels"}``.
 
-JSONL (one object a line), CSV (header ``id,image,text,labels``, labels joined by ``|``), or
-the columnar files of data frames and Hugging Face ``datasets`` exports: Parquet
-(``.parquet``) and Arrow (``.arrow``, what ``Dataset.save_to_disk`` writes), read with pyarrow
-a batch of rows at a time. Every format is streamed: memory stays bounded however long the file.
+JSONL (one object a line), CSV (header ``id,image,text,labels``, labels joined by ``|``), the
+columnar files of data frames and Hugging Face ``datasets`` exports: Parquet (``.parquet``) and
+Arrow (``.arrow``, what ``Dataset.save_to_disk`` writes), read with pyarrow a batch of rows at
+a time, or an image folder (a directory: ``mmfast.data.image_folder_records``). Every file
+format is streamed: memory stays bounded however long the file. Images stored in a columnar file
+as encoded bytes (``datasets``' ``Image`` feature without a path) are written once to
+``<mmfast cache>/images/`` under their content's hash, and the record names that file.
 ``columns`` maps the fields to a file's own column names (``{"text": "caption", "labels":
 "label"}``); in a columnar file without an id column, the row number is the id, and integer
 labels (``datasets``' ``ClassLabel``) read as their decimal strings. A record's ``label`` stands
@@ -79,7 +82,7 @@ class Manifest:
     def __init__(self, path: str | os.PathLike, skip_bad: bool = False,
                  columns: dict[str, str] | None = None):
         self.path = Path(path)
-        if not self.path.is_file():
+        if not (self.path.is_file() or self.path.is_dir()):
             raise FileNotFoundError(f"manifest {self.path} does not exist")
         unknown = set(columns or {}) - set(FIELDS)
         if unknown:
@@ -105,6 +108,12 @@ class Manifest:
             yield number, raw
 
     def _file_rows(self) -> Iterator[tuple[int, object]]:
+        if self.path.is_dir():
+            from mmfast.data.image_folder import image_folder_records
+
+            for number, record in enumerate(image_folder_records(self.path), start=1):
+                yield number, record.to_json()
+            return
         if self.path.suffix.lower() in COLUMNAR:
             yield from self._columnar_rows()
             return
@@ -206,12 +215,17 @@ def _arrow_batches(path: Path):
 
 def _columnar_values(row: dict, columns: dict[str, str]) -> dict:
     """A columnar row's values as the JSON records have them: an image struct (``datasets``'
-    ``Image`` feature) by its path, integer labels as strings, a missing value as none."""
+    ``Image`` feature) by its path, or encoded image bytes by the cache file holding them,
+    integer labels as strings, a missing value as none."""
     image, labels = columns.get("image", "image"), columns.get("labels", "labels")
     if labels not in row and "label" in row:
         row[labels] = row.pop("label")
-    if isinstance(row.get(image), dict):
-        row[image] = row[image].get("path") or ""
+    value = row.get(image)
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("bytes") or ""
+    if isinstance(value, bytes):
+        value = _image_file(value)
+    row[image] = value
     value = row.get(labels)
     if value is None:
         row[labels] = []
@@ -222,6 +236,22 @@ def _columnar_values(row: dict, columns: dict[str, str]) -> dict:
     if row.get(image) is None:
         row[image] = ""
     return row
+
+
+def _image_file(data: bytes) -> str:
+    """The cache file holding the encoded image ``data``, written (atomically) the first time:
+    named by the content's hash, so an image is stored once however often it is read."""
+    import hashlib
+
+    from mmfast._io import cache_dir
+
+    digest = hashlib.sha256(data).hexdigest()
+    path = cache_dir() / "images" / digest[:2] / digest
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            Path(temporary).write_bytes(data)
+    return str(path)
 
 
 def read_manifest(path: str | os.PathLike, skip_bad: bool = False,
