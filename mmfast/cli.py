@@ -77,11 +77,12 @@ def add_kiela_commands(commands) -> None:
     features.add_argument("--image-size", type=int, default=DEMO_IMAGE_SIZE,
                           help="images are resized to this many pixels square")
     features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    features.add_argument("--regions", choices=("none", "grid"), default="none",
-                          help="grid: store each image's grid of cells [Kr, 1280] of "
-                               "EfficientNet-Lite0's last feature map (the regions the ananet "
-                               "systems read; --backbone and --weights do not apply), not one "
-                               "pooled vector")
+    features.add_argument("--regions", choices=("none", "grid", "detector"), default="none",
+                          help="store each image's regions (what the ananet systems read), not "
+                               "one pooled vector: grid, the cells [Kr, 1280] of "
+                               "EfficientNet-Lite0's last feature map (--backbone and --weights "
+                               "do not apply); detector, the 36 box-head features [36, 1024] of "
+                               "torchvision's Faster R-CNN, its weights a local file (--weights)")
     features.add_argument("--skip-bad", action="store_true",
                           help="skip bad records and unreadable images (counted, listed) "
                                "instead of stopping at the first")

@@ -16,7 +16,9 @@ from mmfast import metrics, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, read_manifest, split_records,
                          write_image_folder_manifest)
-from mmfast.features import (BadImageError, GridRegionFeatureExtractor, ImageFeatureExtractor,
+from mmfast.defaults import PACKAGED
+from mmfast.features import (BadImageError, DetectorRegionFeatureExtractor,
+                             GridRegionFeatureExtractor, ImageFeatureExtractor,
                              extractor_from_config, image_store,
                              store_features)
 from mmfast.report import format_report, plot_report, write_confusion_csv
@@ -51,9 +53,16 @@ DEMO_PAPERS = ("003", "000", "002", "004")
 
 
 def _extractor(args) -> ImageFeatureExtractor:
+    weights = None if args.weights == "none" else args.weights
     if args.regions == "grid":
         return GridRegionFeatureExtractor(args.image_size, args.batch_size)
-    weights = None if args.weights == "none" else args.weights
+    if args.regions == "detector":
+        if weights in (None, PACKAGED):
+            raise ValueError("--regions detector: --weights must name a local state-dict file of "
+                             "torchvision's fasterrcnn_resnet50_fpn (random weights give "
+                             "meaningless regions)")
+        return DetectorRegionFeatureExtractor(weights, image_size=args.image_size,
+                                              batch_size=args.batch_size)
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
 
 

@@ -265,3 +265,33 @@ def test_paper_tables_say_whether_the_papers_orderings_hold():
     assert [line.endswith("does NOT hold here") for line in orderings(scores)] == [
         True, True, False]
     assert orderings({"text": 0.5}) == []  # nothing to compare
+
+
+def test_detector_regions_are_stored_from_a_local_faster_rcnn(tmp_path, capsys):
+    """mmfast features --regions detector: 36 box-head features per image from a local
+    state-dict file (random weights here: the shapes and the plumbing, not the meaning)."""
+    from PIL import Image
+    from safetensors.torch import save_file
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    from mmfast.data import FeatureStore
+
+    torch.manual_seed(0)
+    weights = tmp_path / "frcnn.safetensors"
+    save_file({name: value.contiguous() for name, value in
+               fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict().items()},
+              str(weights))
+    records = []
+    for n, color in enumerate(("red", "blue")):
+        Image.new("RGB", (50, 40), color).save(tmp_path / f"{n}.png")
+        records.append(Record(str(n), str(tmp_path / f"{n}.png"), "x", ("a",)))
+    write_manifest(tmp_path / "m.jsonl", records)
+    base = ["features", "--manifest", str(tmp_path / "m.jsonl"), "--regions", "detector",
+            "--image-size", "64", "--quiet"]
+    assert main(base + ["--store", str(tmp_path / "s")]) == 1
+    assert "--regions detector: --weights must name a local state-dict" in capsys.readouterr().err
+    assert main(base + ["--store", str(tmp_path / "s"), "--weights", str(weights)]) == 0
+    store = FeatureStore(tmp_path / "s")
+    assert store["image"].shape == (2, 36, 1024)
+    assert store.meta["extractor"]["regions"] == "detector"
+    systems.get("ananet").check_image(store["image"])
