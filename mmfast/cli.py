@@ -148,6 +148,11 @@ def add_kiela_commands(commands) -> None:
     classify.add_argument("--resume", action="store_true",
                           help="continue the output a killed classify left unfinished (its "
                                "complete rows are kept, their items not classified again)")
+    classify.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                          help="classify every N-th record from the I-th (0-based) into "
+                               "OUTPUT.shard-I-of-N; mmfast merge joins the N parts (under "
+                               "torchrun each rank takes its share and rank 0 merges, no flag "
+                               "needed)")
     classify.add_argument("--quiet", action="store_true", help="no progress bar")
     classify.set_defaults(run="_classify")
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -217,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run="_demo")
     add_kiela_commands(commands)
 
+    merge = commands.add_parser(
+        "merge", help="join the parts of a sharded classify (OUTPUT.shard-I-of-N) into OUTPUT")
+    merge.add_argument("--output", required=True,
+                       help="the output the shards were given; its parts are found beside it")
+    merge.add_argument("--keep-parts", action="store_true",
+                       help="leave the parts (default: removed once the output is written)")
+    merge.set_defaults(run="_merge")
+
     manifest = commands.add_parser(
         "manifest", help="write a JSONL manifest of an image folder (one sub-folder per class)")
     manifest.add_argument("--image-folder", required=True, help="folder of class folders, "
@@ -235,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
                              help="CPU threads of the kernels and torch (default: torch's, "
                                   "one per core)")
     return parser
+
+
+def _shard(value: str) -> tuple[int, int]:
+    from mmfast.sharding import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _columns(value: str) -> dict[str, str]:

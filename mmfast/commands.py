@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 import mmfast
-from mmfast import metrics, systems
+from mmfast import metrics, sharding, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, read_manifest, split_records,
                          write_image_folder_manifest)
@@ -166,9 +166,9 @@ def _train_locked(args, system, records, store, multilabel, labels) -> int:
     return 0
 
 
-def _batches(manifest: Manifest, size: int):
-    """Lists of at most ``size`` ``(where, record)`` pairs."""
-    numbered = manifest.numbered()
+def _batches(manifest: Manifest, size: int, shard: tuple[int, int] | None = None):
+    """Lists of at most ``size`` ``(where, record)`` pairs of the ``shard``'s records."""
+    numbered = sharding.take(manifest.numbered(), shard)
     while batch := list(islice(numbered, size)):
         yield batch
 
@@ -264,8 +264,10 @@ def _classify(args) -> int:
     thresholds = _thresholds(args, trained.labels)
     k = min(args.top_k, len(trained.labels))
     manifest = Manifest(args.input, skip_bad=args.skip_bad, columns=args.columns)
-    output = Path(args.output)
-    as_csv = output.suffix.lower() == ".csv"
+    launched = sharding.torchrun_shard()  # under torchrun: this rank's share, merged by rank 0
+    shard = args.shard or launched
+    output = Path(args.output) if shard is None else sharding.part_path(args.output, shard)
+    as_csv = Path(args.output).suffix.lower() == ".csv"
     done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
     resume_left = set(done_ids)
     count, unreadable, start = len(done_lines), 0, time.perf_counter()
@@ -276,7 +278,7 @@ def _classify(args) -> int:
         if writer:
             writer.writerow(["id", "labels", "scores"])
         out.writelines(done_lines)
-        for numbered in _batches(manifest, args.batch_size):
+        for numbered in _batches(manifest, args.batch_size, shard):
             if resume_left:  # items the interrupted run wrote: their rows are copied above
                 todo = [pair for pair in numbered if pair[1].id not in resume_left]
                 resume_left.difference_update(record.id for _, record in numbered)
@@ -313,6 +315,33 @@ def _classify(args) -> int:
     rate = (count - len(done_lines)) / max(seconds, 1e-9)
     print(f"classified {count} items in {seconds:.2f} s ({rate:,.0f} items/s) -> "
           f"{output}{resumed}{skipped}")
+    if launched and args.shard is None:
+        _merge_ranks(args.output, launched)
+    return 0
+
+
+def _merge_ranks(output: str, shard: tuple[int, int]) -> None:
+    """Under torchrun: once every rank has written its part, rank 0 joins them into ``output``.
+    The ranks wait for each other over a gloo process group (CPU, whatever the devices)."""
+    import torch.distributed as dist
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo")
+    try:
+        dist.barrier()
+        if shard[0] == 0:
+            rows = sharding.merge(output)
+            print(f"merged the {shard[1]} ranks' parts: {rows} rows -> {output}")
+        dist.barrier()  # no rank reports done before the output is
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _merge(args) -> int:
+    rows = sharding.merge(args.output, remove=not args.keep_parts)
+    print(f"merged {rows} rows -> {args.output}")
     return 0
 
 

@@ -1,0 +1,80 @@
+"""Sharded classification: --shard I/N parts joined by mmfast merge, and two real torchrun
+processes (gloo) whose rank 0 merges, give the single-process run's rows."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmfast.cli import main
+from mmfast.data import Record, write_manifest
+from mmfast.sharding import merge, parse_shard
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharding")
+    records = [Record(f"i{n:03d}", "", f"w{n % 3} filler{n % 7}", (f"c{n % 3}",))
+               for n in range(101)]
+    write_manifest(root / "items.jsonl", records)
+    assert main(["train", "--train", str(root / "items.jsonl"), "--model", "text",
+                 "--epochs", "3", "--out", str(root / "ckpt"), "--quiet"]) == 0
+    single = root / "single.jsonl"
+    assert main(["classify", "--checkpoint", str(root / "ckpt"), "--input",
+                 str(root / "items.jsonl"), "--output", str(single), "--top-k", "2",
+                 "--quiet"]) == 0
+    return root, sorted(single.read_text().splitlines())
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_shards_joined_by_merge_are_the_single_run(text_model, suffix, capsys):
+    root, single = text_model
+    output = root / f"sharded{suffix}"
+    for index in range(3):
+        assert main(["classify", "--checkpoint", str(root / "ckpt"), "--input",
+                     str(root / "items.jsonl"), "--output", str(output), "--top-k", "2",
+                     "--shard", f"{index}/3", "--quiet"]) == 0
+    sizes = [len(open(f"{output}.shard-{i}-of-3").read().splitlines()) for i in range(3)]
+    assert sizes == ([34, 34, 33] if suffix == ".jsonl" else [35, 35, 34])  # CSV: + header
+    assert main(["merge", "--output", str(output)]) == 0
+    assert "merged 101 rows" in capsys.readouterr().out
+    lines = output.read_text().splitlines()
+    if suffix == ".csv":
+        assert lines[0] == "id,labels,scores" and len(lines) == 102
+    else:
+        assert sorted(lines) == single
+    assert not list(root.glob(f"sharded{suffix}.shard-*"))  # the parts are gone
+
+
+def test_merge_refuses_incomplete_or_mixed_parts(tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    assert main(["merge", "--output", str(output)]) == 1
+    assert "expected the parts of one sharded run (out.jsonl.shard-I-of-N), got none" in \
+        capsys.readouterr().err
+    (tmp_path / "out.jsonl.shard-0-of-2").write_text('{"id": "a"}\n')
+    with pytest.raises(ValueError, match=r"shards \[1\] of 2 have no part yet"):
+        merge(output)
+    (tmp_path / "out.jsonl.shard-1-of-3").write_text('{"id": "b"}\n')
+    with pytest.raises(ValueError, match="expected the parts of one sharded run"):
+        merge(output)
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(ValueError, match="expected I/N with 0 <= I < N"):
+            parse_shard(bad)
+
+
+def test_two_torchrun_processes_classify_and_rank_0_merges(text_model):
+    root, single = text_model
+    output = root / "ranks.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmfast", "classify", "--checkpoint", str(root / "ckpt"), "--input",
+         str(root / "items.jsonl"), "--output", str(output), "--top-k", "2", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "merged the 2 ranks' parts: 101 rows" in result.stdout
+    assert sorted(output.read_text().splitlines()) == single
+    assert not list(root.glob("ranks.jsonl.shard-*"))
+    assert json.loads(output.read_text().splitlines()[0])["id"] == "i000"
