@@ -86,6 +86,10 @@ def add_kiela_commands(commands) -> None:
     features.add_argument("--skip-bad", action="store_true",
                           help="skip bad records and unreadable images (counted, listed) "
                                "instead of stopping at the first")
+    features.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                          help="extract every N-th distinct item from the I-th (0-based) into "
+                               "STORE.shard-I-of-N; mmfast merge --store joins them (under "
+                               "torchrun each rank takes its share and rank 0 merges)")
     features.add_argument("--quiet", action="store_true", help="no progress bar")
     features.set_defaults(run="_features")
 
@@ -223,9 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_kiela_commands(commands)
 
     merge = commands.add_parser(
-        "merge", help="join the parts of a sharded classify (OUTPUT.shard-I-of-N) into OUTPUT")
-    merge.add_argument("--output", required=True,
-                       help="the output the shards were given; its parts are found beside it")
+        "merge", help="join the parts of a sharded classify (OUTPUT.shard-I-of-N) into OUTPUT, "
+        "or of a sharded features run (STORE.shard-I-of-N) into STORE")
+    target = merge.add_mutually_exclusive_group(required=True)
+    target.add_argument("--output", help="the classify output the shards were given; its parts "
+                                         "are found beside it")
+    target.add_argument("--store", help="the feature store the shards were given; their stores "
+                                        "are found beside it and joined after its own items")
     merge.add_argument("--keep-parts", action="store_true",
                        help="leave the parts (default: removed once the output is written)")
     merge.set_defaults(run="_merge")

@@ -77,9 +77,15 @@ def _features(args) -> int:
         for line, record in manifest.numbered():
             where.setdefault(record.id, line)
             records.append(record)
+    launched = sharding.torchrun_shard()  # under torchrun: this rank's share, merged by rank 0
+    shard = args.shard or launched
+    directory = args.store if shard is None else sharding.part_path(args.store, shard)
+    if shard is not None:  # by distinct id, so no two shards extract one item
+        records = list(sharding.take(dict(zip((r.id for r in records), records)).values(),
+                                     shard))
     start, skipped = time.perf_counter(), []
     try:
-        store = image_store(records, args.store, _extractor(args), progress=not args.quiet,
+        store = image_store(records, directory, _extractor(args), progress=not args.quiet,
                             skip_bad=args.skip_bad, skipped=skipped)
     except BadImageError as error:
         raise ValueError(f"{where[error.record_id]}: {error} (--skip-bad passes over such "
@@ -92,6 +98,8 @@ def _features(args) -> int:
         print(f"  skipped {where[record.id]}: image {record.image}")
     if len(skipped) > _NAMED_SKIPS:
         print(f"  ... and {len(skipped) - _NAMED_SKIPS} more")
+    if launched and args.shard is None:
+        _merge_ranks(args.store, launched, sharding.merge_stores)
     return 0
 
 
@@ -320,9 +328,10 @@ def _classify(args) -> int:
     return 0
 
 
-def _merge_ranks(output: str, shard: tuple[int, int]) -> None:
-    """Under torchrun: once every rank has written its part, rank 0 joins them into ``output``.
-    The ranks wait for each other over a gloo process group (CPU, whatever the devices)."""
+def _merge_ranks(output: str, shard: tuple[int, int], join=sharding.merge) -> None:
+    """Under torchrun: once every rank has written its part, rank 0 joins them into ``output``
+    (``join``: a predictions file's parts, or ``sharding.merge_stores``). The ranks wait for
+    each other over a gloo process group (CPU, whatever the devices)."""
     import torch.distributed as dist
 
     started = not dist.is_initialized()
@@ -331,7 +340,7 @@ def _merge_ranks(output: str, shard: tuple[int, int]) -> None:
     try:
         dist.barrier()
         if shard[0] == 0:
-            rows = sharding.merge(output)
+            rows = join(output)
             print(f"merged the {shard[1]} ranks' parts: {rows} rows -> {output}")
         dist.barrier()  # no rank reports done before the output is
     finally:
@@ -340,8 +349,12 @@ def _merge_ranks(output: str, shard: tuple[int, int]) -> None:
 
 
 def _merge(args) -> int:
-    rows = sharding.merge(args.output, remove=not args.keep_parts)
-    print(f"merged {rows} rows -> {args.output}")
+    if args.store:
+        rows = sharding.merge_stores(args.store, remove=not args.keep_parts)
+        print(f"merged {rows} items -> {args.store}")
+    else:
+        rows = sharding.merge(args.output, remove=not args.keep_parts)
+        print(f"merged {rows} rows -> {args.output}")
     return 0
 
 

@@ -1,8 +1,10 @@
 """Sharded runs: each of N processes takes every N-th record of the input (``--shard I/N``, or
-under ``torchrun`` its rank of the world), writes its own part beside the output, and the parts
-are joined into the output (``mmfast merge``, or rank 0 once every rank is done). The joined
-rows are the single-process run's rows, grouped by shard: sorted by id, the files are equal."""
+under ``torchrun`` its rank of the world), writes its own part beside the output (a predictions
+file, or a feature store), and the parts are joined into the output (``mmfast merge``, or rank 0
+once every rank is done). The joined rows are the single-process run's rows, grouped by shard:
+sorted by id, the outputs are equal."""
 
+import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -48,7 +50,7 @@ def parts(output: str | os.PathLike) -> list[Path]:
     output = Path(output)
     pattern = re.compile(re.escape(output.name) + r"\.shard-(\d+)-of-(\d+)")
     found = {}
-    for path in output.parent.glob(f"{output.name}.shard-*-of-*"):
+    for path in Path(output.parent).glob(f"{output.name}.shard-*-of-*"):
         match = pattern.fullmatch(path.name)
         if match:
             found[int(match[1]), int(match[2])] = path
@@ -86,3 +88,36 @@ def merge(output: str | os.PathLike, remove: bool = True) -> int:
         for piece in pieces:
             piece.unlink()
     return rows
+
+
+def merge_stores(store: str | os.PathLike, remove: bool = True) -> int:
+    """Join the feature stores the shards of ``mmfast features`` wrote (``parts`` of ``store``)
+    into ``store``, after the items it holds already (an id in several is kept once, its first
+    rows); returns the items written. The shard stores are removed once the store is complete,
+    unless ``remove`` is false."""
+    import shutil
+
+    import numpy as np
+
+    from mmfast._io import locked
+    from mmfast.data import FeatureStore
+
+    pieces = parts(store)
+    with locked(store, "another features run"):
+        sources = ([FeatureStore(store)] if FeatureStore.exists(store) else []) + [
+            FeatureStore(piece) for piece in pieces]
+        metas = {json.dumps(source.meta, sort_keys=True) for source in sources}
+        if len(metas) != 1:
+            raise ValueError(f"{store}: the parts hold features of different extractors "
+                             f"({sorted(metas)}): extract them alike")
+        ids, rows, seen = [], [], set()
+        for source in sources:
+            fresh = [item for item in source.ids if item not in seen]
+            seen.update(fresh)
+            ids.extend(fresh)
+            rows.append(np.asarray(source["image"])[source.rows(fresh)])
+        FeatureStore.write(store, ids, {"image": np.concatenate(rows)}, meta=sources[0].meta)
+    if remove:
+        for piece in pieces:
+            shutil.rmtree(piece)
+    return len(ids)

@@ -78,3 +78,56 @@ def test_two_torchrun_processes_classify_and_rank_0_merges(text_model):
     assert sorted(output.read_text().splitlines()) == single
     assert not list(root.glob("ranks.jsonl.shard-*"))
     assert json.loads(output.read_text().splitlines()[0])["id"] == "i000"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    records = []
+    for n in range(9):
+        Image.new("RGB", (40, 40), (n * 25, 255 - n * 25, 80)).save(root / f"{n}.png")
+        records.append(Record(f"i{n}", str(root / f"{n}.png"), "x", ("a",)))
+    write_manifest(root / "items.jsonl", records + records[:2])  # two ids repeated
+    return root
+
+
+EXTRACT = ["--image-size", "32", "--quiet"]  # the packaged weights: the same in every process
+
+
+def _rows(store) -> dict:
+    from mmfast.data import FeatureStore
+
+    store = FeatureStore(store)
+    return {item: store["image"][row].tolist() for row, item in enumerate(store.ids)}
+
+
+def test_sharded_features_merged_are_the_single_runs_store(images, capsys):
+    import warnings
+
+    manifest = ["features", "--manifest", str(images / "items.jsonl"), *EXTRACT]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the repeated ids
+        assert main([*manifest, "--store", str(images / "single")]) == 0
+        for index in range(2):
+            assert main([*manifest, "--store", str(images / "sharded"), "--shard",
+                         f"{index}/2"]) == 0
+    assert main(["merge", "--store", str(images / "sharded")]) == 0
+    assert "merged 9 items" in capsys.readouterr().out
+    single, sharded = _rows(images / "single"), _rows(images / "sharded")
+    assert single.keys() == sharded.keys()
+    for item, row in single.items():
+        assert row == pytest.approx(sharded[item], abs=1e-5)
+    assert not list(images.glob("sharded.shard-*"))
+
+
+def test_two_torchrun_processes_extract_and_rank_0_merges_the_store(images):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmfast", "features", "--manifest", str(images / "items.jsonl"), "--store",
+         str(images / "ranks"), *EXTRACT],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "merged the 2 ranks' parts: 9 rows" in result.stdout
+    assert sorted(_rows(images / "ranks")) == [f"i{n}" for n in range(9)]
