@@ -61,6 +61,8 @@ RECIPE_FLAGS = (
     ("gamma_end", float, "cacnet's cross-active threshold at the end"),
     ("mu", float, "weight of the text reconstruction (joint_ae, crossmodal_ae_ii)"),
     ("l2", float, "the label probes' L2 penalty (the autoencoders)"),
+    ("average_every", int, "under torchrun: examples of a rank's share between merges of the "
+                           "ranks' updates (None: 8 merges an epoch)"),
     ("seed", int, "seed of initialization, shuffling and the validation split"),
 )
 
@@ -357,7 +359,7 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
         if getattr(args, name) is not None and args.model not in _systems_with(name):
             parser.error(f"--{name.replace('_', '-')}: the {args.model} system has no such "
                          f"setting (it is one of {', '.join(_systems_with(name))})")
-    for name in ("image_dim", "text_dim", "num_words"):
+    for name in ("image_dim", "text_dim", "num_words", "average_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")

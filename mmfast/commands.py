@@ -121,6 +121,11 @@ def _validation_split(args, records: list) -> tuple[list, list]:
 
 def _train(args) -> int:
     system = systems.get(args.model)
+    launched = sharding.torchrun_shard()
+    if launched and (system.name not in _AVERAGED or args.autotune):
+        raise ValueError(f"torchrun: distributed training runs the Hogwild-trained systems "
+                         f"({', '.join(_AVERAGED)}) without --autotune; {system.name}"
+                         f"{' with --autotune' if args.autotune else ''} trains in one process")
     records = read_manifest(args.train, columns=args.columns)
     if not records:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
@@ -131,11 +136,36 @@ def _train(args) -> int:
     store = FeatureStore(args.store) if system.image else None
     multilabel = args.multilabel or any(len(r.labels) > 1 for r in records)
     labels = sorted({label for record in records for label in record.labels})
+    if launched:
+        return _train_distributed(args, system, records, store, multilabel, labels, launched)
     with locked(args.out, "another mmfast train"):
         return _train_locked(args, system, records, store, multilabel, labels)
 
 
-def _train_locked(args, system, records, store, multilabel, labels) -> int:
+# The systems trained by fastText's Hogwild SGD, which trains across processes as local SGD.
+_AVERAGED = ("text", "pq", "rspq")
+
+
+def _train_distributed(args, system, records, store, multilabel, labels,
+                       shard: tuple[int, int]) -> int:
+    """Under torchrun: every rank reads the whole manifest (one vocabulary, one split), trains
+    on its share of each epoch's shuffle and averages the parameters with the others
+    (``mmfast.train.fasttext``), so all ranks validate the same model; rank 0 alone writes the
+    checkpoint and reports."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        if shard[0] != 0:  # the other ranks train and stay quiet
+            args.quiet = True
+            return _train_locked(args, system, records, store, multilabel, labels, save=False)
+        with locked(args.out, "another mmfast train"):
+            return _train_locked(args, system, records, store, multilabel, labels)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_locked(args, system, records, store, multilabel, labels, save: bool = True) -> int:
     train_records, valid_records = _validation_split(args, records)
     features = (lambda split: store_features(store, split)) if store else (lambda split: None)
     valid = (valid_records, features(valid_records)) if valid_records else None
@@ -158,6 +188,8 @@ def _train_locked(args, system, records, store, multilabel, labels) -> int:
         trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet)
     if valid is not None:
         trained.stats["valid_items"] = len(valid_records)
+    if not save:
+        return 0
     trained.save(args.out, extractor=store.meta.get("extractor") if store else None)
     stats = trained.stats
     print(f"trained {args.model} on {len(train_records)} items in {stats['seconds']:.2f} s "

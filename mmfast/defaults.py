@@ -41,6 +41,9 @@ class Recipe:
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     dropout: float = 0.0
+    # under torchrun, examples of a rank's share between merges of the ranks' updates (None:
+    # 8 an epoch); the Hogwild-trained text, pq and rspq models
+    average_every: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -228,9 +231,9 @@ class AnANetRecipe:
 
 # Recipe fields that only some of the systems sharing a recipe read; a flag setting one for
 # another system is refused (it would be ignored).
-_ONLY = {"alpha": ("pq", "rspq"), "subvectors": ("pq", "rspq"), "centroids": ("pq", "rspq"),
-         "repetitions": ("rspq",), "dropout": ("mlp",), "gate": GATED_MODELS,
-         "mu": ("joint_ae", "crossmodal_ae_ii")}
+_ONLY = {"average_every": ("text", "pq", "rspq"), "alpha": ("pq", "rspq"),
+         "subvectors": ("pq", "rspq"), "centroids": ("pq", "rspq"), "repetitions": ("rspq",),
+         "dropout": ("mlp",), "gate": GATED_MODELS, "mu": ("joint_ae", "crossmodal_ae_ii")}
 
 
 def reads_setting(recipe: type, model: str, field: str) -> bool:

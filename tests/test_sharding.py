@@ -131,3 +131,28 @@ def test_two_torchrun_processes_extract_and_rank_0_merges_the_store(images):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "merged the 2 ranks' parts: 9 rows" in result.stdout
     assert sorted(_rows(images / "ranks")) == [f"i{n}" for n in range(9)]
+
+
+def test_two_torchrun_processes_train_the_text_model_by_merged_hogwild(text_model, tmp_path,
+                                                                       capsys):
+    """Each rank trains on its half of every epoch and the ranks merge their updates; rank 0
+    writes the one checkpoint, which learns the task; a system without a distributed trainer
+    is refused by name."""
+    root, _ = text_model
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+               "2", "-m", "mmfast", "train", "--train", str(root / "items.jsonl"),
+               "--threads", "1", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, "--model", "text", "--epochs", "5", "--valid-fraction",
+                             "0", "--out", str(tmp_path / "ckpt")], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("trained text on 101 items") == 1  # rank 0 reports
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--input",
+                 str(root / "items.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9
+    result = subprocess.run([*command, "--model", "mlp", "--out", str(tmp_path / "mlp")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "torchrun: distributed training runs the Hogwild-trained systems (text, pq, rspq)" \
+        in result.stderr

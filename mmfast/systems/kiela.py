@@ -165,5 +165,6 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
                           weight_decay=recipe.weight_decay, optimizer=recipe.optimizer,
-                          progress=progress, desc=f"train {recipe.model}")
+                          progress=progress, desc=f"train {recipe.model}",
+                          average_every=recipe.average_every)
     return trained

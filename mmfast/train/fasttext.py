@@ -99,7 +99,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
           weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False,
-          desc: str | None = None) -> dict:
+          desc: str | None = None, average_every: int | None = None) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -115,7 +115,9 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     form) an L2 penalty ``weight_decay`` (the fused path, like fastText, has none).
     ``optimizer`` "sgd" steps with SGD; "adam" with AdamW (decoupled ``weight_decay``) on the
     dense parameters and SparseAdam on the sparse tables (the fused path is SGD whatever it
-    says).
+    says). In a process group of several ranks the fused path trains as local SGD, the ranks
+    merging their updates every ``average_every`` examples of a rank's share
+    (``_fused_epochs``).
 
     With ``valid``, the model is scored on it after every epoch and ends with the weights of
     its best epoch (the last of equal scores); ``patience`` epochs without a better score stop
@@ -135,7 +137,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
     if _fused_sgd_applies(model, loss):
-        epoch_losses = _fused_epochs(model, examples, epochs, lr, generator)
+        epoch_losses = _fused_epochs(model, examples, epochs, lr, generator, average_every)
     else:
         epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
                                          weight_decay, optimizer, generator)
@@ -193,10 +195,16 @@ def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
 
 
 def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
-                  generator: torch.Generator):
+                  generator: torch.Generator, average_every: int | None = None):
     """One ``fasttext_sgd_`` call per epoch over a fresh shuffle (an ``order``: the bags are
     built once and never gathered), each taking its share of the run's linear decay; yields each
-    epoch's mean loss."""
+    epoch's mean loss.
+
+    In a process group of several ranks (``torch.distributed``, e.g. under torchrun) each rank
+    trains on every world-size-th example of the shuffle (the same shuffle everywhere: one
+    seed) with its own Hogwild threads, and every ``average_every`` examples of a rank's share
+    (None: ``MERGES_PER_EPOCH`` times an epoch) the ranks merge their updates
+    (``_merge_updates``, an ``all_reduce``): every rank holds the same model after each epoch."""
     targets = examples.targets
     # softmax: items without a known label (-100) take no step, as cross_entropy ignores them
     kept = (targets >= 0).nonzero().flatten() if targets.dim() == 1 else torch.arange(len(targets))
@@ -207,14 +215,67 @@ def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
     with torch.no_grad():
         ids, starts, weights = model.bags(examples.words, examples.offsets, examples.image)
     bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
+    rank, world = _process_group()
+    anchors = [p.clone() for p in parameters] if world > 1 else None
     for epoch in range(epochs):
         model.train()
-        order = kept[torch.randperm(len(kept), generator=generator)]
-        with torch.no_grad():
-            losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets,
-                                   lr * (1 - epoch / epochs), lr * (1 - (epoch + 1) / epochs),
-                                   order=order)
-        yield float(losses.mean()) if losses.numel() else 0.0
+        order = kept[torch.randperm(len(kept), generator=generator)][rank::world]
+        # the ranks' shares differ by one at most: all take as many steps between merges
+        share = -(-len(kept) // world)
+        chunk = (share if world == 1 else average_every if average_every
+                 else -(-share // MERGES_PER_EPOCH))
+        steps, total = -(-share // chunk) if share else 1, 0.0
+        for step in range(steps):
+            begin, end = lr * (1 - (epoch + step / steps) / epochs), \
+                lr * (1 - (epoch + (step + 1) / steps) / epochs)
+            with torch.no_grad():
+                losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets, begin, end,
+                                       order=order[step * chunk:(step + 1) * chunk])
+                total += float(losses.sum())
+                if world > 1:
+                    _merge_updates(parameters, anchors)
+        yield _global_mean(total, len(order), world)
+
+
+# Merges of the ranks' updates per epoch by default: on the demo's subgroup task (1362 items, two
+# ranks) held-out accuracy was 0.384 merging once an epoch, 0.414 every 100 examples of a rank
+# (~7 an epoch) and 0.433 every 10, against one process's 0.411; each merge moves the whole
+# embedding table, so the count per epoch, not per example, bounds the traffic on large data.
+MERGES_PER_EPOCH = 8
+
+
+def _process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group; ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _merge_updates(parameters, anchors) -> None:
+    """Every rank's ``parameters`` set, in place, to ``anchors`` (the parameters at the last
+    merge) plus the sum of every rank's change since: each example's step counts once, as a
+    Hogwild thread's does. (Their mean instead halves every step with two ranks: held-out
+    subgroup accuracy 0.366 against the sum's 0.414 and one process's 0.411.)"""
+    import torch.distributed as dist
+
+    for parameter, anchor in zip(parameters, anchors):
+        parameter -= anchor
+        dist.all_reduce(parameter, op=dist.ReduceOp.SUM)
+        parameter += anchor
+        anchor.copy_(parameter)
+
+
+def _global_mean(total: float, count: int, world: int) -> float:
+    """The mean of the losses summed to ``total`` over ``count`` examples on each rank."""
+    if world == 1:
+        return total / count if count else 0.0
+    import torch.distributed as dist
+
+    sums = torch.tensor([total, float(count)], dtype=torch.float64)
+    dist.all_reduce(sums)
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
 
 
 @torch.no_grad()
