@@ -151,8 +151,38 @@ def test_two_torchrun_processes_train_the_text_model_by_merged_hogwild(text_mode
     assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--input",
                  str(root / "items.jsonl"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9
-    result = subprocess.run([*command, "--model", "mlp", "--out", str(tmp_path / "mlp")],
+    result = subprocess.run([*command, "--model", "cacnet", "--out", str(tmp_path / "cacnet")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode != 0
-    assert "torchrun: distributed training runs the Hogwild-trained systems (text, pq, rspq)" \
-        in result.stderr
+    assert "torchrun: distributed training runs paper 003's models and mlp without --autotune; " \
+        "cacnet trains in one process" in result.stderr
+
+
+def test_two_torchrun_processes_train_a_fusion_as_one_process_does(tmp_path):
+    """DistributedDataParallel over two ranks, each with half of every batch, takes the steps
+    one process takes on the whole batches: the same parameters, to float rounding (the
+    additive fusion: sparse embedding gradients and dense ones, SGD)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from mmfast.data import FeatureStore
+
+    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}", (f"c{n % 3}",)) for n in range(100)]
+    write_manifest(tmp_path / "items.jsonl", records)
+    image = np.eye(8)[np.arange(100) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
+        (100, 8))
+    FeatureStore.write(tmp_path / "store", [r.id for r in records],
+                       {"image": image.astype(np.float32)}, meta={"extractor": None})
+    args = ["train", "--train", str(tmp_path / "items.jsonl"), "--store", str(tmp_path / "store"),
+            "--model", "additive", "--epochs", "3", "--batch-size", "8", "--valid-fraction", "0",
+            "--threads", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmfast", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert (one[name] - two[name]).abs().max() < 1e-5, name

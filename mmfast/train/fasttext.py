@@ -53,15 +53,19 @@ class Examples:
         """The items ``index`` as their own ``Examples``."""
         return Examples(*self.batch(index))
 
-    def slices(self, size: int):
-        """``(words, offsets, image, targets)`` of consecutive runs of ``size`` items: views,
-        no gather (``batch`` of a shuffled ``subset`` costs a gather per run)."""
+    def slices(self, size: int | list[int]):
+        """``(words, offsets, image, targets)`` of consecutive runs of ``size`` items (or of
+        each of the sizes ``size`` lists): views, no gather (``batch`` of a shuffled ``subset``
+        costs a gather per run)."""
         ends = torch.cat([self.offsets, self.offsets.new_tensor([self.words.numel()])]).tolist()
-        for begin in range(0, len(self), size):
+        sizes = size if isinstance(size, list) else [size] * -(-len(self) // size)
+        begin = 0
+        for size in sizes:
             end = min(begin + size, len(self))
             yield (self.words[ends[begin]:ends[end]], self.offsets[begin:end] - ends[begin],
                    None if self.image is None else self.image[begin:end],
                    None if self.targets is None else self.targets[begin:end])
+            begin = end
 
 
 def loss_function(loss: str):
@@ -155,7 +159,19 @@ _TRAIN_SAMPLE = 2048
 
 def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,
                       optimizer, generator):
-    """Autograd steps by minibatches; yields each epoch's mean loss."""
+    """Autograd steps by minibatches; yields each epoch's mean loss.
+
+    In a process group of several ranks (torchrun) the model trains under
+    ``DistributedDataParallel`` (gloo on the CPU): every rank draws the same shuffle, takes its
+    part of each ``batch_size`` batch, and the gradients are averaged over the ranks, so the
+    steps are a single process's on the whole batches (up to the parts' sizes in the last
+    batch and float rounding)."""
+    rank, world = _process_group()
+    forward = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model)
     # Weight decay is dense: the sparse-gradient embedding tables go without it.
     sparse = [module.weight for module in model.modules()
               if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
@@ -173,17 +189,22 @@ def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight
     for _ in range(epochs):
         model.train()
         total = torch.zeros(())
-        shuffled = examples.subset(torch.randperm(len(examples), generator=generator))
-        for words, offsets, image, targets in shuffled.slices(batch_size):
+        order, sizes = torch.randperm(len(examples), generator=generator), batch_size
+        if world > 1:  # this rank's part of every batch, the parts of a batch within one
+            parts = [batch.tensor_split(world)[rank] for batch in order.split(batch_size)]
+            order, sizes = torch.cat(parts), [len(part) for part in parts]
+        for words, offsets, image, targets in examples.subset(order).slices(sizes):
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
-            value = criterion(model(words, offsets, image), targets)
+            logits = forward(words, offsets, image)
+            # an empty part (a last batch smaller than the world) still joins the gradient sum
+            value = criterion(logits, targets) if len(targets) else logits.sum() * 0.0
             value.backward()
             for o, schedule in zip(optimizers, schedules):
                 o.step()
                 schedule.step()
             total += value.detach() * len(targets)
-        yield float(total) / max(len(examples), 1)
+        yield _global_mean(float(total), len(order), world)
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
