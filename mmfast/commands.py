@@ -202,9 +202,9 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     return 0
 
 
-def _batches(manifest: Manifest, size: int, shard: tuple[int, int] | None = None):
-    """Lists of at most ``size`` ``(where, record)`` pairs of the ``shard``'s records."""
-    numbered = sharding.take(manifest.numbered(), shard)
+def _batches(manifest: Manifest, size: int):
+    """Lists of at most ``size`` ``(where, record)`` pairs."""
+    numbered = manifest.numbered()
     while batch := list(islice(numbered, size)):
         yield batch
 
@@ -299,9 +299,9 @@ def _classify(args) -> int:
     images = _image_source(args, trained)
     thresholds = _thresholds(args, trained.labels)
     k = min(args.top_k, len(trained.labels))
-    manifest = Manifest(args.input, skip_bad=args.skip_bad, columns=args.columns)
     launched = sharding.torchrun_shard()  # under torchrun: this rank's share, merged by rank 0
     shard = args.shard or launched
+    manifest = Manifest(args.input, skip_bad=args.skip_bad, columns=args.columns, shard=shard)
     output = Path(args.output) if shard is None else sharding.part_path(args.output, shard)
     as_csv = Path(args.output).suffix.lower() == ".csv"
     done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
@@ -314,7 +314,7 @@ def _classify(args) -> int:
         if writer:
             writer.writerow(["id", "labels", "scores"])
         out.writelines(done_lines)
-        for numbered in _batches(manifest, args.batch_size, shard):
+        for numbered in _batches(manifest, args.batch_size):
             if resume_left:  # items the interrupted run wrote: their rows are copied above
                 todo = [pair for pair in numbered if pair[1].id not in resume_left]
                 resume_left.difference_update(record.id for _, record in numbered)

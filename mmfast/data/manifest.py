@@ -77,10 +77,12 @@ def _record(raw, where: str, base: Path) -> Record:
 
 class Manifest:
     """Iterate the records of a manifest (see the module docstring); ``skipped`` counts bad
-    records passed over when ``skip_bad`` is set."""
+    records passed over when ``skip_bad`` is set. With ``shard`` = ``(I, N)`` it reads every
+    N-th row from the I-th (0-based, counting every row, bad ones too), and spends no parsing
+    on the others: N processes share a file."""
 
     def __init__(self, path: str | os.PathLike, skip_bad: bool = False,
-                 columns: dict[str, str] | None = None):
+                 columns: dict[str, str] | None = None, shard: tuple[int, int] | None = None):
         self.path = Path(path)
         if not (self.path.is_file() or self.path.is_dir()):
             raise FileNotFoundError(f"manifest {self.path} does not exist")
@@ -89,6 +91,7 @@ class Manifest:
             raise ValueError(f"columns: the fields are {FIELDS}, got {sorted(unknown)}")
         self.skip_bad = skip_bad
         self.columns = dict(columns or {})  # field -> the file's column
+        self.shard = shard
         self.skipped = 0
 
     def _lines(self) -> Iterator[str]:
@@ -101,7 +104,12 @@ class Manifest:
 
     def _raw(self) -> Iterator[tuple[int, object]]:
         renamed = {column: field for field, column in self.columns.items()}
-        for number, raw in self._file_rows():
+        index, count = self.shard or (0, 1)
+        for position, (number, raw) in enumerate(self._file_rows()):
+            if position % count != index:
+                continue
+            if isinstance(raw, str):  # a JSON line, parsed only in its shard
+                raw = self._json(number, raw)
             if renamed and isinstance(raw, dict):
                 raw = {renamed.get(key, key): value for key, value in raw.items()
                        if key not in self.columns or key in renamed}
@@ -135,15 +143,18 @@ class Manifest:
                     ]
                 yield reader.line_num, row
         for number, line in enumerate(self._lines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                yield number, ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
-            except RecursionError:
-                yield number, ManifestError(f"{self.path}:{number}: expected a record, got JSON "
-                                            "nested deeper than Python's recursion limit")
+            if line.strip():
+                yield number, line
+
+    def _json(self, number: int, line: str):
+        """The JSON value of a line, or the ManifestError saying why it is none."""
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError as error:
+            return ManifestError(f"{self.path}:{number}: not valid JSON ({error})")
+        except RecursionError:
+            return ManifestError(f"{self.path}:{number}: expected a record, got JSON nested "
+                                 "deeper than Python's recursion limit")
 
     def _columnar_rows(self) -> Iterator[tuple[int, object]]:
         """Rows of a Parquet or Arrow file, a batch at a time, as the JSON records would be."""
