@@ -54,7 +54,8 @@ RECIPE_FLAGS = (
     ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
     ("dropout", float, "dropout of the mlp's input and hidden layer"),
     ("image_dim", int, "image features reduced by PCA to this many components"),
-    ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)}"),
+    ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)} (auto: "
+                           "hashed and word2vec, the better on validation)"),
     ("text_dim", int, "width of hashed or word2vec text features"),
     ("num_words", int, "the words of a text ananet reads, from its start"),
     ("gamma", float, "cacnet's cross-active threshold at the start"),

@@ -71,6 +71,9 @@ def test_every_system_trains_classifies_and_evaluates_from_the_command(demo, sys
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["system"] == system and config["format"] == systems.CHECKPOINT_FORMAT
     assert config["multilabel"] == (task == "tags") and config["training"]["valid_items"] > 0
+    # an "auto" setting is recorded as what validation chose
+    assert config["recipe"].get("text_features") != "auto" and config["recipe"].get("gate") != \
+        "auto"
 
     output = root / f"{system}-{task}.jsonl"
     assert main(["classify", "--checkpoint", str(checkpoint), "--input",

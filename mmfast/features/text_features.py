@@ -24,11 +24,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from mmfast.defaults import TEXT_FEATURES
 from mmfast.features.text import (SentenceEncoder, WordVectors, weighted_average,
                                   word_probabilities)
 from mmfast.nn.fasttext import fnv1a_32, tokenize
 
-TEXT_FEATURES = ("hashed", "word2vec", "glove", "glove:PATH", "sentence:PATH")
+# what fit computes ("auto", a choice between two of them, the systems resolve)
+KINDS = tuple(kind for kind in TEXT_FEATURES if kind != "auto")
 
 
 class TextFeatures:
@@ -49,7 +51,7 @@ class TextFeatures:
         name, _, path = kind.partition(":")
         if name not in ("hashed", "word2vec", "glove", "sentence") or (
                 name in ("hashed", "word2vec") and path) or (name == "sentence" and not path):
-            raise ValueError(f"text features must be one of {TEXT_FEATURES}, got {kind!r}")
+            raise ValueError(f"text features must be one of {KINDS}, got {kind!r}")
         if dim < 1 or ngrams < 1:
             raise ValueError(f"text features: dim and ngrams must be >= 1, got {dim} and "
                              f"{ngrams}")

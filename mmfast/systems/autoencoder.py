@@ -17,9 +17,10 @@ import torch
 
 from mmfast._io import load_tensors, save_tensors_atomic
 from mmfast.data import Record
-from mmfast.defaults import PROBE_L2, AutoencoderRecipe
+from mmfast.defaults import AUTO_TEXT_FEATURES, PROBE_L2, AutoencoderRecipe
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
-from mmfast.systems.base import Fitted, Inputs, one_hot, read_header, targets
+from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
+                                 targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.autoencoder import AutoencoderTrainer
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -124,7 +125,15 @@ def fit(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str], multila
         valid: Inputs | None = None, progress: bool = False) -> TrainedAutoencoder:
     """The autoencoder trained on ``train`` (labels unused), then the probes on its features;
     with ``recipe.l2`` None, the probes' penalty is the one of ``PROBE_L2`` that scores best on
-    ``valid`` (1 without it), and the returned recipe names it."""
+    ``valid`` (1 without it), and ``text_features`` "auto" trains with each of
+    ``AUTO_TEXT_FEATURES`` and keeps the better; the returned recipe names the choices."""
+    return choose_on_validation(
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress),
+        recipe, "text_features", AUTO_TEXT_FEATURES, valid)
+
+
+def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
+              multilabel: bool, valid: Inputs | None, progress: bool) -> TrainedAutoencoder:
     records, image = train
     if image is None:
         raise ValueError(f"fit: the {recipe.model} system needs image features, got None")

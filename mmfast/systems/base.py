@@ -3,7 +3,7 @@ figures, scoring records, and the header of its checkpoint's config.json."""
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,20 @@ class Fitted:
                 "multilabel": self.multilabel, "recipe": asdict(self.recipe),
                 "extractor": extractor,
                 "training": {key: self.stats[key] for key in RECORDED if key in self.stats}}
+
+
+def choose_on_validation(fit_once, recipe, field: str, options: tuple, valid):
+    """``fit_once(recipe)`` with ``recipe``'s ``field`` resolved: when it is "auto", one run
+    per value of ``options`` and the one that validates best (the first on ties, the first
+    option without ``valid``), its ``seconds`` the runs' total; its recipe names the value."""
+    if getattr(recipe, field) != "auto":
+        return fit_once(recipe)
+    if valid is None:
+        return fit_once(replace(recipe, **{field: options[0]}))
+    candidates = [fit_once(replace(recipe, **{field: option})) for option in options]
+    best = max(candidates, key=lambda fitted: fitted.stats["valid_score"])
+    best.stats["seconds"] = sum(fitted.stats["seconds"] for fitted in candidates)
+    return best
 
 
 def read_header(directory: str | os.PathLike, config: dict, num_outputs: int, recipe_type: type,

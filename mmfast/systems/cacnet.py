@@ -12,9 +12,10 @@ import torch
 
 from mmfast._io import load_tensors, save_tensors_atomic
 from mmfast.data import Record
-from mmfast.defaults import CACNetRecipe
+from mmfast.defaults import AUTO_TEXT_FEATURES, CACNetRecipe
 from mmfast.nn import CACNet
-from mmfast.systems.base import Fitted, Inputs, one_hot, read_header, targets
+from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
+                                 targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
@@ -56,6 +57,15 @@ def load(directory: str | os.PathLike, config: dict) -> TrainedCACNet:
 
 def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
         valid: Inputs | None = None, progress: bool = False) -> TrainedCACNet:
+    """CACNet trained on ``train``, the best epoch on ``valid`` kept; ``text_features`` "auto"
+    trains with each of ``AUTO_TEXT_FEATURES`` and keeps the one that validates better."""
+    return choose_on_validation(
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress),
+        recipe, "text_features", AUTO_TEXT_FEATURES, valid)
+
+
+def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
+              valid: Inputs | None, progress: bool) -> TrainedCACNet:
     records, image = train
     if image is None:
         raise ValueError("fit: the cacnet system needs image features, got None")

@@ -16,7 +16,7 @@ from mmfast.defaults import GATED_MODELS, GATES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
 from mmfast.quant import RSPQ, ProductQuantizer
-from mmfast.systems.base import Fitted, Inputs, read_header, targets
+from mmfast.systems.base import Fitted, Inputs, choose_on_validation, read_header, targets
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
@@ -132,15 +132,11 @@ def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel:
     ``recipe.gate`` "auto" trains a gated model once per gating modality and returns the one
     with the better validation score (the text gate on ties, or without ``valid``); its
     recipe names the modality chosen."""
-    if recipe.gate == "auto" and recipe.model in GATED_MODELS and valid is not None:
-        candidates = [_fit_once(replace(recipe, gate=gate), *train_inputs, labels, multilabel,
-                                progress, valid) for gate in GATES]
-        best = max(candidates, key=lambda trained: trained.stats["valid_score"])
-        best.stats["seconds"] = sum(trained.stats["seconds"] for trained in candidates)
-        return best
-    if recipe.gate == "auto":
-        recipe = replace(recipe, gate="text")
-    return _fit_once(recipe, *train_inputs, labels, multilabel, progress, valid)
+    if recipe.model not in GATED_MODELS and recipe.gate == "auto":
+        recipe = replace(recipe, gate="text")  # read by no other model
+    return choose_on_validation(
+        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid),
+        recipe, "gate", GATES, valid)
 
 
 def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
