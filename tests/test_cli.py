@@ -386,3 +386,23 @@ def test_outputs_over_inputs_or_folders_are_refused_up_front(tmp_path, capsys, c
     assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
     assert manifest.read_text() == '{"id": "a", "text": "x"}\n'
     assert (tmp_path / "t.json").read_text() == "{}"
+
+
+def test_gpu_figures_script_runs_on_the_cpu(tmp_path):
+    """scripts/gpu_figures.py, what scripts/gpu_check.sh runs on a GPU, as a smoke run here:
+    every op timed, its roofline fraction and reference timed, one JSON written."""
+    out = tmp_path / "figures.json"
+    root = os.path.join(os.path.dirname(__file__), "..")
+    result = subprocess.run([sys.executable, os.path.join(root, "scripts", "gpu_figures.py"),
+                             "--device", "cpu", "--quick", "--no-compile", "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["peaks"]["flops_per_s"] > 0 and figures["peaks"]["bytes_per_s"] > 0
+    assert set(figures["ops"]) == {
+        "pq_encode", "bilinear_fusion forward", "bilinear_fusion forward+backward",
+        "cross_attention_cosine forward", "cross_attention_cosine forward+backward",
+        "cacnet forward"}
+    for row in figures["ops"].values():
+        assert row["seconds"] > 0 and 0 < row["roofline_fraction"]
+        assert row["reference_eager_seconds"] > 0
