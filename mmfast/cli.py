@@ -10,7 +10,7 @@ import sys
 
 import mmfast
 from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, OPTIMIZERS, PACKAGED, RECIPE_GATES,
-                             TEXT_FEATURES, reads_setting)
+                             TEXT_FEATURES, is_text_features, reads_setting)
 from mmfast.systems import SYSTEMS
 
 
@@ -360,6 +360,9 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
         if getattr(args, name) is not None and args.model not in _systems_with(name):
             parser.error(f"--{name.replace('_', '-')}: the {args.model} system has no such "
                          f"setting (it is one of {', '.join(_systems_with(name))})")
+    if args.text_features is not None and not is_text_features(args.text_features):
+        parser.error(f"--text-features: expected one of {', '.join(TEXT_FEATURES)}, got "
+                     f"{args.text_features!r}")
     for name in ("image_dim", "text_dim", "num_words", "average_every"):
         value = getattr(args, name)
         if value is not None and value < 1:

@@ -120,6 +120,15 @@ TEXT_FEATURES = ("auto", "hashed", "word2vec", "glove", "glove:PATH", "sentence:
 AUTO_TEXT_FEATURES = ("hashed", "word2vec")
 
 
+def is_text_features(kind: str, auto: bool = True) -> bool:
+    """Whether ``kind`` names text features (``TEXT_FEATURES``, a PATH filled in; "auto" only
+    with ``auto``)."""
+    name, colon, path = kind.partition(":")
+    if name in ("hashed", "word2vec") or (name == "auto" and auto):
+        return not colon
+    return (name == "glove" and not (colon and not path)) or (name == "sentence" and bool(path))
+
+
 @dataclass
 class CACNetRecipe:
     """Paper 000's CACNet (DESIGN 3.2) on the store's image features, reduced by PCA to

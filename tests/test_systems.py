@@ -181,7 +181,10 @@ def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
              "--alpha: the additive system has no such setting (it is one of pq, rspq)"),
             (["--model", "cacnet", "--dim", "33", "--store", str(store)], "expected an even"),
             (["--model", "joint_ae", "--l2", "0", "--store", str(store)],
-             "--l2: expected a finite number > 0")):
+             "--l2: expected a finite number > 0"),
+            (["--model", "cacnet", "--text-features", "bogus", "--store", str(store)],
+             "--text-features: expected one of auto, hashed, word2vec, glove, glove:PATH, "
+             "sentence:PATH, got 'bogus'")):
         with pytest.raises(SystemExit) as exit:
             main(base + argv)
         assert exit.value.code == 2

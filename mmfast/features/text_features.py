@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from mmfast.defaults import TEXT_FEATURES
+from mmfast.defaults import TEXT_FEATURES, is_text_features
 from mmfast.features.text import (SentenceEncoder, WordVectors, weighted_average,
                                   word_probabilities)
 from mmfast.nn.fasttext import fnv1a_32, tokenize
@@ -48,10 +48,9 @@ class TextFeatures:
             seed: int = 0) -> "TextFeatures":
         """``kind`` (see the module docstring) fitted on the training ``texts``; ``dim``
         applies to ``hashed`` and ``word2vec``, ``ngrams`` to ``hashed``."""
-        name, _, path = kind.partition(":")
-        if name not in ("hashed", "word2vec", "glove", "sentence") or (
-                name in ("hashed", "word2vec") and path) or (name == "sentence" and not path):
+        if not is_text_features(kind, auto=False):
             raise ValueError(f"text features must be one of {KINDS}, got {kind!r}")
+        name, _, path = kind.partition(":")
         if dim < 1 or ngrams < 1:
             raise ValueError(f"text features: dim and ngrams must be >= 1, got {dim} and "
                              f"{ngrams}")
