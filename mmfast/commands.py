@@ -122,8 +122,8 @@ def _validation_split(args, records: list) -> tuple[list, list]:
 def _train(args) -> int:
     system = systems.get(args.model)
     launched = sharding.torchrun_shard()
-    if launched and (system.module != "kiela" or args.autotune):
-        raise ValueError(f"torchrun: distributed training runs paper 003's models and mlp "
+    if launched and (system.name == "cacnet" or args.autotune):
+        raise ValueError(f"torchrun: distributed training runs every system but cacnet, "
                          f"without --autotune; {system.name}"
                          f"{' with --autotune' if args.autotune else ''} trains in one process")
     records = read_manifest(args.train, columns=args.columns)
@@ -145,9 +145,9 @@ def _train(args) -> int:
 def _train_distributed(args, system, records, store, multilabel, labels,
                        shard: tuple[int, int]) -> int:
     """Under torchrun: every rank reads the whole manifest (one vocabulary, one split) and
-    trains on its share of each epoch's shuffle (``mmfast.train.fasttext``: the Hogwild-trained
-    models merge their updates, the others train under DistributedDataParallel), so all ranks
-    validate the same model; rank 0 alone writes the checkpoint and reports."""
+    trains on its share of each epoch's shuffle (the Hogwild-trained models merge their
+    updates; the others average their gradients every step, as DistributedDataParallel does),
+    so all ranks validate the same model; rank 0 alone writes the checkpoint and reports."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo")

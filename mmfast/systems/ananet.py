@@ -93,7 +93,7 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
     known = features["labels"] >= 0
     features = {key: value[known] for key, value in features.items()}
     trainer = AnANetTrainer(model, torch.optim.Adam(model.parameters(), lr=recipe.lr),
-                            recipe.batch_size)
+                            recipe.batch_size, distributed=True)
     generator = torch.Generator().manual_seed(recipe.seed)
 
     def epochs():

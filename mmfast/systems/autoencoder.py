@@ -147,7 +147,7 @@ def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
     parameters = model.parameters()
     optimizer = (torch.optim.SGD(parameters, lr=recipe.lr, momentum=0.9)
                  if recipe.optimizer == "sgd" else torch.optim.Adam(parameters, lr=recipe.lr))
-    history = AutoencoderTrainer(model, optimizer).fit(
+    history = AutoencoderTrainer(model, optimizer, distributed=True).fit(
         v, tau, recipe.epochs, recipe.batch_size, recipe.seed, progress=progress,
         desc=f"train {recipe.model}")
     trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})

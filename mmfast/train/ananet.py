@@ -17,6 +17,7 @@ from mmfast.data import FeatureStore, Pair
 from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
 from mmfast.train import checkpoint
+from mmfast.train.distributed import average_gradients, batch_part, process_group
 from mmfast.features.store import store_features
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
@@ -62,11 +63,14 @@ class AnANetTrainer:
     the paper), evaluation with accuracy and F1, and checkpoints."""
 
     def __init__(self, model: AnANet, optimizer: torch.optim.Optimizer | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, distributed: bool = False):
         self.model = model
         self.optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3)
         self.batch_size = batch_size
         self.steps = 0
+        # in a process group (torchrun): each rank steps on its part of every batch, the
+        # gradients averaged over the ranks (mmfast.train.distributed)
+        self.rank, self.world = process_group() if distributed else (0, 1)
 
     def _batch(self, features, index, keys=FEATURE_KEYS):
         device = next(self.model.parameters()).device
@@ -79,6 +83,7 @@ class AnANetTrainer:
         loss = self.model.loss(output, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters(), self.world)
         self.optimizer.step()
         self.steps += 1
         return {"loss": loss.item(), "invariant_loss": output.invariant_loss.item(),
@@ -90,7 +95,8 @@ class AnANetTrainer:
         num_samples = _check_features(features, need_labels=True, source="fit")
         keys, history = FEATURE_KEYS + ("labels",), []
         for _ in range(epochs):
-            batches = torch.randperm(num_samples, generator=generator).split(self.batch_size)
+            batches = [batch_part(batch, self.rank, self.world) for batch in
+                       torch.randperm(num_samples, generator=generator).split(self.batch_size)]
             losses = [self.step(*self._batch(features, index, keys))["loss"] for index in batches]
             history.append(sum(losses) / max(len(losses), 1))
         return history

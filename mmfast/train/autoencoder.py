@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder, _check_positive_int
 from mmfast.train import checkpoint
+from mmfast.train.distributed import average_gradients, batch_part, process_group
 
 LOSS_PARTS = ("loss", "visual", "text", "decay")
 
@@ -20,12 +21,15 @@ class AutoencoderTrainer:
     summary per epoch (see ``fit``)."""
 
     def __init__(self, model: JointAutoencoder | CrossModalAutoencoder,
-                 optimizer: torch.optim.Optimizer):
+                 optimizer: torch.optim.Optimizer, distributed: bool = False):
         if not isinstance(model, (JointAutoencoder, CrossModalAutoencoder)):
             raise TypeError(f"AutoencoderTrainer: model must be a JointAutoencoder or a "
                             f"CrossModalAutoencoder, got {type(model).__name__}")
         self.model, self.optimizer = model, optimizer
         self.epoch, self.history, self.seed = 0, [], None
+        # in a process group (torchrun): each rank steps on its part of every batch, the
+        # gradients averaged over the ranks (mmfast.train.distributed)
+        self.rank, self.world = process_group() if distributed else (0, 1)
 
     def step(self, v: torch.Tensor, tau: torch.Tensor | None = None,
              text_present: torch.Tensor | None = None) -> dict[str, float]:
@@ -43,6 +47,7 @@ class AutoencoderTrainer:
                                      f"({values}); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
+        average_gradients(self.model.parameters(), self.world)
         self.optimizer.step()
         return values
 
@@ -86,7 +91,7 @@ class AutoencoderTrainer:
                     continue
                 sums = dict.fromkeys(LOSS_PARTS, 0.0)
                 for start in range(0, num_rows, batch_size):
-                    rows = order[start:start + batch_size]
+                    rows = batch_part(order[start:start + batch_size], self.rank, self.world)
                     result = self._step(self.model._loss(
                         v[rows], None if tau is None else tau[rows],
                         None if text_present is None else text_present[rows]))

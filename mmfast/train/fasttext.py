@@ -10,6 +10,7 @@ from mmfast.defaults import OPTIMIZERS
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
+from mmfast.train.distributed import batch_part, global_mean, process_group
 from mmfast.train.selection import select_epochs
 
 LOSSES = ("softmax", "ova")
@@ -166,7 +167,7 @@ def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight
     part of each ``batch_size`` batch, and the gradients are averaged over the ranks, so the
     steps are a single process's on the whole batches (up to the parts' sizes in the last
     batch and float rounding)."""
-    rank, world = _process_group()
+    rank, world = process_group()
     forward = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -190,21 +191,19 @@ def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight
         model.train()
         total = torch.zeros(())
         order, sizes = torch.randperm(len(examples), generator=generator), batch_size
-        if world > 1:  # this rank's part of every batch, the parts of a batch within one
-            parts = [batch.tensor_split(world)[rank] for batch in order.split(batch_size)]
+        if world > 1:  # this rank's part of every batch
+            parts = [batch_part(batch, rank, world) for batch in order.split(batch_size)]
             order, sizes = torch.cat(parts), [len(part) for part in parts]
         for words, offsets, image, targets in examples.subset(order).slices(sizes):
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
-            logits = forward(words, offsets, image)
-            # an empty part (a last batch smaller than the world) still joins the gradient sum
-            value = criterion(logits, targets) if len(targets) else logits.sum() * 0.0
+            value = criterion(forward(words, offsets, image), targets)
             value.backward()
             for o, schedule in zip(optimizers, schedules):
                 o.step()
                 schedule.step()
             total += value.detach() * len(targets)
-        yield _global_mean(float(total), len(order), world)
+        yield global_mean(float(total), len(order), world)
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
@@ -236,7 +235,7 @@ def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
     with torch.no_grad():
         ids, starts, weights = model.bags(examples.words, examples.offsets, examples.image)
     bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
-    rank, world = _process_group()
+    rank, world = process_group()
     anchors = [p.clone() for p in parameters] if world > 1 else None
     for epoch in range(epochs):
         model.train()
@@ -256,7 +255,7 @@ def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
                 total += float(losses.sum())
                 if world > 1:
                     _merge_updates(parameters, anchors, _rows_of(ids, bounds, part))
-        yield _global_mean(total, len(order), world)
+        yield global_mean(total, len(order), world)
 
 
 # Merges of the ranks' updates per epoch by default: on the demo's subgroup task (1362 items, two
@@ -264,15 +263,6 @@ def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
 # (~7 an epoch) and 0.433 every 10, against one process's 0.411; each merge moves the whole
 # embedding table, so the count per epoch, not per example, bounds the traffic on large data.
 MERGES_PER_EPOCH = 8
-
-
-def _process_group() -> tuple[int, int]:
-    """``(rank, world size)`` of the default process group; ``(0, 1)`` without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _merge_updates(parameters, anchors, rows: torch.Tensor) -> None:
@@ -318,17 +308,6 @@ def _all_rows(rows: torch.Tensor) -> torch.Tensor:
     dist.all_gather(gathered, padded)
     joined = torch.cat(gathered)
     return joined[joined >= 0].unique()
-
-
-def _global_mean(total: float, count: int, world: int) -> float:
-    """The mean of the losses summed to ``total`` over ``count`` examples on each rank."""
-    if world == 1:
-        return total / count if count else 0.0
-    import torch.distributed as dist
-
-    sums = torch.tensor([total, float(count)], dtype=torch.float64)
-    dist.all_reduce(sums)
-    return float(sums[0] / sums[1]) if sums[1] else 0.0
 
 
 @torch.no_grad()

@@ -1,0 +1,48 @@
+"""What the trainers share to train across processes (torchrun, ``torch.distributed``): the
+rank and world of the default process group, each rank's part of a batch, and the gradients,
+losses and parameters averaged or summed over the ranks. One process is a world of one: every
+function is then the identity, and nothing of ``torch.distributed`` is touched."""
+
+import torch
+
+
+def process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group; ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batch_part(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of the rows ``batch`` (one of ``world`` nearly equal parts), or the
+    whole batch when it has fewer rows than ranks: then every rank computes the same gradient,
+    and their average is the batch's, as one process's would be."""
+    return batch if len(batch) < world else batch.tensor_split(world)[rank]
+
+
+def average_gradients(parameters, world: int) -> None:
+    """Each gradient replaced by its mean over the ranks (a parameter without one counts as
+    zero): DistributedDataParallel's step, for trainers that compute their loss outside the
+    module's ``forward``."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+        parameter.grad /= world
+
+
+def global_mean(total: float, count: int, world: int) -> float:
+    """The mean over every rank of the values summed to ``total`` over ``count`` on each."""
+    if world == 1:
+        return total / count if count else 0.0
+    import torch.distributed as dist
+
+    sums = torch.tensor([total, float(count)], dtype=torch.float64)
+    dist.all_reduce(sums)
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
