@@ -122,10 +122,9 @@ def _validation_split(args, records: list) -> tuple[list, list]:
 def _train(args) -> int:
     system = systems.get(args.model)
     launched = sharding.torchrun_shard()
-    if launched and (system.name == "cacnet" or args.autotune):
-        raise ValueError(f"torchrun: distributed training runs every system but cacnet, "
-                         f"without --autotune; {system.name}"
-                         f"{' with --autotune' if args.autotune else ''} trains in one process")
+    if launched and args.autotune:
+        raise ValueError("torchrun: --autotune searches in one process: run it without "
+                         "torchrun, then train the recipe it chose under torchrun")
     records = read_manifest(args.train, columns=args.columns)
     if not records:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")

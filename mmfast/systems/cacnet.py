@@ -19,6 +19,7 @@ from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, 
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.distributed import process_group
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.selection import select_epochs
 
@@ -77,14 +78,17 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
     x_img, x_txt = inputs(records, image)
     truth = targets(records, labels, multilabel)
     y = truth if multilabel else one_hot(truth, len(labels))
-    batches = ShuffledBatches(x_img, x_txt, y, recipe.batch_size, recipe.seed)
+    # under torchrun, this rank's part of every batch (the trainer keeps the ranks one model)
+    batches = ShuffledBatches(x_img, x_txt, y, recipe.batch_size, recipe.seed,
+                              part=process_group())
     # CACNet's loss averages its per-label binary cross-entropies (DESIGN 2.4), so a label's
     # gradient shrinks with the label count: the recipe's lr is a step on their sum, as
     # fastText's one-vs-all takes it, and one value suits 9 classes and 113 tags alike.
     lr = recipe.lr * len(labels)
     trainer = CACNetTrainer(model, torch.optim.SGD(model.parameters(), lr=lr),
                             gamma_schedule=GammaSchedule(recipe.gamma, recipe.gamma_end,
-                                                         ramp_epochs=max(recipe.epochs // 5, 1)))
+                                                         ramp_epochs=max(recipe.epochs // 5, 1)),
+                            distributed=True)
 
     cases = {"1": 0, "2": 0}  # steps that took each of the two cases of phase 2
 

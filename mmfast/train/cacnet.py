@@ -15,6 +15,7 @@ from mmfast.nn.cacnet import CACNet
 from mmfast.ops.cacnet import PARAM_NAMES
 from mmfast.reference import cacnet as reference
 from mmfast.train import checkpoint
+from mmfast.train.distributed import average_gradients, batch_part, process_group
 
 
 class GammaSchedule:
@@ -45,9 +46,10 @@ class ShuffledBatches:
     batch-20 step."""
 
     def __init__(self, x_img: torch.Tensor, x_txt: torch.Tensor, targets: torch.Tensor,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
         self.tensors, self.batch_size = (x_img, x_txt, targets), batch_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world = part  # rank ``part[0]`` of ``part[1]``: its part of each batch
 
     def __len__(self) -> int:
         return -(-len(self.tensors[0]) // self.batch_size)
@@ -55,7 +57,7 @@ class ShuffledBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = torch.randperm(len(self.tensors[0]), generator=self.generator)
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+            rows = batch_part(order[start:start + self.batch_size], self.rank, self.world)
             yield tuple(tensor[rows] for tensor in self.tensors)
 
 
@@ -66,6 +68,11 @@ class CACNetTrainer:
     callable ``(epoch, num_epochs) -> gamma`` (``num_epochs`` None before ``fit`` knows it).
     ``train_output_in_cross_active``: whether case 2 also trains w(g',y), w(g'',y), b_y.
     The fused ops or the literal reference run, following ``mmfast.get_backend()``.
+
+    ``distributed``: in a process group (torchrun) each rank steps on its part of every batch
+    (``ShuffledBatches(part=...)``) and the ranks stay one model: every phase's gradients are
+    averaged over them, and beta is the whole batch's (the ranks sum their per-sample ratios
+    (E'_i + E''_i) / 2E_i before it is taken), so every rank takes the same case.
     """
 
     def __init__(
@@ -74,6 +81,7 @@ class CACNetTrainer:
         optimizer: torch.optim.Optimizer,
         gamma_schedule: float | Callable[[int, int | None], float] = GammaSchedule(),
         train_output_in_cross_active: bool = True,
+        distributed: bool = False,
     ):
         if not isinstance(model, CACNet):
             raise TypeError(f"CACNetTrainer: model must be a CACNet, got {type(model).__name__}")
@@ -88,6 +96,7 @@ class CACNetTrainer:
         self.train_output_in_cross_active = train_output_in_cross_active
         self.gamma = float(gamma_schedule(0, None))
         self.epoch = 0  # epochs completed
+        self.rank, self.world = process_group() if distributed else (0, 1)
 
     # ---- one iteration
     def step(self, x_img: torch.Tensor, x_txt: torch.Tensor, targets: torch.Tensor) -> dict:
@@ -108,7 +117,8 @@ class CACNetTrainer:
         phase1 = ops.cacnet.cacnet_phase1(x_img, x_txt, targets, params, activation)
         self._optimizer_step(params, phase1.grads)
         forward = ops.cacnet.cacnet_phase2_forward(x_img, x_txt, targets, params, activation)
-        beta = float(forward.beta)
+        beta = self._beta(forward.beta, forward.full_loss, forward.passive_image_loss,
+                          forward.passive_text_loss)
         cross_active_loss = None
         if beta < self.gamma:
             case = 1
@@ -138,7 +148,20 @@ class CACNetTrainer:
         # optimizers with momentum or weight decay leave it alone, as autograd would.
         for name, param in zip(PARAM_NAMES, params):
             param.grad = grads.get(name)
+        average_gradients([p for p in params if p.grad is not None], self.world)
         self.optimizer.step()
+
+    def _beta(self, beta, full_loss, passive_image_loss, passive_text_loss) -> float:
+        """This batch's beta, the whole batch's across the ranks (see the class docstring)."""
+        if self.world == 1:
+            return float(beta)
+        import torch.distributed as dist
+
+        ratios = (passive_image_loss + passive_text_loss) / (2 * full_loss.clamp(min=1e-12))
+        sums = torch.stack([ratios.sum(), torch.tensor(float(len(ratios)))]).double()
+        dist.all_reduce(sums)
+        alpha = float(sums[0] / sums[1])
+        return alpha / (1 + alpha)
 
     def _reference_step(self, x_img, x_txt, targets) -> dict:
         """The literal iteration: separate sub-network passes and autograd."""
@@ -151,6 +174,7 @@ class CACNetTrainer:
         )
         phase1_loss = image_loss.mean() + text_loss.mean()
         phase1_loss.backward()
+        average_gradients([p for p in params.values() if p.grad is not None], self.world)
         optimizer.step()
 
         optimizer.zero_grad(set_to_none=True)
@@ -161,7 +185,8 @@ class CACNetTrainer:
             passive_image, passive_text = reference.pair_losses(
                 "passive", x_img, x_txt, targets, params, activation
             )
-        beta = float(reference.beta(full_loss.detach(), passive_image, passive_text))
+        beta = self._beta(reference.beta(full_loss.detach(), passive_image, passive_text),
+                          full_loss.detach(), passive_image, passive_text)
         cross_active_loss = None
         if beta < self.gamma:
             case = 1
@@ -175,6 +200,7 @@ class CACNetTrainer:
             objective = cross_image.mean() + cross_text.mean()
             objective.backward()
             cross_active_loss = float(objective.detach())
+        average_gradients([p for p in params.values() if p.grad is not None], self.world)
         optimizer.step()
         return {
             "phase1_loss": float(phase1_loss.detach()),
