@@ -1,5 +1,5 @@
 """What each ``mmfast`` command runs, given the arguments ``mmfast.cli`` parsed and checked:
-info, demo, features, train, classify, eval and manifest."""
+info, models, demo, features, train, classify, merge, eval and manifest."""
 
 import csv
 import json
