@@ -21,6 +21,12 @@ FAST = {"cacnet": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16", "--
         "crossmodal_ae_ii": ["--epochs", "3", "--text-dim", "16", "--image-dim", "16"],
         "mlp": ["--epochs", "3", "--dim", "32"], "text": ["--epochs", "3"],
         "ananet": ["--epochs", "2", "--dim", "16", "--text-dim", "8"]}
+FAST.update({name: ["--epochs", "2", "--dim", "16"] for name in (
+    "continuous", "additive", "max", "gated", "bilinear", "bilinear_gated")})
+FAST.update({name: ["--epochs", "2", "--subvectors", "4", "--centroids", "8"]
+             for name in ("pq", "rspq")})
+FAST.update({name: FAST["ananet"] for name in (
+    "ananet_alignment", "ananet_association", "ananet_concat")})
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +60,13 @@ def demo(tmp_path_factory):
     return paths, {"pooled": store, "regions": regions}, root
 
 
-CASES = [(system, task) for system in (*NEW_SYSTEMS, "mlp", "text") for task in ("group", "tags")]
+# every system of the registry, on the task kinds it takes
+CASES = [(name, task) for name, system in systems.SYSTEMS.items()
+         for task in (("relevance",) if system.tasks == (systems.RELEVANCE,) else
+                      ("group", "tags"))]
 
 
-@pytest.mark.parametrize(("system", "task"), [*CASES, ("ananet", "relevance")])
+@pytest.mark.parametrize(("system", "task"), CASES)
 def test_every_system_trains_classifies_and_evaluates_from_the_command(demo, system, task,
                                                                        capsys):
     paths, stores, root = demo
