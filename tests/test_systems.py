@@ -310,3 +310,27 @@ def test_detector_regions_are_stored_from_a_local_faster_rcnn(tmp_path, capsys):
     assert store["image"].shape == (2, 36, 1024)
     assert store.meta["extractor"]["regions"] == "detector"
     systems.get("ananet").check_image(store["image"])
+
+
+def test_a_pairs_file_reads_the_regions_of_the_images_it_names(demo, capsys):
+    """A relevance manifest of pairs naming their images by item id (``image_id``): the regions
+    are extracted once from the items' manifest, and ananet trains and classifies the pairs."""
+    paths, stores, root = demo
+    items = read_manifest(paths["relevance", "train"])
+    pairs = [Record(f"p{n}", "", record.text, record.labels, record.id.split("~")[0])
+             for n, record in enumerate(items)]
+    images = {record.id.split("~")[0]: record.image for record in items}
+    write_manifest(root / "images.jsonl", [Record(item, image, "") for item, image in
+                                           images.items()])
+    write_manifest(root / "pairs.jsonl", pairs)
+    assert read_manifest(root / "pairs.jsonl") == pairs
+    store = str(root / "pair-regions")
+    for manifest in ("images.jsonl", "pairs.jsonl"):  # the pairs add nothing to extract
+        assert main(["features", "--manifest", str(root / manifest), "--store", store,
+                     "--regions", "grid", "--image-size", "64", "--quiet"]) == 0
+    assert f"{len(images)} items in" in capsys.readouterr().out.splitlines()[-1]
+    assert main(["train", "--train", str(root / "pairs.jsonl"), "--store", store, "--model",
+                 "ananet", *FAST["ananet"], "--out", str(root / "pairs-ckpt"), "--quiet"]) == 0
+    assert main(["eval", "--checkpoint", str(root / "pairs-ckpt"), "--input",
+                 str(root / "pairs.jsonl"), "--store", store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["items"] == len(pairs)

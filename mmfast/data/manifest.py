@@ -10,9 +10,10 @@ as encoded bytes (``datasets``' ``Image`` feature without a path) are written on
 ``columns`` maps the fields to a file's own column names (``{"text": "caption", "labels":
 "label"}``); in a columnar file without an id column, the row number is the id, and integer
 labels (``datasets``' ``ClassLabel``) read as their decimal strings. A record's ``label`` stands
-for ``labels`` when it has none (one label: a relevance manifest's class). Relative image paths
-are relative to the manifest's directory. A bad record raises ``ManifestError`` naming the file
-and line (row), or is skipped and counted with ``skip_bad=True``.
+for ``labels`` when it has none (one label: a relevance manifest's class), and its
+``image_id`` names another item whose stored image features it reads (a pairs file). Relative
+image paths are relative to the manifest's directory. A bad record raises ``ManifestError``
+naming the file and line (row), or is skipped and counted with ``skip_bad=True``.
 """
 
 import csv
@@ -40,9 +41,18 @@ class Record:
     image: str
     text: str
     labels: tuple[str, ...] = ()
+    # the store id of the item whose image this record shows, when not its own: a pairs file
+    # (image-text relevance) names images extracted once under their items' ids
+    image_id: str = ""
+
+    @property
+    def store_id(self) -> str:
+        """The id its image features are stored under."""
+        return self.image_id or self.id
 
     def to_json(self) -> dict:
-        return {"id": self.id, "image": self.image, "text": self.text, "labels": list(self.labels)}
+        row = {"id": self.id, "image": self.image, "text": self.text, "labels": list(self.labels)}
+        return {**row, "image_id": self.image_id} if self.image_id else row
 
 
 def _record(raw, where: str, base: Path) -> Record:
@@ -51,7 +61,7 @@ def _record(raw, where: str, base: Path) -> Record:
     missing = [field for field in ("id", "text") if field not in raw]
     if missing:
         raise ManifestError(f"{where}: missing field(s) {', '.join(missing)}; expected {FIELDS}")
-    for field in ("id", "image", "text"):
+    for field in ("id", "image", "text", "image_id"):
         if field in raw and not isinstance(raw[field], str):
             raise ManifestError(
                 f"{where}: field {field!r} must be a string, got {type(raw[field]).__name__}"
@@ -72,7 +82,7 @@ def _record(raw, where: str, base: Path) -> Record:
     image = raw.get("image", "")
     if image and not os.path.isabs(image):
         image = str(base / image)
-    return Record(raw["id"], image, raw["text"], tuple(labels))
+    return Record(raw["id"], image, raw["text"], tuple(labels), raw.get("image_id", ""))
 
 
 class Manifest:
@@ -171,7 +181,7 @@ class Manifest:
                     self.path, pre_buffer=False, buffer_size=1 << 20).iter_batches(_BATCH_ROWS)
             else:
                 batches = _arrow_batches(self.path)
-            names = {self.columns.get(field, field) for field in FIELDS} | {"label"}
+            names = {self.columns.get(field, field) for field in FIELDS} | {"label", "image_id"}
             number = 0
             for batch in batches:
                 batch = batch.select([name for name in batch.schema.names if name in names])

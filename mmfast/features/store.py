@@ -26,7 +26,8 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     (its records appended to ``skipped`` when a list is given). The store is locked
     (``mmfast._io.locked``) from read to write: a second writer gets "in use by pid N" instead
     of replacing the first one's rows with its own."""
-    unique = _unique_by_id(records, directory)
+    # a pairs file's records read another item's features (``image_id``): nothing to extract
+    unique = _unique_by_id([r for r in records if not r.image_id], directory)
     with locked(directory, "another features run"):
         old = FeatureStore(directory) if FeatureStore.exists(directory) else None
         have = set() if old is None else set(old.ids)
@@ -99,8 +100,9 @@ def demo_image_store(records: Sequence[Record], progress: bool = True) -> Featur
 
 
 def store_features(store: FeatureStore, records: Sequence[Record]) -> np.ndarray:
-    """The store's ``image`` rows of ``records``, in their order."""
-    return store["image"][store.rows([record.id for record in records])]
+    """The store's ``image`` rows of ``records``, in their order (a record with an
+    ``image_id``: that item's row)."""
+    return store["image"][store.rows([record.store_id for record in records])]
 
 
 def demo_features(task: str) -> tuple[DemoData, list[Record], list[Record], np.ndarray,
