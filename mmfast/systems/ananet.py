@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AnANetRecipe
 from mmfast.features import token_vectors
@@ -19,14 +19,13 @@ from mmfast.features.text_features import TextFeatures
 from mmfast.nn.ananet import AnANet
 from mmfast.systems.base import Fitted, Inputs, read_header, targets
 from mmfast.train.ananet import AnANetTrainer
-from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.fasttext import SCORE_NAMES, score
-from mmfast.train.selection import select_epochs
+from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 WORDS = "words.safetensors"  # the Word2Vec vectors the texts are read with
 VARIANT = {"ananet": "full", "ananet_alignment": "alignment",
            "ananet_association": "association", "ananet_concat": "concat"}
-_TRAIN_SAMPLE = 2048
 
 
 class TrainedAnANet(Fitted):
@@ -59,11 +58,8 @@ class TrainedAnANet(Fitted):
         return AnANetTrainer(self.model).predict(self.features(records, image)).log()
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors_atomic(directory / WORDS, self.words.tensors())
-        save_checkpoint(directory, self.model, {**self.header(extractor),
-                                                "words": self.words.config()})
+        self.save_with(directory, extractor, WORDS, self.words.tensors(),
+                       words=self.words.config())
 
 
 def load(directory: str | os.PathLike, config: dict) -> TrainedAnANet:
@@ -100,7 +96,7 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
         while True:
             yield trainer.fit(features, 1, generator)[0]
 
-    sample = {key: value[:_TRAIN_SAMPLE] for key, value in features.items()}
+    sample = {key: value[:TRAIN_SAMPLE] for key, value in features.items()}
     metric = SCORE_NAMES["softmax"]
     valid_score = None
     if valid is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, PROBE_L2, AutoencoderRecipe
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
@@ -23,7 +23,7 @@ from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, 
                                  targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.autoencoder import AutoencoderTrainer
-from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.logistic import LogisticRegression
 
@@ -92,12 +92,9 @@ class TrainedAutoencoder(Fitted):
         return self.probes(self.encode(records, image))
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors_atomic(directory / INPUTS, {**self.inputs.tensors(),
-                                                 **self.probes.tensors()})
-        save_checkpoint(directory, self.model, {**self.header(extractor),
-                                                "inputs": self.inputs.config()})
+        self.save_with(directory, extractor, INPUTS,
+                       {**self.inputs.tensors(), **self.probes.tensors()},
+                       inputs=self.inputs.config())
 
 
 def load(directory: str | os.PathLike, config: dict) -> TrainedAutoencoder:

@@ -11,7 +11,8 @@ import torch
 
 from mmfast.data import Record
 from mmfast.systems import CHECKPOINT_FORMAT
-from mmfast.train.checkpoint import CONFIG
+from mmfast._io import save_tensors_atomic
+from mmfast.train.checkpoint import CONFIG, save_checkpoint
 
 # (records, image features [N, D] or None): a split as the systems take it
 Inputs = tuple[Sequence[Record], np.ndarray | None]
@@ -23,9 +24,10 @@ RECORDED = ("metric", "best_epoch", "valid_score", "valid_items", "history", "se
 
 
 class Fitted:
-    """A trained system. Subclasses set ``labels`` (tuple of str), ``multilabel``, ``recipe``
-    (the dataclass it trained with) and ``stats`` (``mmfast.train.selection``'s figures), and
-    implement ``logits`` and ``save``."""
+    """A trained system. Subclasses set ``model`` (the ``torch.nn`` module its checkpoint
+    holds), ``labels`` (tuple of str), ``multilabel``, ``recipe`` (the dataclass it trained
+    with) and ``stats`` (``mmfast.train.selection``'s figures), and implement ``logits`` and
+    ``save``."""
 
     labels: tuple[str, ...]
     multilabel: bool
@@ -52,6 +54,16 @@ class Fitted:
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
         raise NotImplementedError
+
+    def save_with(self, directory: str | os.PathLike, extractor: dict | None, tensors_file: str,
+                  tensors: dict[str, torch.Tensor], **config) -> None:
+        """The checkpoint of a system whose inputs are fitted too: their ``tensors`` in
+        ``tensors_file`` beside the model, then the model and config.json (``header`` and
+        ``config``), written last as ever."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(directory / tensors_file, tensors)
+        save_checkpoint(directory, self.model, {**self.header(extractor), **config})
 
     def header(self, extractor: dict | None) -> dict:
         """The config.json entries every system's checkpoint has."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfast._io import load_tensors, save_tensors_atomic
+from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, CACNetRecipe
 from mmfast.nn import CACNet
@@ -18,13 +18,12 @@ from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, 
                                  targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
-from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.distributed import process_group
 from mmfast.train.fasttext import SCORE_NAMES, score
-from mmfast.train.selection import select_epochs
+from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 INPUTS = "inputs.safetensors"  # the fitted PCA, text vectors and standardization
-_TRAIN_SAMPLE = 2048  # items scored per epoch to report the training metric
 
 
 class TrainedCACNet(Fitted):
@@ -41,11 +40,8 @@ class TrainedCACNet(Fitted):
         return self.model(*self.inputs(records, image))
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors_atomic(directory / INPUTS, self.inputs.tensors())
-        save_checkpoint(directory, self.model, {**self.header(extractor),
-                                                "inputs": self.inputs.config()})
+        self.save_with(directory, extractor, INPUTS, self.inputs.tensors(),
+                       inputs=self.inputs.config())
 
 
 def load(directory: str | os.PathLike, config: dict) -> TrainedCACNet:
@@ -101,7 +97,7 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
 
     loss = "ova" if multilabel else "softmax"
     sample = torch.randperm(len(y), generator=torch.Generator().manual_seed(recipe.seed))[
-        :_TRAIN_SAMPLE]
+        :TRAIN_SAMPLE]
 
     @torch.no_grad()
     def train_score() -> float:

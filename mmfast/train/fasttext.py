@@ -11,7 +11,7 @@ from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
 from mmfast.train.distributed import batch_part, global_mean, process_group
-from mmfast.train.selection import select_epochs
+from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 LOSSES = ("softmax", "ova")
 
@@ -146,16 +146,12 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     else:
         epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
                                          weight_decay, optimizer, generator)
-    # The training score is taken on a fixed sample: the whole set would cost a pass per epoch.
-    sample = examples.subset(torch.randperm(len(examples), generator=generator)[:_TRAIN_SAMPLE])
+    sample = examples.subset(torch.randperm(len(examples), generator=generator)[:TRAIN_SAMPLE])
     return select_epochs(
         model, epoch_losses, epochs, SCORE_NAMES[loss],
         lambda: score(predict(model, sample), sample.targets, loss),
         None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
         patience, len(examples), lr, progress, desc)
-
-
-_TRAIN_SAMPLE = 2048
 
 
 def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,

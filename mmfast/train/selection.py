@@ -10,6 +10,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+# Items a trainer scores after each epoch to report its training metric: the whole set would
+# cost a pass per epoch.
+TRAIN_SAMPLE = 2048
+
 
 def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, metric: str,
                   train_score: Callable[[], float], valid_score: Callable[[], float] | None,
