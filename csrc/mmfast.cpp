@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "common/checks.h"
+
 TORCH_LIBRARY(mmfast, m) {
   // Each family's fake kernels and autograd live in mmfast/ops/<family>.py; naming the module
   // before its schemas lets torch import it (and check it) when a fake is needed.
@@ -137,6 +139,8 @@ PYBIND11_MODULE(_C, module) {
     info["cuda_architectures"] = MMFAST_CUDA_ARCHS;
     return info;
   }, "Facts fixed when the extension was compiled.");
+  module.def("_set_full_checks", [](bool full) { mmfast::full_checks_flag().store(full); },
+             "The kernels' side of mmfast.set_checks: true for \"full\", false for \"shapes\".");
   module.def("intra_op_threads", [] { return at::get_num_threads(); },
              "Threads at::parallel_for uses in mmfast's CPU kernels.");
 }

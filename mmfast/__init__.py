@@ -17,7 +17,9 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not 
 
 _SUBMODULES = ("metrics", "nn", "ops", "quant", "reference", "train")
 _NAMES = {"backend": "mmfast._backend", "get_backend": "mmfast._backend",
-          "set_backend": "mmfast._backend", "info": "mmfast._info",
+          "set_backend": "mmfast._backend", "checks": "mmfast._backend",
+          "get_checks": "mmfast._backend", "set_checks": "mmfast._backend",
+          "info": "mmfast._info",
           "Classifier": "mmfast.classifier", "load": "mmfast.classifier"}
 
 __all__ = [*_NAMES, *_SUBMODULES]

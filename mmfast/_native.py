@@ -8,6 +8,8 @@ import importlib
 
 import torch
 
+from mmfast import _backend
+
 try:
     _C = importlib.import_module("mmfast._C")  # after torch: it links against libtorch
 except ImportError as error:  # pragma: no cover - exercised only on a broken install
@@ -17,3 +19,6 @@ except ImportError as error:  # pragma: no cover - exercised only on a broken in
         "`pip install --no-build-isolation -e .` against the torch you run "
         f"(torch {torch.__version__} is installed)."
     ) from error
+
+# A checks mode set before the extension loaded (mmfast.set_checks) reaches its kernels now.
+_C._set_full_checks(_backend.get_checks() == "full")

@@ -23,8 +23,8 @@ def device(request):
 
 @pytest.fixture(autouse=True)
 def fused_backend():
-    """Every test starts on the fused path, whatever an earlier one left."""
-    with mmfast.backend("fused"):
+    """Every test starts on the fused path with full checks, whatever an earlier one left."""
+    with mmfast.backend("fused"), mmfast.checks("full"):
         yield
 
 

@@ -150,6 +150,7 @@ inline void check_saved(const char* op, const char* name, const at::Tensor& t,
 //   bias_activation(out, pre, pre2, bias, act)  out = act(pre [+ pre2] + bias), rows of bias's
 //                                               width; pre2 may be undefined; out may alias pre
 //   activation_backward_(grad, out, act)        grad *= act'(out)
+//   checks_values()                             whether the value checks run (checks.h)
 //   all_valid(t, binary)                        every value finite (binary: 0 or 1); one pass
 //   bce_with_logits(logits, bias, targets, loss, grad, grad_scale)
 //       z = logits + bias (bias may be undefined; when defined, z is written back to logits);
@@ -159,9 +160,10 @@ template <class Kernels>
 struct Schedule {
   using Tensor = at::Tensor;
 
-  // ---- value checks: one pass each; only the failure path looks for the first bad row
+  // ---- value checks: one pass each; only the failure path looks for the first bad row. Made
+  // only when Kernels::checks_values() (the "full" checks mode, and on CUDA no graph capture).
   static void check_values(const char* op, const char* name, const Tensor& t, bool binary) {
-    if (t.numel() == 0 || Kernels::all_valid(t, binary)) return;
+    if (t.numel() == 0 || !Kernels::checks_values() || Kernels::all_valid(t, binary)) return;
     const Tensor ok = binary ? (t == 0) | (t == 1) : at::isfinite(t);
     const int64_t row = (~ok).any(1).nonzero()[0][0].item<int64_t>();
     TORCH_CHECK_VALUE(false, op, ": ", name, " must ",

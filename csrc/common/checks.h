@@ -3,9 +3,22 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <utility>
 
 namespace mmfast {
+
+// mmfast.set_checks: true ("full") makes every check, false ("shapes") skips the ones that read
+// tensor values (finiteness, 0/1 targets): on CUDA each is a device-to-host copy, a stream sync,
+// and a call that CUDA-graph capture refuses. Index ranges are never skipped: on the CPU they stay
+// host checks, on CUDA they become device-side asserts in the kernels (CUDA_KERNEL_ASSERT).
+// One flag for the whole extension (an inline function's static is shared by every TU).
+inline std::atomic<bool>& full_checks_flag() {
+  static std::atomic<bool> full{true};
+  return full;
+}
+
+inline bool full_checks() { return full_checks_flag().load(std::memory_order_relaxed); }
 
 // The smallest and largest value of a non-empty integer tensor, read back in one device-to-host
 // copy (two .item() calls would synchronize a CUDA stream twice).

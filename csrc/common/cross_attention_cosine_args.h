@@ -44,12 +44,14 @@ inline CrossAttentionShape check_cross_attention_cosine_args(
 }
 
 // Word counts as a contiguous int64 tensor on the input's device, every value checked to lie in
-// [0, N]; None means every word is valid.
+// [0, N] when `check_range` (CUDA skips the host read in the "shapes" checks mode and while
+// capturing a graph, and asserts the range in its kernel instead); None means every word is valid.
 inline at::Tensor checked_word_counts(const char* op, const std::optional<at::Tensor>& t_lengths,
-                                      const CrossAttentionShape& shape, const at::Tensor& like) {
+                                      const CrossAttentionShape& shape, const at::Tensor& like,
+                                      bool check_range) {
   if (!t_lengths) return at::full({shape.batch}, shape.words, like.options().dtype(at::kLong));
   at::Tensor counts = t_lengths->contiguous();
-  if (shape.batch > 0) {
+  if (check_range && shape.batch > 0) {
     const auto [low, high] = min_max(counts);
     TORCH_CHECK_VALUE(low >= 0 && high <= shape.words, op, ": t_lengths values must be in [0, ",
                       shape.words, "] (N = T.size(1)), got values from ", low, " to ", high);

@@ -54,16 +54,18 @@ inline PqEncodeShape check_pq_encode_args(const at::Tensor& x, const at::Tensor&
   return shape;
 }
 
-// Value checks that need the data: run only when there is work to do.
-inline void check_pq_encode_values(const at::Tensor& codebooks, const at::Tensor& perm_contiguous,
-                                   int64_t dim) {
+// Value checks that read the data: run only when there is work to do. Finiteness is skipped in
+// the "shapes" checks mode (checks.h); the perm range guards memory and is not.
+inline void check_pq_codebooks_finite(const at::Tensor& codebooks) {
   TORCH_CHECK_VALUE(at::isfinite(codebooks).all().item<bool>(),
                     "pq_encode: codebooks must be finite, found a NaN or infinite value");
-  if (perm_contiguous.defined() && perm_contiguous.numel() > 0) {
-    const auto [low, high] = min_max(perm_contiguous);
-    TORCH_CHECK_VALUE(low >= 0 && high < dim,
-                      "pq_encode: perm values must be column indices in [0, ", dim, ")");
-  }
+}
+
+inline void check_pq_perm_columns(const at::Tensor& perm_contiguous, int64_t dim) {
+  if (!perm_contiguous.defined() || perm_contiguous.numel() == 0) return;
+  const auto [low, high] = min_max(perm_contiguous);
+  TORCH_CHECK_VALUE(low >= 0 && high < dim,
+                    "pq_encode: perm values must be column indices in [0, ", dim, ")");
 }
 
 }  // namespace mmfast

@@ -119,6 +119,8 @@ struct CpuKernels {
     explicit DeviceGuard(at::Device) {}
   };
 
+  static bool checks_values() { return full_checks(); }
+
   // Branch-free so that the loop vectorizes: a reduction with early exit would not.
   static bool all_valid(const at::Tensor& t, bool binary) {
     const at::Tensor values = t.contiguous();

@@ -433,7 +433,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_cpu(
   const auto acc_options = V.options().dtype(acc_type(V.scalar_type()));
   at::Tensor v_bar = at::empty({shape.batch, shape.regions}, acc_options);
   at::Tensor t_bar = at::empty({shape.batch, shape.words}, acc_options);
-  const at::Tensor counts = checked_word_counts(kForward, t_lengths, shape, V);
+  const at::Tensor counts = checked_word_counts(kForward, t_lengths, shape, V, true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, V.scalar_type(), kForward, [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     forward_cpu<scalar_t, acc_t>(V, T, counts.const_data_ptr<int64_t>(), scale, v_bar, t_bar);
@@ -451,7 +451,7 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cpu(
   const at::Tensor grad_t = grad_t_bar.to(acc).contiguous();
   at::Tensor grad_V = at::empty({shape.batch, shape.regions, shape.dim}, V.options());
   at::Tensor grad_T = at::empty({shape.batch, shape.words, shape.dim}, T.options());
-  const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V);
+  const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V, true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, V.scalar_type(), kBackward, [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     backward_cpu<scalar_t, acc_t>(grad_v, grad_t, V, T, counts.const_data_ptr<int64_t>(), scale,

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "common/cacnet.h"
+#include "cuda/value_checks.cuh"
 
 namespace mmfast::cacnet {
 namespace {
@@ -27,8 +28,10 @@ __device__ inline T activate(T v) {
   if constexpr (A == Activation::kSigmoid) return T(1) / (T(1) + exp(-v));
 }
 
+// out may alias pre (bias_activation's contract), so neither is __restrict__: the promise would
+// be false and lets the compiler reorder the read of pre[i] past another element's write.
 template <typename T, Activation A>
-__global__ void bias_activation_kernel(T* __restrict__ out, const T* __restrict__ pre,
+__global__ void bias_activation_kernel(T* out, const T* pre,
                                        const T* __restrict__ pre2, const T* __restrict__ bias,
                                        int64_t numel, int64_t cols) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel;
@@ -77,6 +80,8 @@ __global__ void bce_with_logits_kernel(T* __restrict__ logits, const T* __restri
 
 struct CudaKernels {
   using DeviceGuard = c10::cuda::CUDAGuard;
+
+  static bool checks_values() { return cuda_value_checks(); }
 
   static bool all_valid(const at::Tensor& t, bool binary) {
     return (binary ? (t == 0) | (t == 1) : at::isfinite(t)).all().item<bool>();

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include "common/cross_attention_cosine_args.h"
+#include "cuda/value_checks.cuh"
 
 namespace mmfast {
 namespace {
@@ -52,6 +53,8 @@ __global__ void two_way_softmax_kernel(const acc_t* __restrict__ gram, const int
                                        acc_t* __restrict__ attn_words, acc_t* __restrict__ attn_regions) {
   const int64_t b = blockIdx.x;
   const int64_t n = counts[b];
+  // The host checks the range in the "full" checks mode; this guards the others.
+  CUDA_KERNEL_ASSERT(n >= 0 && n <= words);
   const acc_t* g = gram + b * regions * words;
   acc_t* a = attn_words + b * regions * words;
   acc_t* p = attn_regions + b * regions * words;
@@ -126,8 +129,25 @@ struct Attention {
   at::Tensor v_norm, v_hat_norm, v_dot, t_norm, t_hat_norm, t_dot;
 };
 
-Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const at::Tensor& counts,
-                 double scale) {
+// Raises when a region or valid word is not finite, or its squared norm overflows: the messages
+// of the CPU kernel's check_row. A norm is finite exactly when neither happens, so one reduction
+// and one sync cover both inputs; only the failure path looks for the first bad row.
+void check_norms(const at::Tensor& v_norm, const at::Tensor& t_norm, const at::Tensor& regions,
+                 const at::Tensor& words) {
+  if ((at::isfinite(v_norm).all() & at::isfinite(t_norm).all()).item<bool>()) return;
+  const bool v_bad = !at::isfinite(v_norm).all().item<bool>();
+  const at::Tensor bad = (~at::isfinite(v_bad ? v_norm : t_norm)).nonzero()[0];
+  const int64_t b = bad[0].item<int64_t>(), i = bad[1].item<int64_t>();
+  const at::Tensor& rows = v_bad ? regions : words;
+  const char* name = v_bad ? "V" : "T";
+  TORCH_CHECK_VALUE(at::isfinite(rows[b][i]).all().item<bool>(), kForward, ": ", name,
+                    " must be finite, but ", name, "[", b, ", ", i, "]",
+                    v_bad ? "" : " (a valid word)", " has a NaN or infinite value");
+  TORCH_CHECK_VALUE(false, kForward, ": the squared norm of ", name, "[", b, ", ", i,
+                    "] overflows ", rows.scalar_type() == at::kDouble ? "float64" : "float32");
+}
+
+Attention attend(const at::Tensor& V, const at::Tensor& T, const at::Tensor& counts, double scale) {
   Attention state;
   const at::ScalarType acc = V.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t batch = V.size(0), regions = V.size(1), words = T.size(1);
@@ -136,14 +156,10 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
   // Padded words take no part, whatever they hold (NaN included).
   state.words = at::where(state.valid.unsqueeze(2), T.to(acc), at::zeros({}, V.options().dtype(acc)))
                   .contiguous();
-  // One reduction and one sync for both inputs; the failure path names the first bad row.
-  if (batch > 0 && !(at::isfinite(state.regions).all() & at::isfinite(state.words).all())
-                        .item<bool>()) {
-    const bool v_bad = !at::isfinite(state.regions).all().item<bool>();
-    const at::Tensor bad = (~at::isfinite(v_bad ? state.regions : state.words)).any(2).nonzero()[0];
-    TORCH_CHECK_VALUE(false, op, ": ", v_bad ? "V" : "T", " must be finite, but ",
-                      v_bad ? "V[" : "T[", bad[0].item<int64_t>(), ", ", bad[1].item<int64_t>(),
-                      "]", v_bad ? "" : " (a valid word)", " has a NaN or infinite value");
+  state.v_norm = state.regions.norm(2, {2});
+  state.t_norm = state.words.norm(2, {2});
+  if (batch > 0 && cuda_value_checks()) {
+    check_norms(state.v_norm, state.t_norm, state.regions, state.words);
   }
   state.gram = at::bmm(state.regions, state.words.transpose(1, 2));       // [B, Kr, N]
   state.attn_words = at::empty_like(state.gram);
@@ -162,10 +178,8 @@ Attention attend(const char* op, const at::Tensor& V, const at::Tensor& T, const
     state.attn_regions.zero_();
   }
   state.v_hat = at::bmm(state.attn_words, state.words);                // [B, Kr, d]
-  state.v_norm = state.regions.norm(2, {2});
   state.v_hat_norm = state.v_hat.norm(2, {2});
   state.v_dot = (state.regions * state.v_hat).sum(2);                  // V_i.Vhat_i, as the CPU
-  state.t_norm = state.words.norm(2, {2});
   if (CrossAttentionShape{batch, regions, words, V.size(2)}.forms_t_hat()) {  // That, or the region Gram: see CrossAttentionShape
     state.t_hat = at::bmm(state.attn_regions.transpose(1, 2), state.regions);  // [B, N, d]
     state.t_dot = (state.words * state.t_hat).sum(2);
@@ -186,8 +200,8 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_cuda(
   const c10::cuda::CUDAGuard guard(V.device());
   // ATen ops on the inputs below, without recording them for autograd.
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor counts = checked_word_counts(kForward, t_lengths, shape, V);
-  const Attention state = attend(kForward, V, T, counts, scale);
+  const at::Tensor counts = checked_word_counts(kForward, t_lengths, shape, V, cuda_value_checks());
+  const Attention state = attend(V, T, counts, scale);
   const at::Tensor v_bar = launch_cosine(state.v_dot, state.v_norm, state.v_hat_norm, at::Tensor());
   const at::Tensor t_bar =
       launch_cosine(state.t_dot, state.t_norm, state.t_hat_norm, at::Tensor()) * state.valid;
@@ -202,8 +216,8 @@ std::tuple<at::Tensor, at::Tensor> cross_attention_cosine_backward_cuda(
   check_cross_attention_cosine_grads(kBackward, grad_v_bar, grad_t_bar, V, shape);
   const c10::cuda::CUDAGuard guard(V.device());
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V);
-  const Attention state = attend(kBackward, V, T, counts, scale);
+  const at::Tensor counts = checked_word_counts(kBackward, t_lengths, shape, V, cuda_value_checks());
+  const Attention state = attend(V, T, counts, scale);
   const at::ScalarType acc = state.regions.scalar_type();
   // [B, Kr, 3] and [B, N, 3]: alpha, self, other; padded words have a zero gradient, so zeros.
   const at::Tensor region_grad = launch_cosine(state.v_dot, state.v_norm, state.v_hat_norm,

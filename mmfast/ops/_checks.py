@@ -1,12 +1,15 @@
 """Argument checks shared by the op wrappers: messages name the argument, what was expected
 and what came. ``check_tensor``, ``check_same_device`` and ``check_same_dtype`` read only
 metadata, so they cost nothing under ``torch.compile``; ``check_ids`` and ``check_finite`` read
-the values (one device sync each); ``check_number`` checks a Python number."""
+the values (one device sync each; ``check_finite`` follows ``mmfast.set_checks``);
+``check_number`` checks a Python number."""
 
 import math
 import numbers
 
 import torch
+
+from mmfast import _backend
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -52,7 +55,10 @@ def check_ids(op: str, rule: str, ids: torch.Tensor, limit: int, error=ValueErro
 
 def check_finite(op: str, name: str, value: torch.Tensor) -> None:
     """No NaN or infinity in ``value`` [B, ...]; the message names the first bad row. Reads the
-    data (one device sync), unlike the checks above."""
+    data (one device sync), unlike the checks above, so it is skipped where
+    ``mmfast.set_checks`` says values go unchecked."""
+    if not _backend.checks_values(value):
+        return
     bad = ~torch.isfinite(value)
     if bad.any():
         row = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])

@@ -148,10 +148,10 @@ def _check_args(op, x_img, x_txt, targets, params, activation) -> None:
 def _check_values(op, x_img, x_txt, targets) -> None:
     """The kernels' value checks, with their messages, for a path that runs no kernel (the
     reference backend, the trainer's literal reference step): finite inputs, targets (unless
-    None) in {0, 1}."""
+    None) in {0, 1}; as ``mmfast.set_checks`` says."""
     check_finite(op, "x_img", x_img)
     check_finite(op, "x_txt", x_txt)
-    if targets is None:
+    if targets is None or not _backend.checks_values(targets):
         return
     binary = (targets == 0) | (targets == 1)
     if not bool(binary.all()):

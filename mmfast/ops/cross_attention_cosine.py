@@ -54,9 +54,9 @@ def cross_attention_cosine(
 
 def _check_values(V: torch.Tensor, T: torch.Tensor, t_lengths: torch.Tensor | None) -> None:
     """The kernels' value checks, with their messages, for the reference path: t_lengths in
-    [0, N], V finite, T finite at the valid words."""
+    [0, N], V finite, T finite at the valid words (as ``mmfast.set_checks`` says)."""
     batch, num_words = V.shape[0], T.shape[1]
-    if batch == 0:
+    if batch == 0 or not _backend.checks_values(V):
         return
     if t_lengths is not None:
         low, high = (int(value) for value in t_lengths.aminmax())

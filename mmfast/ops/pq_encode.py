@@ -59,8 +59,8 @@ def _(x, codebooks, perm):
 
 def _check_values(x: torch.Tensor, codebooks: torch.Tensor, perm: torch.Tensor | None) -> None:
     """The kernels' value checks, with their messages, for the reference path (made only when
-    there is something to encode, as the kernels do)."""
-    if x.shape[0] == 0 or codebooks.shape[0] == 0:
+    there is something to encode and values are checked, as the kernels do)."""
+    if x.shape[0] == 0 or codebooks.shape[0] == 0 or not _backend.checks_values(x):
         return
     if not bool(torch.isfinite(codebooks).all()):
         raise ValueError(f"{_OP}: codebooks must be finite, found a NaN or infinite value")
