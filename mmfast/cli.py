@@ -128,6 +128,14 @@ def add_kiela_commands(commands) -> None:
     train.add_argument("--gate", choices=RECIPE_GATES, default=None,
                        help="the gating modality of gated and bilinear_gated; auto trains both "
                             "and keeps the better on validation (default: auto)")
+    train.add_argument("--checkpoint-every", type=int, default=None, metavar="EPOCHS",
+                       help="save the training state every EPOCHS epochs (and each model's "
+                            "last) into OUT/training-state, for --resume; removed once the "
+                            "checkpoint is written")
+    train.add_argument("--resume", action="store_true",
+                       help="go on from the training state a killed run of the same system, "
+                            "recipe, seed and data saved (--checkpoint-every); with "
+                            "--checkpoint-every and no state yet, train from the start")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run="_train")
 
@@ -334,6 +342,13 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
     if args.command == "train":
         _check_recipe_flags(parser, args)
+        if args.checkpoint_every is not None and args.checkpoint_every < 1:
+            parser.error(f"--checkpoint-every: expected an integer >= 1 (epochs), got "
+                         f"{args.checkpoint_every}")
+        if args.autotune and (args.checkpoint_every or args.resume):
+            parser.error(f"--{'resume' if args.resume else 'checkpoint-every'}: expected a "
+                         "run without --autotune, got both (autotune's trials are short and "
+                         "not resumed: resume the recipe it chose)")
     dropout = getattr(args, "dropout", None)
     if dropout is not None and not 0 <= dropout < 1:
         parser.error(f"--dropout: expected a number in [0, 1), got {dropout}")

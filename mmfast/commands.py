@@ -168,6 +168,7 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
                  if f.name != "model" and getattr(args, f.name, None) is not None}
     recipe = system.default_recipe(multilabel, **overrides)
     train = (train_records, features(train_records))
+    state = _training_state(args, recipe, multilabel, labels, train_records, valid_records)
     if args.autotune:
         if valid is None:
             raise ValueError("--autotune needs a validation split: pass --valid or a "
@@ -180,12 +181,15 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
               f"valid {result.metric} {result.score:.4f}; recipe "
               f"{json.dumps(asdict(result.recipe))}")
     else:
-        trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet)
+        trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet,
+                             state=state)
     if valid is not None:
         trained.stats["valid_items"] = len(valid_records)
     if not save:
         return 0
     trained.save(args.out, extractor=store.meta.get("extractor") if store else None)
+    if state is not None:
+        state.remove()
     stats = trained.stats
     print(f"trained {args.model} on {len(train_records)} items in {stats['seconds']:.2f} s "
           f"({stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
@@ -199,6 +203,35 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
         print(f"no validation split: kept the last epoch, train {metric} "
               f"{history[-1]['train_' + metric]:.4f}")
     return 0
+
+
+TRAINING_STATE = "training-state"  # in --out: what --checkpoint-every saves, --resume reads
+
+
+def _training_state(args, recipe, multilabel, labels, train_records, valid_records):
+    """The run's ``TrainingState`` in OUT/training-state (None without --checkpoint-every or
+    --resume): a resumed run must be this one, the same system, recipe (seed included), task
+    and data (its records, hashed)."""
+    if not (args.checkpoint_every or args.resume):
+        return None
+    from mmfast.train.resume import TrainingState
+
+    identity = {"system": args.model, "recipe": asdict(recipe), "multilabel": multilabel,
+                "labels": labels, "train": _digest(train_records),
+                "valid": _digest(valid_records)}
+    return TrainingState(Path(args.out) / TRAINING_STATE, identity, args.checkpoint_every,
+                         args.resume)
+
+
+def _digest(records) -> str:
+    """``"N items, sha256 <16 hex>"`` of the records' ids, images, texts and labels."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps([record.id, record.image, record.text,
+                                  list(record.labels)]).encode() + b"\n")
+    return f"{len(records)} items, sha256 {digest.hexdigest()[:16]}"
 
 
 def _batches(manifest: Manifest, size: int):

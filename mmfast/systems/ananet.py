@@ -17,10 +17,11 @@ from mmfast.defaults import AnANetRecipe
 from mmfast.features import token_vectors
 from mmfast.features.text_features import TextFeatures
 from mmfast.nn.ananet import AnANet
-from mmfast.systems.base import Fitted, Inputs, read_header, targets
+from mmfast.systems.base import Fitted, Inputs, read_header, stage, targets
 from mmfast.train.ananet import AnANetTrainer
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.fasttext import SCORE_NAMES, score
+from mmfast.train.resume import Resumable
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 WORDS = "words.safetensors"  # the Word2Vec vectors the texts are read with
@@ -71,7 +72,7 @@ def load(directory: str | os.PathLike, config: dict) -> TrainedAnANet:
 
 
 def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False) -> TrainedAnANet:
+        valid: Inputs | None = None, progress: bool = False, state=None) -> TrainedAnANet:
     records, image = train
     if multilabel:
         raise ValueError(f"the {recipe.model} system classifies each image-text pair into one "
@@ -92,7 +93,7 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
                             recipe.batch_size, distributed=True)
     generator = torch.Generator().manual_seed(recipe.seed)
 
-    def epochs():
+    def epochs(done: int):  # the shuffles go on from the generator's (restored) state
         while True:
             yield trainer.fit(features, 1, generator)[0]
 
@@ -104,7 +105,9 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
         valid_score = lambda: score(trainer.predict(valid_features), valid_features["labels"],  # noqa: E731
                                     "softmax")
     trained.stats = select_epochs(
-        model, epochs(), recipe.epochs, metric,
+        model, epochs, recipe.epochs, metric,
         lambda: score(trainer.predict(sample), sample["labels"], "softmax"), valid_score,
-        recipe.patience, int(known.sum()), recipe.lr, progress, desc=f"train {recipe.model}")
+        recipe.patience, int(known.sum()), recipe.lr, progress, desc=f"train {recipe.model}",
+        resumable=Resumable(stage(state, recipe), model, [trainer.optimizer],
+                            {"shuffle": generator}))
     return trained

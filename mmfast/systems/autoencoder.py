@@ -20,12 +20,13 @@ from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, PROBE_L2, AutoencoderRecipe
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
-                                 targets)
+                                 stage, targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.autoencoder import AutoencoderTrainer
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.logistic import LogisticRegression
+from mmfast.train.resume import Resumable
 
 INPUTS = "inputs.safetensors"  # the fitted PCA, text vectors, standardization and probes
 # A label that every (or no) training item has gets no regression: a constant logit this large.
@@ -119,18 +120,20 @@ def build_model(recipe: AutoencoderRecipe, visual_dim: int, text_dim: int):
 
 
 def fit(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False) -> TrainedAutoencoder:
+        valid: Inputs | None = None, progress: bool = False, state=None
+        ) -> TrainedAutoencoder:
     """The autoencoder trained on ``train`` (labels unused), then the probes on its features;
     with ``recipe.l2`` None, the probes' penalty is the one of ``PROBE_L2`` that scores best on
     ``valid`` (1 without it), and ``text_features`` "auto" trains with each of
     ``AUTO_TEXT_FEATURES`` and keeps the better; the returned recipe names the choices."""
     return choose_on_validation(
-        lambda run: _fit_once(run, train, labels, multilabel, valid, progress),
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state),
         recipe, "text_features", AUTO_TEXT_FEATURES, valid)
 
 
 def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
-              multilabel: bool, valid: Inputs | None, progress: bool) -> TrainedAutoencoder:
+              multilabel: bool, valid: Inputs | None, progress: bool, state=None
+              ) -> TrainedAutoencoder:
     records, image = train
     if image is None:
         raise ValueError(f"fit: the {recipe.model} system needs image features, got None")
@@ -144,9 +147,22 @@ def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
     parameters = model.parameters()
     optimizer = (torch.optim.SGD(parameters, lr=recipe.lr, momentum=0.9)
                  if recipe.optimizer == "sgd" else torch.optim.Adam(parameters, lr=recipe.lr))
-    history = AutoencoderTrainer(model, optimizer, distributed=True).fit(
-        v, tau, recipe.epochs, recipe.batch_size, recipe.seed, progress=progress,
-        desc=f"train {recipe.model}")
+    trainer = AutoencoderTrainer(model, optimizer, distributed=True)
+    resumable = Resumable(stage(state, recipe), model, [optimizer])
+    restored = resumable.restore()
+    if restored is not None:
+        saved = restored[0]["trainer"]
+        trainer.epoch, trainer.seed, trainer.history = saved["epoch"], saved["seed"], \
+            saved["history"]
+    # the trainer replays the shuffles of the epochs done: it trains up to each saved epoch
+    every = recipe.epochs if resumable.stage is None else resumable.stage.state.every
+    while trainer.epoch < recipe.epochs:
+        history = trainer.fit(v, tau, min((trainer.epoch // every + 1) * every, recipe.epochs),
+                              recipe.batch_size, recipe.seed, progress=progress,
+                              desc=f"train {recipe.model}")
+        resumable.save(trainer.epoch, trainer.epoch == recipe.epochs, trainer={
+            "epoch": trainer.epoch, "seed": trainer.seed, "history": history})
+    history = trainer.history
     trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})
     features = trained.encode(records, image)
     truth = targets(records, labels, multilabel)

@@ -73,6 +73,12 @@ class Fitted:
                 "training": {key: self.stats[key] for key in RECORDED if key in self.stats}}
 
 
+def stage(state, recipe):
+    """The ``mmfast.train.resume`` stage of ``recipe``'s model in the run's ``state`` (None:
+    the run saves no state)."""
+    return None if state is None else state.stage(asdict(recipe))
+
+
 def choose_on_validation(fit_once, recipe, field: str, options: tuple, valid):
     """``fit_once(recipe)`` with ``recipe``'s ``field`` resolved: when it is "auto", one run
     per value of ``options`` and the one that validates best (the first on ties, the first

@@ -15,12 +15,13 @@ from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, CACNetRecipe
 from mmfast.nn import CACNet
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
-                                 targets)
+                                 stage, targets)
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.distributed import process_group
 from mmfast.train.fasttext import SCORE_NAMES, score
+from mmfast.train.resume import Resumable
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 INPUTS = "inputs.safetensors"  # the fitted PCA, text vectors and standardization
@@ -53,16 +54,16 @@ def load(directory: str | os.PathLike, config: dict) -> TrainedCACNet:
 
 
 def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False) -> TrainedCACNet:
+        valid: Inputs | None = None, progress: bool = False, state=None) -> TrainedCACNet:
     """CACNet trained on ``train``, the best epoch on ``valid`` kept; ``text_features`` "auto"
     trains with each of ``AUTO_TEXT_FEATURES`` and keeps the one that validates better."""
     return choose_on_validation(
-        lambda run: _fit_once(run, train, labels, multilabel, valid, progress),
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state),
         recipe, "text_features", AUTO_TEXT_FEATURES, valid)
 
 
 def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-              valid: Inputs | None, progress: bool) -> TrainedCACNet:
+              valid: Inputs | None, progress: bool, state=None) -> TrainedCACNet:
     records, image = train
     if image is None:
         raise ValueError("fit: the cacnet system needs image features, got None")
@@ -88,8 +89,9 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
 
     cases = {"1": 0, "2": 0}  # steps that took each of the two cases of phase 2
 
-    def epochs():  # the trainer's epochs one at a time, for select_epochs to score each
-        for epoch in range(1, recipe.epochs + 1):
+    def epochs(done: int):  # the trainer's epochs one at a time, for select_epochs to score
+        trainer.epoch = done
+        for epoch in range(done + 1, recipe.epochs + 1):
             summary = trainer.fit(batches, epoch, progress=False)[-1]
             cases["1"] += summary["case1_steps"]
             cases["2"] += summary["case2_steps"]
@@ -107,9 +109,11 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
     if valid is not None:
         valid_inputs, valid_truth = inputs(*valid), targets(valid[0], labels, multilabel)
         valid_score = torch.no_grad()(lambda: score(model(*valid_inputs), valid_truth, loss))
-    trained.stats = select_epochs(model, epochs(), recipe.epochs, SCORE_NAMES[loss], train_score,
+    trained.stats = select_epochs(model, epochs, recipe.epochs, SCORE_NAMES[loss], train_score,
                                   valid_score, recipe.patience, len(y), lr, progress,
-                                  desc="train cacnet")
+                                  desc="train cacnet", resumable=Resumable(
+                                      stage(state, recipe), model, [trainer.optimizer],
+                                      {"shuffle": batches.generator}, counters=cases))
     trained.stats["case_steps"] = cases
     return trained
 

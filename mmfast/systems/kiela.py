@@ -16,7 +16,8 @@ from mmfast.defaults import GATED_MODELS, GATES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
 from mmfast.quant import RSPQ, ProductQuantizer
-from mmfast.systems.base import Fitted, Inputs, choose_on_validation, read_header, targets
+from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, read_header, stage,
+                                 targets)
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
 from mmfast.train.fasttext import Examples, predict, train
 
@@ -123,7 +124,7 @@ def load(directory: str | os.PathLike, config: dict) -> Trained:
 
 
 def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False) -> Trained:
+        valid: Inputs | None = None, progress: bool = False, state=None) -> Trained:
     """Train ``recipe.model`` on ``train_inputs`` = (records, image features [N, D], None for
     the text model). With ``valid`` = (records, image features), the model is scored on them
     after every epoch and keeps its best epoch's weights; ``recipe.patience`` epochs without
@@ -135,13 +136,13 @@ def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel:
     if recipe.model not in GATED_MODELS and recipe.gate == "auto":
         recipe = replace(recipe, gate="text")  # read by no other model
     return choose_on_validation(
-        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid),
+        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid, state),
         recipe, "gate", GATES, valid)
 
 
 def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
               labels: Sequence[str], multilabel: bool, progress: bool,
-              valid: Inputs | None) -> Trained:
+              valid: Inputs | None, state=None) -> Trained:
     torch.manual_seed(recipe.seed)
     hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
                               ngrams=recipe.ngrams)
@@ -162,5 +163,6 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
                           weight_decay=recipe.weight_decay, optimizer=recipe.optimizer,
                           progress=progress, desc=f"train {recipe.model}",
-                          average_every=recipe.average_every)
+                          average_every=recipe.average_every,
+                          checkpoints=stage(state, recipe))
     return trained

@@ -1,7 +1,9 @@
 """Checkpoints: a directory with ``model.safetensors`` and ``config.json`` (the model's class
 and constructor arguments, plus whatever the caller adds: labels, text hasher, feature recipe,
-a trainer's epoch) and, to resume training, ``optimizer.safetensors`` (the optimizer's tensors;
-its other state and param groups go into config.json under ``"optimizer"``).
+a trainer's epoch) and, to resume training, ``optimizer.safetensors`` (the optimizer's tensors,
+or several optimizers' numbered "0.", "1.", ...; their other state and param groups go into
+config.json under ``"optimizer"``) and ``state.safetensors`` (a trainer's own tensors: its
+shuffle generators' states, the best epoch's weights).
 Loading never unpickles: the class comes from ``mmfast.nn.MODELS`` by name."""
 
 import json
@@ -14,11 +16,14 @@ from torch import nn
 from mmfast._io import load_tensors, save_tensors_atomic, write_text_atomic
 
 CONFIG, WEIGHTS, OPTIMIZER = "config.json", "model.safetensors", "optimizer.safetensors"
+STATE = "state.safetensors"
 
 
 def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict | None = None,
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write the checkpoint, with ``optimizer``'s state when given. Each file is written
+                    optimizer: torch.optim.Optimizer | list | None = None,
+                    state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the checkpoint, with ``optimizer``'s state (or a list of optimizers') and a
+    trainer's ``state`` tensors when given. Each file is written
     atomically; an existing config.json is removed first and the new one written last, so its
     presence marks a complete checkpoint, also when this overwrites an earlier one (a crash in
     between leaves no config.json, never new weights beside the old config)."""
@@ -27,8 +32,10 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, extra: dict 
     save_tensors_atomic(directory / WEIGHTS, model.state_dict())
     config = {"model": type(model).__name__, "args": model.config(), **(extra or {})}
     if optimizer is not None:
-        tensors, config["optimizer"] = _split_optimizer_state(optimizer.state_dict())
+        tensors, config["optimizer"] = _split_optimizers(optimizer)
         save_tensors_atomic(directory / OPTIMIZER, tensors)
+    if state is not None:
+        save_tensors_atomic(directory / STATE, state)
     write_text_atomic(directory / CONFIG, json.dumps(config, indent=1) + "\n")
 
 
@@ -74,11 +81,11 @@ def load_optimizer_state(directory: str | os.PathLike, optimizer: torch.optim.Op
     _load_optimizer(directory, _read_config(directory), optimizer)
 
 
-def resume(directory: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-           keys: tuple[str, ...], where: str) -> dict:
-    """Restore a trainer's ``model`` and ``optimizer`` in place from ``save_checkpoint``'s
-    directory, which must hold a model of the same class and arguments and the trainer's
-    config ``keys``; returns the config. Never unpickles."""
+def resume(directory: str | os.PathLike, model: nn.Module,
+           optimizer: torch.optim.Optimizer | list, keys: tuple[str, ...], where: str) -> dict:
+    """Restore a trainer's ``model`` and ``optimizer`` (or list of them) in place from
+    ``save_checkpoint``'s directory, which must hold a model of the same class and arguments
+    and the trainer's config ``keys``; returns the config. Never unpickles."""
     directory = Path(directory)
     config = _read_config(directory)
     expected = {"model": type(model).__name__, "args": model.config()}
@@ -93,12 +100,36 @@ def resume(directory: str | os.PathLike, model: nn.Module, optimizer: torch.opti
     return config
 
 
-def _load_optimizer(directory: Path, config: dict, optimizer: torch.optim.Optimizer) -> None:
+def _load_optimizer(directory: Path, config: dict, optimizer: torch.optim.Optimizer | list
+                    ) -> None:
     if "optimizer" not in config:
         raise ValueError(f"{directory / CONFIG}: the checkpoint holds no optimizer state "
                          "(save_checkpoint was not given an optimizer)")
     tensors = load_tensors(directory / OPTIMIZER)
-    optimizer.load_state_dict(_join_optimizer_state(tensors, config["optimizer"]))
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer.load_state_dict(_join_optimizer_state(tensors, config["optimizer"]))
+        return
+    rests = config["optimizer"]
+    if not isinstance(rests, list) or len(rests) != len(optimizer):
+        raise ValueError(f"{directory / CONFIG}: expected the state of {len(optimizer)} "
+                         f"optimizers, got {len(rests) if isinstance(rests, list) else 1}")
+    for number, (one, rest) in enumerate(zip(optimizer, rests)):
+        prefix = f"{number}."
+        one.load_state_dict(_join_optimizer_state(
+            {name[len(prefix):]: value for name, value in tensors.items()
+             if name.startswith(prefix)}, rest))
+
+
+def _split_optimizers(optimizer: torch.optim.Optimizer | list) -> tuple[dict, dict | list]:
+    """``_split_optimizer_state`` of one optimizer, or of each of a list, numbered."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return _split_optimizer_state(optimizer.state_dict())
+    tensors, rests = {}, []
+    for number, one in enumerate(optimizer):
+        part, rest = _split_optimizer_state(one.state_dict())
+        tensors.update({f"{number}.{name}": value for name, value in part.items()})
+        rests.append(rest)
+    return tensors, rests
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:

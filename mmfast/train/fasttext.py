@@ -11,6 +11,7 @@ from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
 from mmfast.train.distributed import batch_part, global_mean, process_group
+from mmfast.train.resume import Resumable, Stage
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
 LOSSES = ("softmax", "ova")
@@ -104,7 +105,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
           weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False,
-          desc: str | None = None, average_every: int | None = None) -> dict:
+          desc: str | None = None, average_every: int | None = None,
+          checkpoints: Stage | None = None) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -129,6 +131,9 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     the run early (None: run all ``epochs``). An epoch that leaves a non-finite loss or weight
     (``lr`` too high) ends the run at the best epoch before it (``diverged_epoch`` in the
     figures), or, with no such epoch, raises ValueError.
+
+    ``checkpoints`` (``mmfast.train.resume``): where the run saves its state every few epochs
+    and, resuming, goes on from the newest saved.
     """
     if examples.targets is None or (valid is not None and valid.targets is None):
         raise ValueError("train: examples (and valid) must have targets")
@@ -142,21 +147,48 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     criterion = loss_function(loss)
     generator = torch.Generator().manual_seed(seed)
     if _fused_sgd_applies(model, loss):
-        epoch_losses = _fused_epochs(model, examples, epochs, lr, generator, average_every)
+        optimizers, schedules = [], []
+
+        def epoch_losses(done: int):
+            return _fused_epochs(model, examples, done, epochs, lr, generator, average_every)
     else:
-        epoch_losses = _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion,
-                                         weight_decay, optimizer, generator)
+        optimizers, schedules = _optimizers(model, optimizer, lr, weight_decay,
+                                            epochs * -(-len(examples) // batch_size))
+
+        def epoch_losses(done: int):
+            return _minibatch_epochs(model, examples, batch_size, criterion, optimizers,
+                                     schedules, generator)
     sample = examples.subset(torch.randperm(len(examples), generator=generator)[:TRAIN_SAMPLE])
     return select_epochs(
         model, epoch_losses, epochs, SCORE_NAMES[loss],
         lambda: score(predict(model, sample), sample.targets, loss),
         None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
-        patience, len(examples), lr, progress, desc)
+        patience, len(examples), lr, progress, desc,
+        Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules))
 
 
-def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight_decay,
-                      optimizer, generator):
-    """Autograd steps by minibatches; yields each epoch's mean loss.
+def _optimizers(model, optimizer, lr, weight_decay, total_steps):
+    """The minibatch trainer's optimizers and their schedules (lr falling linearly to 0 over
+    ``total_steps``)."""
+    # Weight decay is dense: the sparse-gradient embedding tables go without it.
+    sparse = [module.weight for module in model.modules()
+              if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
+    dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
+    if optimizer == "sgd":
+        optimizers = [torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
+                                       {"params": dense, "weight_decay": weight_decay}], lr=lr)]
+    else:
+        optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+        if sparse:
+            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1 - step / total_steps)
+                 for o in optimizers]
+    return optimizers, schedules
+
+
+def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedules,
+                      generator):
+    """Autograd steps by minibatches with ``optimizers``; yields each epoch's mean loss.
 
     In a process group of several ranks (torchrun) the model trains under
     ``DistributedDataParallel`` (gloo on the CPU): every rank draws the same shuffle, takes its
@@ -169,21 +201,7 @@ def _minibatch_epochs(model, examples, epochs, lr, batch_size, criterion, weight
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
-    # Weight decay is dense: the sparse-gradient embedding tables go without it.
-    sparse = [module.weight for module in model.modules()
-              if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
-    dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
-    if optimizer == "sgd":
-        optimizers = [torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
-                                       {"params": dense, "weight_decay": weight_decay}], lr=lr)]
-    else:
-        optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
-        if sparse:
-            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
-    total_steps = epochs * -(-len(examples) // batch_size)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1 - step / total_steps)
-                 for o in optimizers]
-    for _ in range(epochs):
+    while True:  # select_epochs takes as many epochs as it runs
         model.train()
         total = torch.zeros(())
         order, sizes = torch.randperm(len(examples), generator=generator), batch_size
@@ -210,11 +228,11 @@ def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
             and model.embedding.weight.dtype == torch.float32)
 
 
-def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
+def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, lr: float,
                   generator: torch.Generator, average_every: int | None = None):
-    """One ``fasttext_sgd_`` call per epoch over a fresh shuffle (an ``order``: the bags are
-    built once and never gathered), each taking its share of the run's linear decay; yields each
-    epoch's mean loss.
+    """One ``fasttext_sgd_`` call per epoch after the ``done`` ones, over a fresh shuffle (an
+    ``order``: the bags are built once and never gathered), each taking its share of the run's
+    linear decay; yields each epoch's mean loss.
 
     In a process group of several ranks (``torch.distributed``, e.g. under torchrun) each rank
     trains on every world-size-th example of the shuffle (the same shuffle everywhere: one
@@ -233,7 +251,7 @@ def _fused_epochs(model: FastText, examples: Examples, epochs: int, lr: float,
     bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
     rank, world = process_group()
     anchors = [p.clone() for p in parameters] if world > 1 else None
-    for epoch in range(epochs):
+    for epoch in range(done, epochs):
         model.train()
         order = kept[torch.randperm(len(kept), generator=generator)][rank::world]
         # the ranks' shares differ by one at most: all take as many steps between merges

@@ -10,17 +10,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mmfast.train.resume import Resumable
+
 # Items a trainer scores after each epoch to report its training metric: the whole set would
 # cost a pass per epoch.
 TRAIN_SAMPLE = 2048
+_BEST = "best."  # the saved state's names of the best epoch's weights
 
 
-def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, metric: str,
-                  train_score: Callable[[], float], valid_score: Callable[[], float] | None,
-                  patience: int | None, items: int, lr: float, progress: bool = False,
-                  desc: str | None = None) -> dict:
-    """Run ``epoch_losses`` (a generator that trains ``model`` one epoch per ``next`` and yields
-    the epoch's mean loss) for at most ``epochs`` epochs; after each, ``train_score()`` and
+def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float]], epochs: int,
+                  metric: str, train_score: Callable[[], float],
+                  valid_score: Callable[[], float] | None, patience: int | None, items: int,
+                  lr: float, progress: bool = False, desc: str | None = None,
+                  resumable: Resumable | None = None) -> dict:
+    """Run ``epoch_losses(start)`` (a generator that trains ``model`` one epoch per ``next``
+    from epoch ``start`` + 1 and yields the epoch's mean loss) up to epoch ``epochs`` at most;
+    after each, ``train_score()`` and
     ``valid_score()`` score the model by ``metric`` (higher is better). Returns the run's
     figures: ``seconds`` (training alone, not scoring), ``items_per_s`` (``items`` per epoch),
     ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss``, ``train_<metric>`` and
@@ -32,14 +37,29 @@ def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, 
     ``epochs``). An epoch that leaves a non-finite loss or weight (``lr`` too high) ends the run
     at the best epoch before it (``diverged_epoch`` in the figures), or, with no such epoch,
     raises ValueError.
+
+    ``resumable`` (``mmfast.train.resume``): the trainer's state saved after the epochs its
+    stage asks for, with this selection's (history, best epoch and its weights, epochs without
+    progress), and, when resuming, restored first: the run goes on after the saved epoch.
     """
     if patience is not None and patience < 1:
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
+    restored = None if resumable is None else resumable.restore()
+    done = 0
+    if restored is not None:
+        config, tensors = restored
+        done, selection = config["epoch"], config["selection"]
+        history, best = selection["history"], selection["best"]
+        seconds, stale = selection["seconds"], selection["stale"]
+        best_state = {name[len(_BEST):]: value for name, value in tensors.items()
+                      if name.startswith(_BEST)} if best is not None else None
+    stopped = patience is not None and stale >= patience
+    epoch_losses = epoch_losses(done)
     # the bar counts items (epochs x items), as classify's does, and names what trains
-    with tqdm(total=epochs * items, desc=desc or f"train {type(model).__name__}", unit="item",
-              unit_scale=True, disable=not progress, leave=False) as bar:
-        for epoch in range(1, epochs + 1):
+    with tqdm(total=(epochs - done) * items, desc=desc or f"train {type(model).__name__}",
+              unit="item", unit_scale=True, disable=not progress, leave=False) as bar:
+        for epoch in range(done + 1, (done if stopped else epochs) + 1):
             start = time.perf_counter()
             epoch_loss = next(epoch_losses)
             seconds += time.perf_counter() - start
@@ -66,7 +86,13 @@ def select_epochs(model: nn.Module, epoch_losses: Iterator[float], epochs: int, 
             history.append(row)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()})
             bar.update(items)
-            if patience is not None and stale >= patience:
+            stopped = patience is not None and stale >= patience
+            if resumable is not None:
+                resumable.save(epoch, stopped or epoch == epochs, selection={
+                    "history": history, "best": best, "seconds": seconds, "stale": stale},
+                    tensors=None if best_state is None else {
+                        _BEST + name: value for name, value in best_state.items()})
+            if stopped:
                 break
     epoch_losses.close()
     model.train(False)
