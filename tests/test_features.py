@@ -7,7 +7,7 @@ import torch
 
 from mmfast.features import ImageFeatureExtractor, WordVectors, token_vectors, weighted_average
 from mmfast.features import PCA, word_probabilities
-from mmfast.features.image import build_backbone
+from mmfast.features.image import BadImageError, build_backbone
 
 
 @pytest.fixture
@@ -27,6 +27,27 @@ def test_resnet_features_are_unit_length(images):
     features = extractor(images, progress=False)
     assert features.shape == (3, 512) and features.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, rtol=1e-5)
+
+
+def test_decoding_threads_and_batches_leave_features_and_bad_indices_unchanged(images, tmp_path):
+    """The next batch decodes on threads while the backbone runs: the rows, their order and
+    the indices of unreadable images are those of a one-thread, one-image-batch run."""
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths = [images[0], str(tmp_path / "broken.png"), *images[1:], str(tmp_path / "gone.png")]
+    runs = []
+    for threads, batch in ((1, 1), (3, 2), (2, 64)):
+        torch.manual_seed(0)
+        extractor = ImageFeatureExtractor("resnet18", weights=None, image_size=32,
+                                          batch_size=batch, decode_threads=threads)
+        runs.append(extractor.extract(paths, progress=False, skip_bad=True))
+        with pytest.raises(BadImageError) as error:
+            extractor.extract(paths, progress=False)
+        assert error.value.index == 1
+    for features, bad in runs[1:]:
+        np.testing.assert_allclose(features, runs[0][0], rtol=1e-5, atol=1e-6)
+        assert bad == runs[0][1] == [1, 4]
+    with pytest.raises(ValueError, match="decode_threads must be >= 1 or None, got 0"):
+        ImageFeatureExtractor("resnet18", weights=None, decode_threads=0)
 
 
 def test_packaged_efficientnet_lite0_weights_load():
@@ -156,7 +177,8 @@ def test_unreadable_images_name_their_file(tmp_path):
 
 def test_large_images_are_reduced_before_the_resize(tmp_path, monkeypatch):
     """A multi-megapixel PNG was composited and resized at full size; reduce() by an integer
-    factor first makes those steps cost a fraction, with the same picture."""
+    factor first, to no less than 4x the target (1000 // 384 = 2), makes those steps cost a
+    fraction, with the same picture."""
     from PIL import Image
 
     from mmfast.features.image import load_image
@@ -170,7 +192,7 @@ def test_large_images_are_reduced_before_the_resize(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "reduce",
                         lambda self, factor, *a: factors.append(factor) or reduce(self, factor, *a))
     image = load_image(path, 96)
-    assert factors[0] == 10 and image.shape == (3, 96, 96)
+    assert factors[0] == 2 and image.shape == (3, 96, 96)
     torch.testing.assert_close(image.mean(), torch.tensor(0.5), atol=0.02, rtol=0)
     assert float(image.std()) < 0.05  # the stripes average to grey, as a direct resize gives
 

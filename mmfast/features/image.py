@@ -10,6 +10,7 @@ file: ``weights=`` a state-dict path, or None for random initialization. Nothing
 import os
 import pickle
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,9 @@ def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
 
     Reads what Pillow reads (PNG, JPEG, GIF, BMP, WebP, TIFF, ...); a JPEG is decoded at the
     smallest scale still at least ``size`` (``Image.draft``), so a large photo costs a fraction
-    of its full decode, and any image at least twice ``size`` is box-reduced by an integer factor
-    (``Image.reduce``) before the alpha composite and the final resize. SVG (a vector format) is
+    of its full decode, and any image at least eight times ``size`` is box-reduced by an integer
+    factor to no less than four times ``size`` (``Image.reduce``) before the alpha composite and
+    the final resize. SVG (a vector format) is
     refused: rasterize it first. A missing, truncated or undecodable file, or one above Pillow's
     decompression-bomb limit, is a ValueError naming the file."""
     from PIL import Image
@@ -129,7 +131,11 @@ def image_tensor(image, size: int | None) -> torch.Tensor:
     from PIL import Image
 
     image = image.convert("RGBA")
-    factor = min(image.size) // size if size is not None else 1
+    # A box reduce keeps at least 4x the target size, so the antialiased bilinear resize below
+    # still does the filtering: reducing all the way to the target (a pure box filter) moved
+    # EfficientNet features of 1-Mpixel PNGs to cosine 0.988 of a plain full-size resize's;
+    # at 4x they stay at 0.9995 (benchmarks/bench_features.py checks >= 0.999).
+    factor = min(image.size) // (4 * size) if size is not None else 1
     if factor >= 2:
         image = image.reduce(factor)
     canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -143,15 +149,21 @@ def image_tensor(image, size: int | None) -> torch.Tensor:
 
 class ImageFeatureExtractor:
     """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy);
-    subclasses change ``features`` and ``feature_shape``."""
+    subclasses change ``features`` and ``feature_shape``. ``decode_threads``: threads decoding
+    images while the backbone runs (None: ``torch.get_num_threads()``)."""
 
     def __init__(self, backbone: str = "efficientnet_lite0",
                  weights: str | os.PathLike | None = PACKAGED, image_size: int = 224,
-                 batch_size: int = 64, device: str | torch.device = "cpu"):
+                 batch_size: int = 64, device: str | torch.device = "cpu",
+                 decode_threads: int | None = None):
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1 or None, got {decode_threads}")
+        # None: as many as the backbone has intra-op threads (they take turns with it)
+        self.decode_threads = decode_threads or torch.get_num_threads()
         trunk, self.dim, mean, std = build_backbone(backbone, weights)
         self.feature_shape: tuple[int, ...] = (self.dim,)  # of one image's features
         self.backbone, self.image_size, self.batch_size = backbone, image_size, batch_size
@@ -181,24 +193,45 @@ class ImageFeatureExtractor:
                 skip_bad: bool = False) -> tuple[np.ndarray, list[int]]:
         """``(features, bad)``: the features of the readable images in ``paths``' order and the
         indices of the unreadable ones, which ``skip_bad`` passes over; without it the first
-        one is a ``BadImageError`` carrying its index."""
+        one is a ``BadImageError`` carrying its index.
+
+        The next batch decodes on ``decode_threads`` threads while the backbone runs this one:
+        Pillow lets go of the GIL while it decodes, reduces, composites and resizes, so decode
+        time hides behind the backbone's. At most two batches of images are held at once."""
         out = np.empty((len(paths), *self.feature_shape), dtype=np.float32)
         bad, kept = [], 0
-        with tqdm(total=len(paths), desc=f"image features ({self.backbone})", unit="img",
-                  disable=not progress, leave=False) as bar:
-            for start in range(0, len(paths), self.batch_size):
+        starts = range(0, len(paths), self.batch_size)
+
+        def decode(index: int) -> torch.Tensor | ValueError:
+            try:
+                return load_image(paths[index], self.image_size)
+            except ValueError as error:
+                return error
+
+        def decode_batch(start: int) -> list:
+            return list(pool.map(decode, range(start, min(start + self.batch_size, len(paths)))))
+
+        with (ThreadPoolExecutor(self.decode_threads) as pool,
+              ThreadPoolExecutor(1) as prefetch,
+              tqdm(total=len(paths), desc=f"image features ({self.backbone})", unit="img",
+                   disable=not progress, leave=False) as bar):
+            pending = prefetch.submit(decode_batch, 0) if paths else None
+            for start in starts:
+                decoded = pending.result()
+                if start + self.batch_size < len(paths):
+                    pending = prefetch.submit(decode_batch, start + self.batch_size)
                 images = []
-                for index in range(start, min(start + self.batch_size, len(paths))):
-                    try:
-                        images.append(load_image(paths[index], self.image_size))
-                    except ValueError as error:
+                for index, image in enumerate(decoded, start):
+                    if isinstance(image, ValueError):
                         if not skip_bad:
-                            raise BadImageError(index, str(error)) from None
+                            raise BadImageError(index, str(image)) from None
                         bad.append(index)
+                    else:
+                        images.append(image)
                 if images:
                     out[kept:kept + len(images)] = self.features(torch.stack(images)).cpu().numpy()
                     kept += len(images)
-                bar.update(min(self.batch_size, len(paths) - start))
+                bar.update(len(decoded))
         return out[:kept], bad
 
     def config(self) -> dict:
