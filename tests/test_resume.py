@@ -84,6 +84,10 @@ def test_resume_refuses_another_run_and_a_missing_state(data, tmp_path, capsys):
     assert main([*args, "--out", out, "--resume", "--lr", "1", "--seed", "3"]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "recipe.lr 3.0 (now 1.0); recipe.seed 0 (now 3)" in error
+    (tmp_path / "out" / "training-state" / "run.json").write_text("{")
+    assert main([*args, "--out", out, "--resume"]) == 1
+    assert "run.json: expected the JSON a run with --checkpoint-every writes, got unreadable" \
+        in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "none"), "--resume"]) == 1
     assert "holds no training state" in capsys.readouterr().err
     # with --checkpoint-every too, nothing saved yet means a fresh start (a requeued job)

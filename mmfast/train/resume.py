@@ -44,8 +44,7 @@ class TrainingState:
         self.rank, self.world = process_group()
         run = self.directory / RUN
         # every rank reads and checks before rank 0 writes: a mismatch stops them all alike
-        previous = json.loads(run.read_text(encoding="utf-8")) if resume and run.is_file() \
-            else None
+        previous = _read_run(run) if resume and run.is_file() else None
         if previous is not None:
             _check_same_run(self.directory, previous["identity"], identity)
             every = every or previous["every"]
@@ -73,6 +72,19 @@ class TrainingState:
         """Once the run's checkpoint is written, the state has served: rank 0 removes it."""
         if self.rank == 0:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _read_run(path: Path) -> dict:
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: expected the JSON a run with --checkpoint-every writes, got "
+                         f"unreadable JSON ({error}): train afresh without --resume") from None
+    if not (isinstance(run, dict) and isinstance(run.get("identity"), dict)
+            and isinstance(run.get("every"), int)):
+        raise ValueError(f"{path}: expected an object with 'identity' and 'every', got "
+                         f"{_short(run)}: train afresh without --resume")
+    return run
 
 
 def _check_same_run(directory: Path, saved: dict, current: dict) -> None:
