@@ -9,7 +9,8 @@ compress like photographs do, about 2 MB each; cached under ``~/.cache/mmfast``)
 loop decodes each image at full size, composites its alpha over white, resizes with
 torchvision's ``Resize`` and runs the backbone on contiguous (NCHW) batches; mmfast reduces large
 images before compositing, decodes the next batch on threads while the backbone runs, and runs
-the backbone channels-last. Both must give the same features (cosine >= 0.999, checked here).
+the backbone channels-last, eager or through ``torch.compile`` (``features --compile``). Each
+must give the plain loop's features (cosine >= 0.999, checked here).
 The last tests print img/s and the shares of decode and backbone in a one-after-the-other run.
 """
 
@@ -90,20 +91,31 @@ def _plain_loop(extractor: ImageFeatureExtractor, paths: list[str]) -> np.ndarra
     return torch.cat(out).numpy()
 
 
+@pytest.fixture(scope="module")
+def compiled_extractor():
+    torch.set_num_threads(THREADS)
+    return ImageFeatureExtractor(image_size=SIZE, batch_size=BATCH, decode_threads=THREADS,
+                                 compile=True)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", SETS)
-def test_extract(benchmark, record, extractor, name):
+def test_extract(benchmark, record, extractor, compiled_extractor, name, compiled):
+    """mmfast's extractor, and with ``compile=True`` (``features --compile``; the warm-up round
+    compiles, so the timed rounds show what a long job gets)."""
     paths = SETS[name]()
     seconds = []
 
     def extract():
         start = time.perf_counter()
-        features = extractor.extract(paths, progress=False)[0]
+        features = (compiled_extractor if compiled else extractor).extract(paths, False)[0]
         seconds.append(time.perf_counter() - start)
         return features
 
     features = benchmark.pedantic(extract, rounds=3, warmup_rounds=1)
-    record(benchmark, f"features {name}", "mmfast")
-    _FIGURES[name] = f"{len(paths) / min(seconds):.0f} img/s"
+    impl = "mmfast compiled" if compiled else "mmfast"
+    record(benchmark, f"features {name}", impl)
+    _FIGURES[f"{name} {impl}"] = f"{len(paths) / min(seconds):.0f} img/s"
     plain = _plain_loop(extractor, paths)
     cosine = (features * plain).sum(1)
     assert cosine.min() >= 0.999, f"features differ from the plain loop's: cosine {cosine.min()}"
@@ -130,7 +142,9 @@ def test_where_the_time_goes(extractor, name):
             extractor.features(torch.stack(images[first:first + BATCH]))
         backbone = min(backbone, time.perf_counter() - start)
     share = decode / (decode + backbone)
-    print(f"\n{name}: mmfast {_FIGURES.get(name, 'not run')}; decode {len(paths) / decode:.0f} "
+    ran = ", ".join(f"{impl} {figure}" for impl, figure in _FIGURES.items()
+                    if impl.startswith(name))
+    print(f"\n{ran or name}; decode {len(paths) / decode:.0f} "
           f"img/s on one thread, backbone {len(paths) / backbone:.0f} img/s: decode is "
           f"{share:.0%} of a serial run")
 

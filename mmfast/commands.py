@@ -63,7 +63,8 @@ def _extractor(args) -> ImageFeatureExtractor:
                              "meaningless regions)")
         return DetectorRegionFeatureExtractor(weights, image_size=args.image_size,
                                               batch_size=args.batch_size)
-    return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size)
+    return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size,
+                                 compile=args.compile)
 
 
 _NAMED_SKIPS = 10  # skipped images listed by manifest line

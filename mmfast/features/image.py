@@ -150,12 +150,13 @@ def image_tensor(image, size: int | None) -> torch.Tensor:
 class ImageFeatureExtractor:
     """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy);
     subclasses change ``features`` and ``feature_shape``. ``decode_threads``: threads decoding
-    images while the backbone runs (None: ``torch.get_num_threads()``)."""
+    images while the backbone runs (None: ``torch.get_num_threads()``); ``compile``: run the
+    backbone through ``torch.compile`` (pays from about 20k images on a CPU)."""
 
     def __init__(self, backbone: str = "efficientnet_lite0",
                  weights: str | os.PathLike | None = PACKAGED, image_size: int = 224,
                  batch_size: int = 64, device: str | torch.device = "cpu",
-                 decode_threads: int | None = None):
+                 decode_threads: int | None = None, compile: bool = False):
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         if batch_size < 1:
@@ -170,6 +171,13 @@ class ImageFeatureExtractor:
         self.device = torch.device(device)
         # channels-last runs the depthwise convolutions of EfficientNet ~1.3x faster on CPU
         self.trunk = trunk.eval().to(self.device, memory_format=torch.channels_last)
+        self.compiled = compile
+        if compile:
+            # Inductor with freezing folds each batch norm into its convolution and fuses the
+            # activations: 1.7x the eager channels-last Lite0 on 2 CPU threads, equal features
+            # (cosine 0.9999998), for a one-time compile of ~15 s. Batches are padded to
+            # batch_size (features), so one static graph serves every batch.
+            self.trunk = torch.compile(self.trunk, dynamic=False, options={"freezing": True})
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
 
@@ -183,7 +191,11 @@ class ImageFeatureExtractor:
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled, L2-normalized features [B, dim] of images [B, 3, H, W] in [0, 1]."""
-        return nn.functional.normalize(self.trunk(self.normalize(images)).float(), dim=1)
+        count = images.shape[0]
+        if self.compiled and count < self.batch_size:  # the compiled graph's batch size
+            images = torch.cat([images, images.new_zeros(self.batch_size - count,
+                                                         *images.shape[1:])])
+        return nn.functional.normalize(self.trunk(self.normalize(images)).float(), dim=1)[:count]
 
     def __call__(self, paths: Sequence[str | os.PathLike], progress: bool = True) -> np.ndarray:
         """Features [len(paths), ...] of every image; an unreadable one is a ``BadImageError``."""

@@ -109,6 +109,7 @@ class DetectorRegionFeatureExtractor(ImageFeatureExtractor):
         self.weights = None if weights is None else str(weights)
         self.backbone = "fasterrcnn_resnet50_fpn"
         self.image_size, self.batch_size = image_size, batch_size
+        self.decode_threads = torch.get_num_threads()
         self.num_regions, self.dim = num_regions, 1024
         self.feature_shape = (num_regions, self.dim)
 
