@@ -14,7 +14,6 @@ must give the plain loop's features (cosine >= 0.999, checked here).
 The last tests print img/s and the shares of decode and backbone in a one-after-the-other run.
 """
 
-import json
 import time
 
 import numpy as np
@@ -22,17 +21,15 @@ import pytest
 import torch
 
 from mmfast._io import cache_dir
+from mmfast.data import emoji_dataset, read_manifest
 from mmfast.features.image import ImageFeatureExtractor, load_image
 
-SIZE, BATCH, THREADS = 96, 64, 2
+SIZE, BATCH, THREADS = 96, 64, 2  # THREADS: the two_threads fixture's count
 _FIGURES: dict[str, str] = {}
 
 
 def _emoji_paths() -> list[str]:
-    from mmfast.data.emoji import emoji_dataset
-
-    with open(emoji_dataset("group").train) as manifest:
-        return [json.loads(line)["image"] for line in manifest][:256]
+    return [record.image for record in read_manifest(emoji_dataset("group").train)[:256]]
 
 
 def _megapixel_paths() -> list[str]:
@@ -63,7 +60,6 @@ SETS = {"emoji 72 px": _emoji_paths, "PNG 1 Mpixel": _megapixel_paths}
 
 @pytest.fixture(scope="module")
 def extractor():
-    torch.set_num_threads(THREADS)
     return ImageFeatureExtractor(image_size=SIZE, batch_size=BATCH, decode_threads=THREADS)
 
 
@@ -93,14 +89,13 @@ def _plain_loop(extractor: ImageFeatureExtractor, paths: list[str]) -> np.ndarra
 
 @pytest.fixture(scope="module")
 def compiled_extractor():
-    torch.set_num_threads(THREADS)
     return ImageFeatureExtractor(image_size=SIZE, batch_size=BATCH, decode_threads=THREADS,
                                  compile=True)
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("name", SETS)
-def test_extract(benchmark, record, extractor, compiled_extractor, name, compiled):
+def test_extract(benchmark, record, two_threads, extractor, compiled_extractor, name, compiled):
     """mmfast's extractor, and with ``compile=True`` (``features --compile``; the warm-up round
     compiles, so the timed rounds show what a long job gets)."""
     paths = SETS[name]()
@@ -122,14 +117,14 @@ def test_extract(benchmark, record, extractor, compiled_extractor, name, compile
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_plain_pil_torchvision(benchmark, record, extractor, name):
+def test_plain_pil_torchvision(benchmark, record, two_threads, extractor, name):
     paths = SETS[name]()
     benchmark.pedantic(lambda: _plain_loop(extractor, paths), rounds=3, warmup_rounds=1)
     record(benchmark, f"features {name}", "PIL + torchvision loop")
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_where_the_time_goes(extractor, name):
+def test_where_the_time_goes(two_threads, extractor, name):
     """Decode (one thread) and backbone, one after the other, best of three."""
     paths = SETS[name]()
     decode = backbone = float("inf")

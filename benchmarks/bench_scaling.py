@@ -67,17 +67,17 @@ def test_scaling_from_one_to_two_processes(inputs):
     root = inputs["root"]
     store = str(root / "store")
     jobs = {
-        "features (1,884 images)": lambda n, tag: [
+        "features (1,884 images)": lambda tag: [
             "features", "--manifest", inputs["emoji"], "--store", f"{store}-{tag}", "--quiet",
             "--threads", "1"],
-        f"train text ({DOCS:,} docs, 5 epochs)": lambda n, tag: [
+        f"train text ({DOCS:,} docs, 5 epochs)": lambda tag: [
             "train", "--train", inputs["documents"], "--model", "text", "--epochs", "5",
             "--ngrams", "2", "--out", str(root / f"text-{tag}"), "--quiet", "--threads", "1"],
-        "train additive (1,884 emoji, DDP)": lambda n, tag: [
+        "train additive (1,884 emoji, DDP)": lambda tag: [
             "train", "--train", inputs["emoji"], "--store", f"{store}-1", "--model", "additive",
             "--epochs", "10", "--out", str(root / f"additive-{tag}"), "--quiet",
             "--threads", "1"],
-        f"classify text ({DOCS:,} docs)": lambda n, tag: [
+        f"classify text ({DOCS:,} docs)": lambda tag: [
             "classify", "--checkpoint", str(root / "text-1"), "--input", inputs["documents"],
             "--output", str(root / f"predictions-{tag}.jsonl"), "--quiet", "--threads", "1"],
     }
@@ -85,8 +85,8 @@ def test_scaling_from_one_to_two_processes(inputs):
           f"{'efficiency':>12}")
     results = {}
     for job, argv in jobs.items():
-        one = _run(argv(1, "1"), 1)
-        two = _run(argv(2, "2"), 2)
+        one = _run(argv("1"), 1)
+        two = _run(argv("2"), 2)
         results[job] = (one, two)
         print(f"{job:<36}{one:>12.1f}{two:>15.1f}{one / two:>9.2f}x{one / (2 * two):>11.0%}")
     predictions = [root / f"predictions-{tag}.jsonl" for tag in ("1", "2")]

@@ -23,14 +23,13 @@ import torch
 
 from mmfast import systems
 from mmfast.data import Record
-from mmfast.defaults import DEMO_IMAGE_SIZE
+from mmfast.defaults import DEMO_IMAGE_SIZE, REGION_IMAGE_SIZE
 from mmfast.features import (GridRegionFeatureExtractor, ImageFeatureExtractor,
                              extractor_from_config)
 from mmfast.features.image import image_tensor, load_image
 from mmfast.systems.base import Fitted
 
 Labels = str | Sequence[str]
-REGION_IMAGE_SIZE = 128  # a 4 x 4 grid of cells (EfficientNet's stride is 32)
 
 
 class Classifier:

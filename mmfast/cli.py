@@ -9,8 +9,9 @@ import os
 import sys
 
 import mmfast
-from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, OPTIMIZERS, PACKAGED, RECIPE_GATES,
-                             TEXT_FEATURES, is_text_features, reads_setting)
+from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, DEMO_PAPERS, OPTIMIZERS, PACKAGED,
+                             PROBE_L2, RECIPE_GATES, TEXT_FEATURES, is_text_features,
+                             reads_setting)
 from mmfast.systems import SYSTEMS
 
 
@@ -123,7 +124,8 @@ def add_kiela_commands(commands) -> None:
     train.add_argument("--autotune-duration", type=float, default=60.0,
                        help="autotune's time budget in seconds (default: %(default)s)")
     for name, kind, meaning in RECIPE_FLAGS:
-        default = ("chosen on validation among 0.1, 1, 10; 1 without" if name == "l2"
+        default = (f"chosen on validation among {', '.join(f'{l2:g}' for l2 in PROBE_L2)}; "
+                   "1 without" if name == "l2"
                    else _recipe_defaults(name))
         train.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
                            help=f"{meaning} (default: {default})")
@@ -187,10 +189,14 @@ def add_kiela_commands(commands) -> None:
                          help="the manifest's own column (key) names of the fields id, image, "
                               "text, labels, e.g. text=caption,labels=label (default: the "
                               "field names)")
-        for field in ("id", "image", "text", "label"):
-            sub.add_argument(f"--{field}-column", default=None, metavar="COLUMN",
-                             help=f"the manifest's column of the {field}s (as --columns "
-                                  f"{field + 's' if field == 'label' else field}=COLUMN)")
+        for field, flag in _COLUMN_FLAGS:
+            sub.add_argument(f"--{flag}-column", default=None, metavar="COLUMN",
+                             help=f"the manifest's column of the {flag}s (as --columns "
+                                  f"{field}=COLUMN)")
+
+
+# A record's fields and their --FLAG-column options (a record's labels: --label-column).
+_COLUMN_FLAGS = (("id", "id"), ("image", "image"), ("text", "text"), ("labels", "label"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="a paper's table on the embedded emoji data: paper 003's models by default, "
         "--paper all for the four papers (--pq: the PQ/RSPQ encoding demo on generated vectors)")
-    demo.add_argument("--paper", default="003", choices=("003", "000", "002", "004", "all"),
+    demo.add_argument("--paper", default="003", choices=(*DEMO_PAPERS, "all"),
                       help="003: Kiela et al.'s nine models (held-out accuracy, throughput); "
                       "000: CACNet's Table 4; 002: the autoencoders' Table 2; 004: AnANet's "
                       "Table IV; all: the four, one after the other")
@@ -329,21 +335,15 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
     """Refuse before any work the values that would silently produce nothing or lose data."""
     parser.prog = f"mmfast {args.command}"
     if hasattr(args, "columns"):  # --text-column etc. join --columns
-        named = {field: getattr(args, f"{flag}_column") for field, flag in (
-            ("id", "id"), ("image", "image"), ("text", "text"), ("labels", "label"))}
+        named = {field: getattr(args, f"{flag}_column") for field, flag in _COLUMN_FLAGS}
         args.columns = {**(args.columns or {}),
                         **{field: column for field, column in named.items() if column}} or None
     if getattr(args, "pq", False) and args.num_train >= args.num_vectors:
         parser.error("--num-train must be smaller than --num-vectors")
-    for name in ("threads", "batch_size", "top_k", "epochs", "dim", "patience", "num_vectors",
-                 "num_train", "iters", "subvectors", "centroids", "repetitions", "buckets"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
-    for name in ("lr", "autotune_duration"):
-        value = getattr(args, name, None)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+    _check_at_least_one(parser, args, ("threads", "batch_size", "top_k", "epochs", "dim",
+                                       "patience", "num_vectors", "num_train", "iters",
+                                       "subvectors", "centroids", "repetitions", "buckets"))
+    _check_positive(parser, args, ("lr", "autotune_duration"))
     if args.command == "train":
         _check_recipe_flags(parser, args)
         if args.checkpoint_every is not None and args.checkpoint_every < 1:
@@ -372,6 +372,20 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
 _MAX_BUCKETS = 2**32
 
 
+def _check_at_least_one(parser: argparse.ArgumentParser, args, names) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
+
+
+def _check_positive(parser: argparse.ArgumentParser, args, names) -> None:
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            parser.error(f"--{name.replace('_', '-')}: expected a finite number > 0, got {value}")
+
+
 def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
     """A setting the chosen system does not have would be ignored: refuse it, naming the
     systems that have it."""
@@ -382,18 +396,12 @@ def _check_recipe_flags(parser: argparse.ArgumentParser, args) -> None:
     if args.text_features is not None and not is_text_features(args.text_features):
         parser.error(f"--text-features: expected one of {', '.join(TEXT_FEATURES)}, got "
                      f"{args.text_features!r}")
-    for name in ("image_dim", "text_dim", "num_words", "average_every"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value}")
+    _check_at_least_one(parser, args, ("image_dim", "text_dim", "num_words", "average_every"))
     for name in ("gamma", "gamma_end"):
         value = getattr(args, name)
         if value is not None and not 0 <= value <= 1:
             parser.error(f"--{name.replace('_', '-')}: expected a number in [0, 1], got {value}")
-    for name in ("mu", "l2"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            parser.error(f"--{name}: expected a finite number > 0, got {value}")
+    _check_positive(parser, args, ("mu", "l2"))
     if args.dim is not None and args.model in ("cacnet", *ANANETS) and args.dim % 2:
         parser.error(f"--dim: {args.model}'s hidden units come in two halves: expected an even "
                      f"number, got {args.dim}")

@@ -16,13 +16,14 @@ from mmfast import metrics, sharding, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, read_manifest, split_records,
                          write_image_folder_manifest)
-from mmfast.defaults import PACKAGED
+from mmfast.defaults import DEMO_PAPERS, PACKAGED
 from mmfast.features import (BadImageError, DetectorRegionFeatureExtractor,
                              GridRegionFeatureExtractor, ImageFeatureExtractor,
                              extractor_from_config, image_store,
                              store_features)
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.systems.autotune import autotune
+
 
 def _demo(args) -> int:
     from mmfast.experiments import ananet_demo, autoencoder_demo, cacnet_demo, kiela_demo, pq_demo
@@ -47,9 +48,6 @@ def _demo(args) -> int:
     if len(papers) > 1:
         print(f"\nfour papers in {time.perf_counter() - start:.1f} s")
     return 0
-
-
-DEMO_PAPERS = ("003", "000", "002", "004")
 
 
 def _extractor(args) -> ImageFeatureExtractor:
@@ -81,13 +79,10 @@ def _features(args) -> int:
     launched = sharding.torchrun_shard()  # under torchrun: this rank's share, merged by rank 0
     shard = args.shard or launched
     directory = args.store if shard is None else sharding.part_path(args.store, shard)
-    if shard is not None:  # by distinct id, so no two shards extract one item
-        records = list(sharding.take(dict(zip((r.id for r in records), records)).values(),
-                                     shard))
     start, skipped = time.perf_counter(), []
     try:
         store = image_store(records, directory, _extractor(args), progress=not args.quiet,
-                            skip_bad=args.skip_bad, skipped=skipped)
+                            skip_bad=args.skip_bad, skipped=skipped, shard=shard)
     except BadImageError as error:
         raise ValueError(f"{where[error.record_id]}: {error} (--skip-bad passes over such "
                          "records)") from None
@@ -102,7 +97,6 @@ def _features(args) -> int:
     if launched and args.shard is None:
         _merge_ranks(args.store, launched, sharding.merge_stores)
     return 0
-
 
 
 def _validation_split(args, records: list) -> tuple[list, list]:

@@ -12,6 +12,8 @@ PAPER_MODELS = ("text", "continuous", "additive", "max", "gated", "bilinear", "b
                 "pq", "rspq")
 MODELS = PAPER_MODELS + ("mlp",)
 DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detail
+DEMO_PAPERS = ("003", "000", "002", "004")  # mmfast demo --paper all runs them in this order
+REGION_IMAGE_SIZE = 128  # grid regions: a 4 x 4 grid of cells (EfficientNet's stride is 32)
 GATED_MODELS = ("gated", "bilinear_gated")
 # ContinuousFusion's gating modality; a recipe's "auto" trains both and keeps the one that
 # validates better.
@@ -66,14 +68,13 @@ class Recipe:
 # fastText-trained models want dim 50 and 30 epochs at lr 0.4, PQ's image tokens at alpha 1 and
 # RSPQ's at 2 (held-out group/subgroup/tags mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813
 # at alpha 1, 0.746/0.551/0.518/0.867 at 2, alpha 8 diverged; pq's were best at 1); the autograd
-# fusions lr 3
-# on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the image vectors
-# centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to 0.780/0.583/0.581/0.873 on
-# group/subgroup/tags/icons), except the bilinear forms, whose gradient grows with
-# |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear, with its
-# input offsets, at dim 50 and lr 0.2 (0.3 diverged on group). Which modality should gate is the
-# data's: the emoji's weak texts gate the images (held-out gated: group 0.715 with the text gate,
-# 0.594 with the image gate), the icons' strong names are gated by the image (0.697 against
+# fusions lr 3 on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the
+# image vectors centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to
+# 0.780/0.583/0.581/0.873 on group/subgroup/tags/icons), except the bilinear forms, whose gradient
+# grows with |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear,
+# with its input offsets, at dim 50 and lr 0.2 (0.3 diverged on group). Which modality should gate
+# is the data's: the emoji's weak texts gate the images (held-out gated: group 0.715 with the text
+# gate, 0.594 with the image gate), the icons' strong names are gated by the image (0.697 against
 # 0.770), so the gated models' default "auto" trains both and keeps the better on validation.
 # The text model alone wants a higher lr on single-label tasks: held-out, four seeds, lr 0.4 ->
 # 1.2 with 40 epochs took subgroup from 0.358 to 0.440 (autotune 0.435-0.441, at lr 1.0-1.4),
@@ -129,8 +130,17 @@ def is_text_features(kind: str, auto: bool = True) -> bool:
     return (name == "glove" and not (colon and not path)) or (name == "sentence" and bool(path))
 
 
+class _TaskFreeRecipe:
+    """A recipe whose defaults are the same for single- and multi-label tasks: ``default``
+    (``Recipe.default``'s signature, as the registry calls it) sets only ``model``."""
+
+    @classmethod
+    def default(cls, model: str, multilabel: bool = False, **overrides):
+        return cls(model=model, **overrides)
+
+
 @dataclass
-class CACNetRecipe:
+class CACNetRecipe(_TaskFreeRecipe):
     """Paper 000's CACNet (DESIGN 3.2) on the store's image features, reduced by PCA to
     ``image_dim``, and ``text_features`` of width ``text_dim``, each standardized; ``dim`` hidden
     units (half per modality), SGD at ``lr`` times the label count (the loss averages over the
@@ -160,18 +170,13 @@ class CACNetRecipe:
             raise ValueError(f"dim of cacnet must be even (an image and a text half), got "
                              f"{self.dim}")
 
-    @classmethod
-    def default(cls, model: str = "cacnet", multilabel: bool = False,
-                **overrides) -> "CACNetRecipe":
-        return cls(model=model, **overrides)
-
 
 AUTOENCODERS = ("joint_ae", "crossmodal_ae_i", "crossmodal_ae_ii")
 PROBE_L2 = (0.1, 1.0, 10.0)  # the probes' penalties tried on validation when l2 is None
 
 
 @dataclass
-class AutoencoderRecipe:
+class AutoencoderRecipe(_TaskFreeRecipe):
     """Paper 002's autoencoders (DESIGN 3.3) as classifiers: the store's image features
     PCA-whitened to ``image_dim`` and standardized ``text_features`` of width ``text_dim``
     train the autoencoder (``epochs`` of ``batch_size`` rows, ``optimizer`` at ``lr``, text
@@ -203,17 +208,12 @@ class AutoencoderRecipe:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
-    @classmethod
-    def default(cls, model: str = "joint_ae", multilabel: bool = False,
-                **overrides) -> "AutoencoderRecipe":
-        return cls(model=model, **overrides)
-
 
 ANANETS = ("ananet", "ananet_alignment", "ananet_association", "ananet_concat")
 
 
 @dataclass
-class AnANetRecipe:
+class AnANetRecipe(_TaskFreeRecipe):
     """Paper 004's AnANet (DESIGN 3.4) on region features [Kr, D] from the store (``mmfast
     features --regions grid``) and the text's first ``num_words`` words as Word2Vec vectors of
     width ``text_dim`` trained on the training texts (no contextual vectors: no BERT offline);
@@ -235,11 +235,6 @@ class AnANetRecipe:
             raise ValueError(f"model must be one of {ANANETS}, got {self.model!r}")
         if self.dim % 2:
             raise ValueError(f"dim of ananet must be even (two GRU directions), got {self.dim}")
-
-    @classmethod
-    def default(cls, model: str = "ananet", multilabel: bool = False,
-                **overrides) -> "AnANetRecipe":
-        return cls(model=model, **overrides)
 
 
 # Recipe fields that only some of the systems sharing a recipe read; a flag setting one for

@@ -56,6 +56,14 @@ inline PqEncodeShape check_pq_encode_args(const at::Tensor& x, const at::Tensor&
 
 // Value checks that read the data: run only when there is work to do. Finiteness is skipped in
 // the "shapes" checks mode (checks.h); the perm range guards memory and is not.
+// One reduction (one sync on CUDA); only the failure path looks for the first bad row.
+inline void check_pq_x_finite(const at::Tensor& x) {
+  if (at::isfinite(x).all().item<bool>()) return;
+  const int64_t row = (~at::isfinite(x)).any(1).nonzero()[0][0].item<int64_t>();
+  TORCH_CHECK_VALUE(false, "pq_encode: x must be finite, but row ", row,
+                    " has a NaN or infinite value");
+}
+
 inline void check_pq_codebooks_finite(const at::Tensor& codebooks) {
   TORCH_CHECK_VALUE(at::isfinite(codebooks).all().item<bool>(),
                     "pq_encode: codebooks must be finite, found a NaN or infinite value");

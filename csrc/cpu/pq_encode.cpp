@@ -256,13 +256,11 @@ at::Tensor pq_encode_cpu(const at::Tensor& x, const at::Tensor& codebooks,
   if (shape.batch == 0 || shape.subspaces == 0) return codes;
   const at::Tensor perm_c = perm ? perm->contiguous() : at::Tensor();
   check_pq_perm_columns(perm_c, shape.dim);
-  if (full_checks()) check_pq_codebooks_finite(codebooks);
-  if (perm && full_checks() && !at::isfinite(x).all().item<bool>()) {
-    // The blocks below check only the columns perm gathers; a row is refused whole, as on CUDA.
-    // (Their own check costs nothing and stays in every checks mode.)
-    const int64_t row = (~at::isfinite(x)).any(1).nonzero()[0][0].item<int64_t>();
-    TORCH_CHECK_VALUE(false, "pq_encode: x must be finite, but row ", row,
-                      " has a NaN or infinite value");
+  if (full_checks()) {
+    check_pq_codebooks_finite(codebooks);
+    // The blocks below check only the columns perm gathers (at no cost, in every checks mode);
+    // with a perm a row is refused whole, as on CUDA.
+    if (perm) check_pq_x_finite(x);
   }
 
   const PackedCodebooks packed = pack_codebooks(codebooks);

@@ -136,12 +136,7 @@ at::Tensor pq_encode_cuda(const at::Tensor& x, const at::Tensor& codebooks,
 
   const at::Tensor perm_c = perm ? perm->contiguous() : at::Tensor();
   if (cuda_value_checks()) {
-    // One reduction and one sync; the failure path then names the first bad row.
-    if (!at::isfinite(x).all().item<bool>()) {
-      const int64_t row = (~at::isfinite(x)).any(1).nonzero()[0][0].item<int64_t>();
-      TORCH_CHECK_VALUE(false, "pq_encode: x must be finite, but row ", row,
-                        " has a NaN or infinite value");
-    }
+    check_pq_x_finite(x);
     check_pq_codebooks_finite(codebooks);
     check_pq_perm_columns(perm_c, shape.dim);
   }

@@ -17,13 +17,15 @@ naming the file and line (row), or is skipped and counted with ``skip_bad=True``
 """
 
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmfast._io import atomic_path
+from mmfast._io import atomic_path, cache_dir
+from mmfast.sharding import take
 
 FIELDS = ("id", "image", "text", "labels")
 _CSV_LABEL_SEPARATOR = "|"
@@ -114,10 +116,7 @@ class Manifest:
 
     def _raw(self) -> Iterator[tuple[int, object]]:
         renamed = {column: field for field, column in self.columns.items()}
-        index, count = self.shard or (0, 1)
-        for position, (number, raw) in enumerate(self._file_rows()):
-            if position % count != index:
-                continue
+        for number, raw in take(self._file_rows(), self.shard):
             if isinstance(raw, str):  # a JSON line, parsed only in its shard
                 raw = self._json(number, raw)
             if renamed and isinstance(raw, dict):
@@ -246,7 +245,7 @@ def _columnar_values(row: dict, columns: dict[str, str]) -> dict:
         value = value.get("path") or value.get("bytes") or ""
     if isinstance(value, bytes):
         value = _image_file(value)
-    row[image] = value
+    row[image] = "" if value is None else value
     value = row.get(labels)
     if value is None:
         row[labels] = []
@@ -254,18 +253,12 @@ def _columnar_values(row: dict, columns: dict[str, str]) -> dict:
         row[labels] = [str(value)]
     elif isinstance(value, list):
         row[labels] = [str(label) if isinstance(label, int) else label for label in value]
-    if row.get(image) is None:
-        row[image] = ""
     return row
 
 
 def _image_file(data: bytes) -> str:
     """The cache file holding the encoded image ``data``, written (atomically) the first time:
     named by the content's hash, so an image is stored once however often it is read."""
-    import hashlib
-
-    from mmfast._io import cache_dir
-
     digest = hashlib.sha256(data).hexdigest()
     path = cache_dir() / "images" / digest[:2] / digest
     if not path.exists():

@@ -13,11 +13,10 @@ import time
 from mmfast import metrics, systems
 from mmfast.data import (RELEVANCE_LABELS, demo_cache_dir, emoji_dataset, read_manifest,
                          relevance_records, split_records)
-from mmfast.defaults import ANANETS
+from mmfast.defaults import ANANETS, REGION_IMAGE_SIZE
 from mmfast.experiments import ordering
 from mmfast.features import GridRegionFeatureExtractor, image_store, store_features
 
-IMAGE_SIZE = 128  # the emoji are 72 x 72; 128 px gives a 4 x 4 grid of cells
 # Paper 004, Table IV, the rows without BERT: (accuracy, weighted F1) in percent.
 PAPER = {"ananet": (81.58, 81.09), "ananet_alignment": (80.87, 79.49),
          "ananet_association": (81.18, 80.09), "ananet_concat": (81.28, 80.18)}
@@ -30,8 +29,8 @@ def run(epochs: int | None = None, patience: int | None = 3) -> dict[str, dict]:
     heldout = relevance_records(read_manifest(data.heldout))
     start = time.perf_counter()
     store = image_store(train + heldout,
-                        demo_cache_dir() / f"relevance-regions-grid-lite0-{IMAGE_SIZE}",
-                        GridRegionFeatureExtractor(IMAGE_SIZE))
+                        demo_cache_dir() / f"relevance-regions-grid-lite0-{REGION_IMAGE_SIZE}",
+                        GridRegionFeatureExtractor(REGION_IMAGE_SIZE))
     print(f"paper 004 (AnANet) on {len(train)} + {len(heldout)} held-out emoji image-caption "
           f"pairs, classes {', '.join(RELEVANCE_LABELS)}; regions: 4 x 4 EfficientNet-Lite0 "
           f"cells ({time.perf_counter() - start:.1f} s)")

@@ -6,12 +6,11 @@ import time
 
 import torch
 
-from mmfast import metrics
+from mmfast import metrics, systems
 from mmfast.data import emoji_dataset, read_manifest, split_records
-from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS, Recipe
+from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS
 from mmfast.features import demo_image_store, store_features
 from mmfast.experiments import ordering
-from mmfast.systems.kiela import fit
 
 # Paper 003's Table 2, Food101 accuracy (%), averaged over 5 runs.
 PAPER_FOOD101 = {"text": 88.0, "continuous": 56.7, "additive": 90.4, "max": 90.5,
@@ -46,9 +45,10 @@ def run(task: str = "group", models: str = "paper", epochs: int | None = None,
           f"{'train s':>8} {'train items/s':>14} {'classify items/s':>17} {'paper':>6}")
     scores = {}
     for name in names:
-        recipe = Recipe.default(name, data.multilabel,
-                                **({"epochs": epochs} if epochs else {}))
-        trained = fit(recipe, (fit_records, fit_image), data.labels, data.multilabel, valid=valid)
+        system = systems.get(name)
+        recipe = system.default_recipe(data.multilabel, **({"epochs": epochs} if epochs else {}))
+        trained = system.fit(recipe, (fit_records, fit_image), data.labels, data.multilabel,
+                             valid=valid)
         begin = time.perf_counter()
         logits = trained.logits(heldout, heldout_image)
         rate = len(heldout) / (time.perf_counter() - begin)

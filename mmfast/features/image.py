@@ -103,9 +103,9 @@ def load_image(path: str | os.PathLike, size: int | None) -> torch.Tensor:
     smallest scale still at least ``size`` (``Image.draft``), so a large photo costs a fraction
     of its full decode, and any image at least eight times ``size`` is box-reduced by an integer
     factor to no less than four times ``size`` (``Image.reduce``) before the alpha composite and
-    the final resize. SVG (a vector format) is
-    refused: rasterize it first. A missing, truncated or undecodable file, or one above Pillow's
-    decompression-bomb limit, is a ValueError naming the file."""
+    the final resize. SVG (a vector format) is refused: rasterize it first. A missing, truncated
+    or undecodable file, or one above Pillow's decompression-bomb limit, is a ValueError naming
+    the file."""
     from PIL import Image
 
     if Path(path).suffix.lower() in (".svg", ".svgz"):
@@ -150,8 +150,11 @@ def image_tensor(image, size: int | None) -> torch.Tensor:
 class ImageFeatureExtractor:
     """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy);
     subclasses change ``features`` and ``feature_shape``. ``decode_threads``: threads decoding
-    images while the backbone runs (None: ``torch.get_num_threads()``); ``compile``: run the
-    backbone through ``torch.compile`` (pays from about 20k images on a CPU)."""
+    images while the backbone runs (None: as many as torch's intra-op threads, which take turns
+    with them); ``compile``: run the backbone through ``torch.compile`` (pays from about 20k
+    images on a CPU)."""
+
+    decode_threads: int | None = None
 
     def __init__(self, backbone: str = "efficientnet_lite0",
                  weights: str | os.PathLike | None = PACKAGED, image_size: int = 224,
@@ -163,8 +166,7 @@ class ImageFeatureExtractor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if decode_threads is not None and decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1 or None, got {decode_threads}")
-        # None: as many as the backbone has intra-op threads (they take turns with it)
-        self.decode_threads = decode_threads or torch.get_num_threads()
+        self.decode_threads = decode_threads
         trunk, self.dim, mean, std = build_backbone(backbone, weights)
         self.feature_shape: tuple[int, ...] = (self.dim,)  # of one image's features
         self.backbone, self.image_size, self.batch_size = backbone, image_size, batch_size
@@ -212,7 +214,6 @@ class ImageFeatureExtractor:
         time hides behind the backbone's. At most two batches of images are held at once."""
         out = np.empty((len(paths), *self.feature_shape), dtype=np.float32)
         bad, kept = [], 0
-        starts = range(0, len(paths), self.batch_size)
 
         def decode(index: int) -> torch.Tensor | ValueError:
             try:
@@ -220,18 +221,17 @@ class ImageFeatureExtractor:
             except ValueError as error:
                 return error
 
-        def decode_batch(start: int) -> list:
-            return list(pool.map(decode, range(start, min(start + self.batch_size, len(paths)))))
+        def submit(start: int) -> list:  # the pool's queue is FIFO: this batch before the next
+            return [pool.submit(decode, index)
+                    for index in range(start, min(start + self.batch_size, len(paths)))]
 
-        with (ThreadPoolExecutor(self.decode_threads) as pool,
-              ThreadPoolExecutor(1) as prefetch,
+        with (ThreadPoolExecutor(self.decode_threads or torch.get_num_threads()) as pool,
               tqdm(total=len(paths), desc=f"image features ({self.backbone})", unit="img",
                    disable=not progress, leave=False) as bar):
-            pending = prefetch.submit(decode_batch, 0) if paths else None
-            for start in starts:
-                decoded = pending.result()
-                if start + self.batch_size < len(paths):
-                    pending = prefetch.submit(decode_batch, start + self.batch_size)
+            pending = submit(0)
+            for start in range(0, len(paths), self.batch_size):
+                decoded = [future.result() for future in pending]
+                pending = submit(start + self.batch_size)
                 images = []
                 for index, image in enumerate(decoded, start):
                     if isinstance(image, ValueError):

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from mmfast.defaults import REGION_IMAGE_SIZE
 from mmfast.features.image import PACKAGED, ImageFeatureExtractor, load_state_dict
 
 
@@ -80,7 +81,7 @@ class GridRegionFeatureExtractor(ImageFeatureExtractor):
     is there (an emoji's empty background against its drawing), which AnANet's attention can use.
     """
 
-    def __init__(self, image_size: int = 128, batch_size: int = 64,
+    def __init__(self, image_size: int = REGION_IMAGE_SIZE, batch_size: int = 64,
                  device: str | torch.device = "cpu"):
         super().__init__("efficientnet_lite0", PACKAGED, image_size, batch_size, device)
         side = math.ceil(image_size / 32)  # EfficientNet's total stride, "same" padding
@@ -109,7 +110,6 @@ class DetectorRegionFeatureExtractor(ImageFeatureExtractor):
         self.weights = None if weights is None else str(weights)
         self.backbone = "fasterrcnn_resnet50_fpn"
         self.image_size, self.batch_size = image_size, batch_size
-        self.decode_threads = torch.get_num_threads()
         self.num_regions, self.dim = num_regions, 1024
         self.feature_shape = (num_regions, self.dim)
 
@@ -118,8 +118,8 @@ class DetectorRegionFeatureExtractor(ImageFeatureExtractor):
         return self.detector(images)[0]
 
     def config(self) -> dict:
-        return {"backbone": self.backbone, "image_size": self.image_size, "dim": self.dim,
-                "regions": "detector", "num_regions": self.num_regions, "weights": self.weights}
+        return {**super().config(), "regions": "detector", "num_regions": self.num_regions,
+                "weights": self.weights}
 
 
 def extractor_from_config(config: dict) -> ImageFeatureExtractor:

@@ -12,10 +12,13 @@ from mmfast._io import locked
 from mmfast.data import DemoData, FeatureStore, Record, demo_cache_dir, emoji_dataset, read_manifest
 from mmfast.defaults import DEMO_IMAGE_SIZE
 from mmfast.features.image import BadImageError, ImageFeatureExtractor
+from mmfast.sharding import take
+
 
 def image_store(records: Sequence[Record], directory: str | os.PathLike,
                 extractor: ImageFeatureExtractor | None = None, progress: bool = True,
-                skip_bad: bool = False, skipped: list[Record] | None = None) -> FeatureStore:
+                skip_bad: bool = False, skipped: list[Record] | None = None,
+                shard: tuple[int, int] | None = None) -> FeatureStore:
     """The feature store at ``directory`` holding ``records``' image features, extracted now
     only for the ids it lacks. Rows are committed every ``EXTRACT_CHUNK`` images
     (``FeatureStore.commit_chunk``) and merged into the store at the end, so a killed run loses
@@ -25,9 +28,10 @@ def image_store(records: Sequence[Record], directory: str | os.PathLike,
     ``BadImageError`` naming the record's id, or with ``skip_bad`` is left out of the store
     (its records appended to ``skipped`` when a list is given). The store is locked
     (``mmfast._io.locked``) from read to write: a second writer gets "in use by pid N" instead
-    of replacing the first one's rows with its own."""
+    of replacing the first one's rows with its own. ``shard`` (index, count): only this share of
+    the distinct ids (``mmfast.sharding.take``), so no two shards extract one item."""
     # a pairs file's records read another item's features (``image_id``): nothing to extract
-    unique = _unique_by_id([r for r in records if not r.image_id], directory)
+    unique = list(take(_unique_by_id([r for r in records if not r.image_id], directory), shard))
     with locked(directory, "another features run"):
         old = FeatureStore(directory) if FeatureStore.exists(directory) else None
         have = set() if old is None else set(old.ids)

@@ -10,7 +10,7 @@ under ``mmfast.systems`` that implements it. That module provides
 - ``fit(recipe, train, labels, multilabel, valid=None, progress=False, state=None) -> Fitted``,
   where ``train`` and ``valid`` are ``(records, image features [N, D] or None)`` and
   ``state`` the ``TrainingState`` it saves every few epochs and resumes from;
-- ``load(directory, config) -> Fitted`` for the checkpoints its ``Fitted.save`` writes;
+- ``load(directory) -> Fitted`` for the checkpoints its ``Fitted.save`` writes;
 
 and its ``Fitted`` (``mmfast.systems.base``) scores records (``logits``, ``probabilities``)
 and saves itself. Adding a system is one such module and one line in ``SYSTEMS`` below.
@@ -137,7 +137,7 @@ def load(directory):
         raise ValueError(f"{where}: expected a checkpoint of one of mmfast's systems "
                          f"{tuple(SYSTEMS)}, got {json.dumps(name) if name else 'none named'}"
                          f" (model {config.get('model')!r})")
-    fitted = SYSTEMS[name].implementation().load(directory, config)
+    fitted = SYSTEMS[name].implementation().load(directory)
     fitted.extractor = config.get("extractor")  # how its image features were extracted
     return fitted
 

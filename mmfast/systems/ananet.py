@@ -14,11 +14,10 @@ import torch
 from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AnANetRecipe
-from mmfast.features import token_vectors
 from mmfast.features.text_features import TextFeatures
 from mmfast.nn.ananet import AnANet
 from mmfast.systems.base import Fitted, Inputs, read_header, stage, targets
-from mmfast.train.ananet import AnANetTrainer
+from mmfast.train.ananet import AnANetTrainer, ananet_inputs
 from mmfast.train.checkpoint import load_checkpoint
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.resume import Resumable
@@ -41,20 +40,13 @@ class TrainedAnANet(Fitted):
         if image is None or np.ndim(image) != 3 or len(image) != len(records):
             raise ValueError(f"the {self.system} system needs region features [{len(records)}, "
                              f"Kr, D], got {None if image is None else np.shape(image)}")
-        num_words = self.recipe.num_words
-        words, lengths, _ = token_vectors([record.text for record in records],
-                                          self.words.vectors, num_words)
-        features = {"regions": torch.from_numpy(np.asarray(image, np.float32)),
-                    "word_vectors": torch.from_numpy(words),
-                    "context_vectors": torch.zeros(len(records), num_words, 0),
-                    "t_lengths": torch.from_numpy(lengths)}
+        features = ananet_inputs(image, [record.text for record in records], self.words.vectors,
+                                 self.recipe.num_words)
         if with_targets:
             features["labels"] = targets(records, self.labels, False)
         return features
 
-    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
-        if not len(records):
-            return torch.empty(0, len(self.labels))
+    def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         # log-probabilities: the same order and softmax as the fused logits
         return AnANetTrainer(self.model).predict(self.features(records, image)).log()
 
@@ -63,7 +55,7 @@ class TrainedAnANet(Fitted):
                        words=self.words.config())
 
 
-def load(directory: str | os.PathLike, config: dict) -> TrainedAnANet:
+def load(directory: str | os.PathLike) -> TrainedAnANet:
     model, config = load_checkpoint(directory)
     labels, _, recipe = read_header(directory, config, model.config()["num_classes"],
                                     AnANetRecipe, ("words",))

@@ -87,9 +87,7 @@ class TrainedAutoencoder(Fitted):
         return self.model.encode(v, tau) if self.recipe.model == "joint_ae" else \
             self.model.encode(v)
 
-    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
-        if not len(records):
-            return torch.empty(0, len(self.labels))
+    def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         return self.probes(self.encode(records, image))
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
@@ -98,7 +96,7 @@ class TrainedAutoencoder(Fitted):
                        inputs=self.inputs.config())
 
 
-def load(directory: str | os.PathLike, config: dict) -> TrainedAutoencoder:
+def load(directory: str | os.PathLike) -> TrainedAutoencoder:
     model, config = load_checkpoint(directory)
     tensors = load_tensors(Path(directory) / INPUTS)
     if "probe_weight" not in tensors:
@@ -135,8 +133,6 @@ def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
               multilabel: bool, valid: Inputs | None, progress: bool, state=None
               ) -> TrainedAutoencoder:
     records, image = train
-    if image is None:
-        raise ValueError(f"fit: the {recipe.model} system needs image features, got None")
     start = time.perf_counter()
     inputs = DenseInputs.fit(records, image, recipe.image_dim, True, recipe.text_features,
                              recipe.text_dim, recipe.ngrams, recipe.seed)
@@ -151,17 +147,13 @@ def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
     resumable = Resumable(stage(state, recipe), model, [optimizer])
     restored = resumable.restore()
     if restored is not None:
-        saved = restored[0]["trainer"]
-        trainer.epoch, trainer.seed, trainer.history = saved["epoch"], saved["seed"], \
-            saved["history"]
+        trainer.load_state(restored[0]["trainer"])
     # the trainer replays the shuffles of the epochs done: it trains up to each saved epoch
     every = recipe.epochs if resumable.stage is None else resumable.stage.state.every
     while trainer.epoch < recipe.epochs:
-        history = trainer.fit(v, tau, min((trainer.epoch // every + 1) * every, recipe.epochs),
-                              recipe.batch_size, recipe.seed, progress=progress,
-                              desc=f"train {recipe.model}")
-        resumable.save(trainer.epoch, trainer.epoch == recipe.epochs, trainer={
-            "epoch": trainer.epoch, "seed": trainer.seed, "history": history})
+        trainer.fit(v, tau, min((trainer.epoch // every + 1) * every, recipe.epochs),
+                    recipe.batch_size, recipe.seed, progress=progress, desc=f"train {recipe.model}")
+        resumable.save(trainer.epoch, trainer.epoch == recipe.epochs, trainer=trainer.state())
     history = trainer.history
     trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})
     features = trained.encode(records, image)

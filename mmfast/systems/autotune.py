@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mmfast import systems
 from mmfast.data import Record
-from mmfast.defaults import ANANETS, AUTOENCODERS, GATED_MODELS, GATES, MODELS
+from mmfast.defaults import ANANETS, GATED_MODELS, GATES, MODELS
 from mmfast.systems.base import Fitted
 from mmfast.train.fasttext import SCORE_NAMES
 
@@ -149,7 +149,7 @@ def _dense_space(model: str) -> dict:
         return {"lr": LogRange(0.005, 0.3), "epochs": epochs,
                 "dim": Choice((200, 600, 1000, 2000)), **text}
     space = {"lr": LogRange(1e-4, 1e-2), "epochs": epochs, **text}
-    if model in (AUTOENCODERS[0], AUTOENCODERS[2]):  # the ones that weigh the text term
+    if model in ("joint_ae", "crossmodal_ae_ii"):  # the ones that weigh the text term
         space["mu"] = LogRange(1.0, 30.0)
     return space
 

@@ -41,6 +41,12 @@ class Fitted:
 
     def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         """[N, len(labels)] scores of ``records`` with their image features."""
+        if not len(records):
+            return torch.empty(0, len(self.labels))
+        return self._logits(records, image)
+
+    def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+        """``logits`` of at least one record: what each system implements."""
         raise NotImplementedError
 
     def probabilities(self, records: Sequence[Record], image: np.ndarray | None

@@ -34,9 +34,7 @@ class TrainedCACNet(Fitted):
         self.multilabel, self.recipe, self.stats = multilabel, recipe, stats
 
     @torch.no_grad()
-    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
-        if not len(records):
-            return torch.empty(0, len(self.labels))
+    def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         self.model.eval()
         return self.model(*self.inputs(records, image))
 
@@ -45,7 +43,7 @@ class TrainedCACNet(Fitted):
                        inputs=self.inputs.config())
 
 
-def load(directory: str | os.PathLike, config: dict) -> TrainedCACNet:
+def load(directory: str | os.PathLike) -> TrainedCACNet:
     model, config = load_checkpoint(directory)
     labels, multilabel, recipe = read_header(directory, config, model.num_classes,
                                              CACNetRecipe, ("inputs",))
@@ -65,8 +63,6 @@ def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
 def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
               valid: Inputs | None, progress: bool, state=None) -> TrainedCACNet:
     records, image = train
-    if image is None:
-        raise ValueError("fit: the cacnet system needs image features, got None")
     torch.manual_seed(recipe.seed)
     inputs = DenseInputs.fit(records, image, recipe.image_dim, False, recipe.text_features,
                              recipe.text_dim, recipe.ngrams, recipe.seed)

@@ -95,7 +95,7 @@ class Trained(Fitted):
         return examples(records, self.hasher, image, self.quantizer,
                         self.labels if with_targets else None, self.multilabel)
 
-    def logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
+    def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         return predict(self.model, self.examples(records, image, with_targets=False))
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
@@ -107,7 +107,7 @@ class Trained(Fitted):
             "quantizer": self.quantizer is not None})
 
 
-def load(directory: str | os.PathLike, config: dict) -> Trained:
+def load(directory: str | os.PathLike) -> Trained:
     """The model ``Trained.save`` wrote; a hand-edited config is a ValueError naming what is
     wrong."""
     model, config = load_checkpoint(directory)

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -30,20 +31,26 @@ def load_features(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return features
 
 
+def ananet_inputs(regions: np.ndarray, texts: Sequence[str], vectors: WordVectors,
+                  num_words: int) -> dict[str, torch.Tensor]:
+    """AnANet's inputs without labels: image ``regions`` [B, Kr, d], the texts' word vectors
+    padded to ``num_words``, and no contextual vectors (width 0: ``AnANet(context_dim=0)``)."""
+    words, lengths, _ = token_vectors(list(texts), vectors, num_words)
+    return {
+        "regions": torch.from_numpy(np.asarray(regions, np.float32)),
+        "word_vectors": torch.from_numpy(words),
+        "context_vectors": torch.zeros(len(texts), num_words, 0),
+        "t_lengths": torch.from_numpy(lengths),
+    }
+
+
 def relevance_features(pairs: Sequence[Pair], regions: FeatureStore, vectors: WordVectors,
                        num_words: int) -> dict[str, torch.Tensor]:
-    """AnANet's inputs for image-text ``pairs`` (``mmfast.data.relevance_pairs``): each pair's
-    image regions from the store's ``image`` feature [items, Kr, d], its caption's word vectors
-    padded to ``num_words``, and no contextual vectors (width 0: ``AnANet(context_dim=0)``)."""
+    """``ananet_inputs`` of image-text ``pairs`` (``mmfast.data.relevance_pairs``), each pair's
+    image regions taken from the store's ``image`` feature [items, Kr, d], with their labels."""
     image = store_features(regions, [pair.image for pair in pairs])
-    words, lengths, _ = token_vectors([pair.caption.text for pair in pairs], vectors, num_words)
-    return {
-        "regions": torch.from_numpy(image),
-        "word_vectors": torch.from_numpy(words),
-        "context_vectors": torch.zeros(len(pairs), num_words, 0),
-        "t_lengths": torch.from_numpy(lengths),
-        "labels": torch.tensor([pair.label for pair in pairs], dtype=torch.long),
-    }
+    return {**ananet_inputs(image, [pair.caption.text for pair in pairs], vectors, num_words),
+            "labels": torch.tensor([pair.label for pair in pairs], dtype=torch.long)}
 
 
 def _check_features(features: Mapping[str, torch.Tensor], need_labels: bool, source: str) -> int:

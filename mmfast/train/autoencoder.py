@@ -110,14 +110,19 @@ class AutoencoderTrainer:
     def save_checkpoint(self, directory: str | os.PathLike) -> None:
         """The model, the optimizer's state and the trainer's (epoch, seed, history) in
         ``mmfast.train.checkpoint``'s layout; ``mmfast.train.load_checkpoint`` reads the model."""
-        checkpoint.save_checkpoint(directory, self.model, {"trainer": {
-            "epoch": self.epoch, "seed": self.seed, "history": self.history,
-        }}, optimizer=self.optimizer)
+        checkpoint.save_checkpoint(directory, self.model, {"trainer": self.state()},
+                                   optimizer=self.optimizer)
 
     def load_checkpoint(self, directory: str | os.PathLike) -> None:
         """Restores the model's weights, the optimizer, epoch, seed and history from
         ``save_checkpoint``; ``fit`` then resumes where it stopped. Never unpickles."""
         config = checkpoint.resume(directory, self.model, self.optimizer, ("trainer",),
                                    "AutoencoderTrainer.load_checkpoint")
-        trainer = config["trainer"]
-        self.epoch, self.seed, self.history = trainer["epoch"], trainer["seed"], trainer["history"]
+        self.load_state(config["trainer"])
+
+    def state(self) -> dict:
+        """What the trainer adds to a checkpoint beside the model and optimizer (JSON)."""
+        return {"epoch": self.epoch, "seed": self.seed, "history": self.history}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.seed, self.history = state["epoch"], state["seed"], state["history"]

@@ -15,7 +15,7 @@ from mmfast.nn.cacnet import CACNet
 from mmfast.ops.cacnet import PARAM_NAMES
 from mmfast.reference import cacnet as reference
 from mmfast.train import checkpoint
-from mmfast.train.distributed import average_gradients, batch_part, process_group
+from mmfast.train.distributed import average_gradients, batch_part, global_mean, process_group
 
 
 class GammaSchedule:
@@ -155,12 +155,9 @@ class CACNetTrainer:
         """This batch's beta, the whole batch's across the ranks (see the class docstring)."""
         if self.world == 1:
             return float(beta)
-        import torch.distributed as dist
-
+        # reference.beta's alpha, its mean taken over every rank's samples
         ratios = (passive_image_loss + passive_text_loss) / (2 * full_loss.clamp(min=1e-12))
-        sums = torch.stack([ratios.sum(), torch.tensor(float(len(ratios)))]).double()
-        dist.all_reduce(sums)
-        alpha = float(sums[0] / sums[1])
+        alpha = global_mean(float(ratios.sum()), len(ratios), self.world)
         return alpha / (1 + alpha)
 
     def _reference_step(self, x_img, x_txt, targets) -> dict:

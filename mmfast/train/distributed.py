@@ -46,3 +46,11 @@ def global_mean(total: float, count: int, world: int) -> float:
     sums = torch.tensor([total, float(count)], dtype=torch.float64)
     dist.all_reduce(sums)
     return float(sums[0] / sums[1]) if sums[1] else 0.0
+
+
+def barrier(world: int) -> None:
+    """Every rank waits here for the others (nothing to wait for in a world of one)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -164,7 +164,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         lambda: score(predict(model, sample), sample.targets, loss),
         None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
         patience, len(examples), lr, progress, desc,
-        Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules))
+        resumable=Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules))
 
 
 def _optimizers(model, optimizer, lr, weight_decay, total_steps):

@@ -23,7 +23,7 @@ from torch import nn
 
 from mmfast._io import load_tensors, write_text_atomic
 from mmfast.train import checkpoint
-from mmfast.train.distributed import process_group
+from mmfast.train.distributed import barrier, process_group
 
 RUN = "run.json"
 # Fault injection: a run given MMFAST_KILL_AFTER_EPOCH=K kills itself (SIGKILL: no cleanup, as a
@@ -53,12 +53,12 @@ class TrainingState:
                              "saved none yet, or finished): pass --checkpoint-every N to "
                              "train afresh and save one")
         self.every, self.resumed = every, previous is not None
-        _barrier(self.world)
+        barrier(self.world)
         if self.rank == 0 and previous is None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory.mkdir(parents=True)
             write_text_atomic(run, json.dumps({"identity": identity, "every": every}) + "\n")
-        _barrier(self.world)
+        barrier(self.world)
 
     def stage(self, recipe: dict) -> "Stage":
         """The stage of the model trained with ``recipe`` (a dict), named by where it departs
@@ -106,13 +106,6 @@ def _check_same_run(directory: Path, saved: dict, current: dict) -> None:
 def _short(value) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 class Stage:
@@ -165,7 +158,7 @@ class Resumable:
             scheduler.load_state_dict(saved)
         self.counters.update(config["counters"])
         # no rank goes on (and rank 0 removes older epochs) before every rank has read it
-        _barrier(stage.state.world)
+        barrier(stage.state.world)
         return config, tensors
 
     def save(self, epoch: int, last: bool, tensors: dict[str, torch.Tensor] | None = None,
@@ -189,6 +182,6 @@ class Resumable:
             for older in stage.directory.glob("epoch-*"):
                 if older != folder:
                     shutil.rmtree(older, ignore_errors=True)
-        _barrier(state.world)
+        barrier(state.world)
         if os.environ.get(KILL_AFTER_EPOCH) == str(epoch):
             os.kill(os.getpid(), signal.SIGKILL)

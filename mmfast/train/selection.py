@@ -21,8 +21,8 @@ _BEST = "best."  # the saved state's names of the best epoch's weights
 def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float]], epochs: int,
                   metric: str, train_score: Callable[[], float],
                   valid_score: Callable[[], float] | None, patience: int | None, items: int,
-                  lr: float, progress: bool = False, desc: str | None = None,
-                  resumable: Resumable | None = None) -> dict:
+                  lr: float, progress: bool = False, desc: str | None = None, *,
+                  resumable: Resumable) -> dict:
     """Run ``epoch_losses(start)`` (a generator that trains ``model`` one epoch per ``next``
     from epoch ``start`` + 1 and yields the epoch's mean loss) up to epoch ``epochs`` at most;
     after each, ``train_score()`` and
@@ -38,14 +38,15 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
     at the best epoch before it (``diverged_epoch`` in the figures), or, with no such epoch,
     raises ValueError.
 
-    ``resumable`` (``mmfast.train.resume``): the trainer's state saved after the epochs its
-    stage asks for, with this selection's (history, best epoch and its weights, epochs without
-    progress), and, when resuming, restored first: the run goes on after the saved epoch.
+    ``resumable`` (``mmfast.train.resume``; one without a stage saves nothing): the trainer's
+    state saved after the epochs its stage asks for, with this selection's (history, best epoch
+    and its weights, epochs without progress), and, when resuming, restored first: the run goes
+    on after the saved epoch.
     """
     if patience is not None and patience < 1:
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
     history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
-    restored = None if resumable is None else resumable.restore()
+    restored = resumable.restore()
     done = 0
     if restored is not None:
         config, tensors = restored
@@ -87,11 +88,10 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()})
             bar.update(items)
             stopped = patience is not None and stale >= patience
-            if resumable is not None:
-                resumable.save(epoch, stopped or epoch == epochs, selection={
-                    "history": history, "best": best, "seconds": seconds, "stale": stale},
-                    tensors=None if best_state is None else {
-                        _BEST + name: value for name, value in best_state.items()})
+            resumable.save(epoch, stopped or epoch == epochs, selection={
+                "history": history, "best": best, "seconds": seconds, "stale": stale},
+                tensors=None if best_state is None else {
+                    _BEST + name: value for name, value in best_state.items()})
             if stopped:
                 break
     epoch_losses.close()
