@@ -160,8 +160,8 @@ def test_two_torchrun_processes_train_the_text_model_by_merged_hogwild(text_mode
 
 @pytest.mark.parametrize("system", ["additive", "crossmodal_ae_ii", "ananet", "cacnet"])
 def test_two_torchrun_processes_train_as_one_process_does(tmp_path, system):
-    """Two ranks, each with half of every batch and the gradients averaged, take the steps one
-    process takes on the whole batches: the same parameters, to float rounding (the additive
+    """Two ranks, each with half of every batch and the gradients averaged (weighted by the
+    parts' rows), take the steps one process takes on the whole batches: the same parameters, to float rounding (the additive
     fusion under DistributedDataParallel: sparse embedding gradients and dense ones, SGD; the
     autoencoder and AnANet trainers averaging their gradients, Adam; CACNet's two phases, the
     case of each step chosen by the whole batch's beta)."""
@@ -170,10 +170,12 @@ def test_two_torchrun_processes_train_as_one_process_does(tmp_path, system):
 
     from mmfast.data import FeatureStore
 
-    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}", (f"c{n % 3}",)) for n in range(100)]
+    # 99 items: the last batch of 3 splits 2 + 1, and the ranks' gradients must be weighted by
+    # their rows to be the whole batch's
+    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}", (f"c{n % 3}",)) for n in range(99)]
     write_manifest(tmp_path / "items.jsonl", records)
-    image = np.eye(8)[np.arange(100) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
-        (100, 8))
+    image = np.eye(8)[np.arange(99) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
+        (99, 8))
     if system == "ananet":  # regions: the vector in two cells
         image = np.stack([image, image[:, ::-1]], axis=1)
     FeatureStore.write(tmp_path / "store", [r.id for r in records],

@@ -90,7 +90,7 @@ class AnANetTrainer:
         loss = self.model.loss(output, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(self.model.parameters(), self.world)
+        average_gradients(self.model.parameters(), self.world, len(labels))
         self.optimizer.step()
         self.steps += 1
         return {"loss": loss.item(), "invariant_loss": output.invariant_loss.item(),

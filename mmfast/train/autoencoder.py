@@ -36,10 +36,11 @@ class AutoencoderTrainer:
         """One optimizer step on one mini-batch (arguments as ``model.loss``); returns the loss
         before the step and its parts: ``loss`` = ``visual`` + ``text`` + ``decay``."""
         self.model.train()
-        return self._step(self.model.loss(v, tau, text_present))
+        return self._step(self.model.loss(v, tau, text_present), len(v))
 
-    def _step(self, parts) -> dict[str, float]:
-        """The optimizer step on ``parts``, the model's ``AutoencoderLoss`` on one batch."""
+    def _step(self, parts, rows: int) -> dict[str, float]:
+        """The optimizer step on ``parts``, the model's ``AutoencoderLoss`` on one batch of
+        ``rows`` rows."""
         values = dict(zip(LOSS_PARTS, (float(part.detach()) for part in parts)))
         if not math.isfinite(values["loss"]):
             # Stop before the step writes NaN into every weight.
@@ -47,7 +48,7 @@ class AutoencoderTrainer:
                                      f"({values}); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
-        average_gradients(self.model.parameters(), self.world)
+        average_gradients(self.model.parameters(), self.world, rows)
         self.optimizer.step()
         return values
 
@@ -94,7 +95,7 @@ class AutoencoderTrainer:
                     rows = batch_part(order[start:start + batch_size], self.rank, self.world)
                     result = self._step(self.model._loss(
                         v[rows], None if tau is None else tau[rows],
-                        None if text_present is None else text_present[rows]))
+                        None if text_present is None else text_present[rows]), len(rows))
                     for part in LOSS_PARTS:
                         sums[part] += result[part] * len(rows)
                     bar.update(1)

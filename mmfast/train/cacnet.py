@@ -115,7 +115,7 @@ class CACNetTrainer:
             return self._reference_step(x_img, x_txt, targets)
         activation = model.activation
         phase1 = ops.cacnet.cacnet_phase1(x_img, x_txt, targets, params, activation)
-        self._optimizer_step(params, phase1.grads)
+        self._optimizer_step(params, phase1.grads, len(targets))
         forward = ops.cacnet.cacnet_phase2_forward(x_img, x_txt, targets, params, activation)
         beta = self._beta(forward.beta, forward.full_loss, forward.passive_image_loss,
                           forward.passive_text_loss)
@@ -133,7 +133,7 @@ class CACNetTrainer:
             )
             grads = cross.grads
             cross_active_loss = float(cross.image_loss.mean() + cross.text_loss.mean())
-        self._optimizer_step(params, grads)
+        self._optimizer_step(params, grads, len(targets))
         return {
             "phase1_loss": float(phase1.image_loss.mean() + phase1.text_loss.mean()),
             "loss": float(forward.full_loss.mean()),
@@ -143,12 +143,12 @@ class CACNetTrainer:
             "beta": beta, "gamma": self.gamma, "case": case,
         }
 
-    def _optimizer_step(self, params, grads: dict) -> None:
+    def _optimizer_step(self, params, grads: dict, rows: int) -> None:
         # A parameter the phase does not train gets no gradient at all (not a zero one), so
         # optimizers with momentum or weight decay leave it alone, as autograd would.
         for name, param in zip(PARAM_NAMES, params):
             param.grad = grads.get(name)
-        average_gradients([p for p in params if p.grad is not None], self.world)
+        average_gradients([p for p in params if p.grad is not None], self.world, rows)
         self.optimizer.step()
 
     def _beta(self, beta, full_loss, passive_image_loss, passive_text_loss) -> float:
@@ -171,7 +171,8 @@ class CACNetTrainer:
         )
         phase1_loss = image_loss.mean() + text_loss.mean()
         phase1_loss.backward()
-        average_gradients([p for p in params.values() if p.grad is not None], self.world)
+        average_gradients([p for p in params.values() if p.grad is not None], self.world,
+                          len(targets))
         optimizer.step()
 
         optimizer.zero_grad(set_to_none=True)
@@ -197,7 +198,8 @@ class CACNetTrainer:
             objective = cross_image.mean() + cross_text.mean()
             objective.backward()
             cross_active_loss = float(objective.detach())
-        average_gradients([p for p in params.values() if p.grad is not None], self.world)
+        average_gradients([p for p in params.values() if p.grad is not None], self.world,
+                          len(targets))
         optimizer.step()
         return {
             "phase1_loss": float(phase1_loss.detach()),

@@ -22,19 +22,38 @@ def batch_part(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return batch if len(batch) < world else batch.tensor_split(world)[rank]
 
 
-def average_gradients(parameters, world: int) -> None:
-    """Each gradient replaced by its mean over the ranks (a parameter without one counts as
-    zero): DistributedDataParallel's step, for trainers that compute their loss outside the
-    module's ``forward``."""
+def average_gradients(parameters, world: int, rows: int) -> None:
+    """Each gradient, of a loss averaged over this rank's ``rows``, replaced by the mean over the
+    ranks weighted by their rows (a parameter without one counts as zero): the gradient of the
+    loss averaged over every rank's rows, as one process's step on the whole batch. The trainers
+    that compute their loss outside the module's ``forward`` step this way."""
     if world == 1:
         return
     import torch.distributed as dist
 
+    weight = rows_weight(rows, world)
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
+        parameter.grad *= weight
         dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
         parameter.grad /= world
+
+
+def rows_weight(rows: int, world: int) -> float:
+    """The factor on a loss averaged over this rank's ``rows`` that makes the plain mean of the
+    ranks' gradients (DistributedDataParallel's) the gradient of the mean over all their rows:
+    rows x world / all ranks' rows. Without it a batch split 4 + 3 would weigh each of the 3
+    rows 4/3 times as much as each of the 4 (a sample-independent term of the loss stays
+    exact: the weights average to 1). When each rank holds the whole batch (``batch_part`` of
+    fewer rows than ranks) every weight is 1."""
+    if world == 1:
+        return 1.0
+    import torch.distributed as dist
+
+    total = torch.tensor(float(rows), dtype=torch.float64)
+    dist.all_reduce(total)
+    return rows * world / float(total) if float(total) else 1.0
 
 
 def global_mean(total: float, count: int, world: int) -> float:

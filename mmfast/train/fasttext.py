@@ -10,7 +10,7 @@ from mmfast.defaults import OPTIMIZERS
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
-from mmfast.train.distributed import batch_part, global_mean, process_group
+from mmfast.train.distributed import batch_part, global_mean, process_group, rows_weight
 from mmfast.train.resume import Resumable, Stage
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
@@ -192,9 +192,9 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
 
     In a process group of several ranks (torchrun) the model trains under
     ``DistributedDataParallel`` (gloo on the CPU): every rank draws the same shuffle, takes its
-    part of each ``batch_size`` batch, and the gradients are averaged over the ranks, so the
-    steps are a single process's on the whole batches (up to the parts' sizes in the last
-    batch and float rounding)."""
+    part of each ``batch_size`` batch, and the gradients are averaged over the ranks, each
+    weighted by its part's size (``rows_weight``), so the steps are a single process's on the
+    whole batches (up to float rounding)."""
     rank, world = process_group()
     forward = model
     if world > 1:
@@ -212,7 +212,7 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
             value = criterion(forward(words, offsets, image), targets)
-            value.backward()
+            (value * rows_weight(len(targets), world)).backward()
             for o, schedule in zip(optimizers, schedules):
                 o.step()
                 schedule.step()
