@@ -26,7 +26,7 @@ import torch
 
 from mmfast import metrics
 from mmfast._io import cache_dir
-from mmfast.data import read_manifest, split_records, write_image_folder_manifest
+from mmfast.data import read_manifest, validation_split, write_image_folder_manifest
 from mmfast.systems.autotune import autotune
 from mmfast.train.fasttext import predict, score
 from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, Recipe
@@ -89,14 +89,14 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
     """Every model (default recipe and autotuned) beside the baselines, held-out."""
     name, (labels, multilabel, train, heldout, train_image, heldout_image) = task
     row_of = {record.id: row for row, record in enumerate(train)}
-    fit_records, valid_records = split_records(train, 0.1, seed=0)
+    fit_records, valid_records = validation_split(train, 0.1, seed=0)
     fit_image = train_image[[row_of[r.id] for r in fit_records]]
     valid = (valid_records, train_image[[row_of[r.id] for r in valid_records]])
     rows = []
     targets = None
     for model in MODELS:
-        trained = fit(Recipe.default(model, multilabel), (fit_records, fit_image), labels,
-                      multilabel, valid=valid)
+        trained = fit(Recipe.default(model, multilabel, len(labels)), (fit_records, fit_image),
+                      labels, multilabel, valid=valid)
         examples = trained.examples(heldout, heldout_image)
         targets = examples.targets
         _row(rows, model, predict(trained.model, examples), targets, multilabel,

@@ -77,7 +77,7 @@ class Classifier:
             valid_texts, valid_images, valid_labels = valid
             validation = (_records(valid_texts, valid_labels),
                           self._features(valid_images, len(valid_texts), "valid images"))
-        self.recipe = self.system.default_recipe(multilabel, **self._overrides)
+        self.recipe = self.system.default_recipe(multilabel, len(names), **self._overrides)
         self.trained = self.system.fit(self.recipe, (records, features), names, multilabel,
                                        validation)
         return self

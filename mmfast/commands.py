@@ -14,7 +14,7 @@ from tqdm import tqdm
 import mmfast
 from mmfast import metrics, sharding, systems
 from mmfast._io import atomic_path, locked, stale_temporaries
-from mmfast.data import (FeatureStore, Manifest, read_manifest, split_records,
+from mmfast.data import (FeatureStore, Manifest, read_manifest, validation_split,
                          write_image_folder_manifest)
 from mmfast.defaults import DEMO_PAPERS, PACKAGED
 from mmfast.features import (BadImageError, DetectorRegionFeatureExtractor,
@@ -106,7 +106,7 @@ def _validation_split(args, records: list) -> tuple[list, list]:
         return records, read_manifest(args.valid, columns=args.columns)
     if args.valid_fraction == 0:
         return records, []
-    train, valid = split_records(records, args.valid_fraction, seed=args.seed or 0)
+    train, valid = validation_split(records, args.valid_fraction, seed=args.seed or 0)
     if not train or not valid:
         raise ValueError(f"--valid-fraction {args.valid_fraction} of {len(records)} items leaves "
                          f"{len(train)} to train and {len(valid)} to validate: pass --valid or "
@@ -161,7 +161,7 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     valid = (valid_records, features(valid_records)) if valid_records else None
     overrides = {f.name: getattr(args, f.name) for f in fields(system.recipe)
                  if f.name != "model" and getattr(args, f.name, None) is not None}
-    recipe = system.default_recipe(multilabel, **overrides)
+    recipe = system.default_recipe(multilabel, len(labels), **overrides)
     train = (train_records, features(train_records))
     state = _training_state(args, recipe, multilabel, labels, train_records, valid_records)
     if args.autotune:

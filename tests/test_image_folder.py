@@ -10,7 +10,8 @@ from PIL import Image
 
 from mmfast.cli import main
 from mmfast.data import (
-    Record, image_folder_records, read_manifest, split_records, write_image_folder_manifest,
+    Record, image_folder_records, read_manifest, split_records, validation_split,
+    write_image_folder_manifest,
 )
 
 OXYGEN_48 = Path("/usr/share/icons/oxygen/base/48x48")
@@ -100,6 +101,41 @@ def test_split_is_seeded_and_order_free():
     assert {r.id for r in split_records(records[:500], 0.25, seed=1)[1]} == {
         r.id for r in heldout if r in records[:500]}
     assert split_records(records, 0.0) == (records, [])
+
+
+def test_validation_split_keeps_an_images_links_together(tmp_path):
+    # 300 pictures, each behind three names (an icon theme's aliases), plus text-only records
+    records = []
+    for picture in range(300):
+        target = _png(tmp_path / "pictures" / f"{picture}.png")
+        for alias in range(3):
+            link = tmp_path / f"class{picture % 3}" / f"name{picture}-{alias}.png"
+            link.parent.mkdir(exist_ok=True)
+            link.symlink_to(target)
+            records.append(Record(f"{picture}-{alias}", str(link), f"name {picture}",
+                                  (f"class{picture % 3}",)))
+    records += [Record(f"text{i}", None, f"text {i}", ("class0",)) for i in range(300)]
+    train, valid = validation_split(records, 0.2, seed=0)
+    assert 0.15 < len(valid) / len(records) < 0.25
+    pictures = lambda side: {r.id.split("-")[0] for r in side if r.image}  # noqa: E731
+    assert pictures(valid) and not pictures(train) & pictures(valid)
+    assert any(r.image is None for r in valid) and any(r.image is None for r in train)
+    # an ungrouped split would put one picture's names on both sides
+    ungrouped = split_records(records, 0.2, seed=0)
+    assert pictures(ungrouped[0]) & pictures(ungrouped[1])
+
+
+def test_validation_split_is_not_the_manifests_heldout_split(tmp_path):
+    """What a manifest split with a seed left for training still yields a validation share at
+    the same seed (an unsalted hash of the same key would find none of it below the fraction)."""
+    root = tmp_path / "icons"
+    for i in range(200):
+        _png(root / f"class{i % 2}" / f"icon{i}.png")
+    write_image_folder_manifest(root, tmp_path / "train.jsonl", tmp_path / "held.jsonl",
+                                heldout_fraction=0.3, seed=0)
+    train = read_manifest(tmp_path / "train.jsonl")
+    fit, valid = validation_split(train, 0.1, seed=0)
+    assert 5 <= len(valid) <= 25 and len(fit) + len(valid) == len(train)
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5, float("nan"), True])

@@ -390,3 +390,13 @@ def test_an_embedding_table_larger_than_memory_is_refused_before_allocation(monk
             ["c"], False)
     fit(Recipe.default("text", ngrams=2, buckets=1_000_000, dim=300, epochs=1), (records, None),
         ["c"], False)
+
+
+def test_text_learning_rate_follows_the_label_count():
+    """Single-label text models step 0.13 sqrt(K) within [0.4, 1.2]; multi-label ones and
+    explicit learning rates are left alone."""
+    lrs = [Recipe.default("text", False, k).lr for k in (2, 9, 25, 50, 99, 1000)]
+    assert lrs == pytest.approx([0.4, 0.4, 0.65, 0.13 * 50 ** 0.5, 1.2, 1.2])
+    assert Recipe.default("text", True, 99).lr == Recipe.default("text", True).lr == 0.4
+    assert Recipe.default("text", False, 99, lr=0.3).lr == 0.3
+    assert Recipe.default("pq", False, 99).lr == Recipe.default("pq").lr

@@ -2,7 +2,7 @@
 
 from mmfast.data.emoji import DemoData, demo_cache_dir, emoji_dataset
 from mmfast.data.image_folder import (
-    IMAGE_EXTENSIONS, ImageFolderRecords, image_folder_records, split_records,
+    IMAGE_EXTENSIONS, ImageFolderRecords, image_folder_records, split_records, validation_split,
     write_image_folder_manifest,
 )
 from mmfast.data.manifest import Manifest, ManifestError, Record, read_manifest, write_manifest
@@ -14,5 +14,5 @@ __all__ = [
     "read_manifest", "write_manifest", "FeatureStore", "RELEVANCE_LABELS", "Pair",
     "relevance_pairs", "relevance_records", "IMAGE_EXTENSIONS", "ImageFolderRecords",
     "image_folder_records",
-    "split_records", "write_image_folder_manifest",
+    "split_records", "validation_split", "write_image_folder_manifest",
 ]

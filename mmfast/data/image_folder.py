@@ -11,6 +11,7 @@ icon theme to one picture (1,422 oxygen 48x48 icons are 1,145 distinct files) ne
 pixels on both sides.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -117,6 +118,37 @@ def split_records(
     return train, heldout
 
 
+def validation_split(records: Iterable[Record], fraction: float,
+                     seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """``(train, valid)``: the seeded ``fraction`` of ``records`` that validates, as
+    ``mmfast train --valid-fraction`` and the benchmarks hold it out.
+
+    Records showing one image file (after symlinks) stay on one side, as in the held-out split
+    of ``write_image_folder_manifest``: on the oxygen icons, where 1,122 training records are 900
+    files, an ungrouped split validated the text model at 0.90 while it scored 0.78 held out,
+    and chose its last epoch where an early one held out better. The hash is salted, so this
+    split is not the manifest's held-out split again: with the same seed, the keys left after
+    that split all hash above its fraction, and the validation share would be empty."""
+    return split_records(records, fraction, seed,
+                         key=lambda record: "validation\0" + _image_key(record))
+
+
+def _image_key(record: Record) -> str:
+    """The file a record's image resolves to (its id when it has no image)."""
+    if not record.image:
+        return record.id
+    if os.path.islink(record.image):
+        return os.path.realpath(record.image)
+    # One realpath per folder: resolving every file costs 16 us, 16 s per million records.
+    folder, name = os.path.split(record.image)
+    return os.path.join(_real_folder(folder), name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_folder(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
 def write_image_folder_manifest(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -134,8 +166,7 @@ def write_image_folder_manifest(
     if heldout is None:
         write_manifest(out, records)
         return records, len(records), 0
-    train, held = split_records(records, heldout_fraction, seed,
-                                key=lambda record: os.path.realpath(record.image))
+    train, held = split_records(records, heldout_fraction, seed, key=_image_key)
     write_manifest(out, train)
     write_manifest(heldout, held)
     return records, len(train), len(held)

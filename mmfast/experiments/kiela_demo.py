@@ -7,7 +7,7 @@ import time
 import torch
 
 from mmfast import metrics, systems
-from mmfast.data import emoji_dataset, read_manifest, split_records
+from mmfast.data import emoji_dataset, read_manifest, validation_split
 from mmfast.defaults import DEMO_IMAGE_SIZE, MODELS, PAPER_MODELS
 from mmfast.features import demo_image_store, store_features
 from mmfast.experiments import ordering
@@ -37,7 +37,7 @@ def run(task: str = "group", models: str = "paper", epochs: int | None = None,
     print(f"image features: EfficientNet-Lite0 (ImageNet), {DEMO_IMAGE_SIZE}px, pooled 1280-d, "
           f"store {store.directory} ({time.perf_counter() - start:.1f} s)")
     # as `mmfast train` does by default: a seeded 10% of the training split validates
-    fit_records, valid_records = split_records(train_records, 0.1, seed=0)
+    fit_records, valid_records = validation_split(train_records, 0.1, seed=0)
     valid = (valid_records, store_features(store, valid_records))
     fit_image, heldout_image = store_features(store, fit_records), store_features(store, heldout)
     columns = ("P@1", "mAP") if data.multilabel else ("accuracy", "f1_macro")
@@ -46,7 +46,8 @@ def run(task: str = "group", models: str = "paper", epochs: int | None = None,
     scores = {}
     for name in names:
         system = systems.get(name)
-        recipe = system.default_recipe(data.multilabel, **({"epochs": epochs} if epochs else {}))
+        recipe = system.default_recipe(data.multilabel, len(data.labels),
+                                       **({"epochs": epochs} if epochs else {}))
         trained = system.fit(recipe, (fit_records, fit_image), data.labels, data.multilabel,
                              valid=valid)
         begin = time.perf_counter()

@@ -47,9 +47,11 @@ class System:
     text: str  # how it reads the text; "" for a system that reads none
     summary: str
 
-    def default_recipe(self, multilabel: bool = False, **overrides):
-        """The recipe ``mmfast train --model NAME`` uses, with ``overrides`` on top."""
-        return self.recipe.default(self.name, multilabel, **overrides)
+    def default_recipe(self, multilabel: bool = False, num_labels: int | None = None,
+                       **overrides):
+        """The recipe ``mmfast train --model NAME`` uses on a task of ``num_labels`` classes
+        (when known), with ``overrides`` on top."""
+        return self.recipe.default(self.name, multilabel, num_labels, **overrides)
 
     def implementation(self):
         return importlib.import_module(f"mmfast.systems.{self.module}")

@@ -214,7 +214,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
     if max_trials is not None and max_trials < 1:
         raise ValueError(f"autotune: max_trials must be >= 1 or None, got {max_trials}")
     system = systems.get(model)
-    base = base or system.default_recipe(multilabel)
+    base = base or system.default_recipe(multilabel, len(labels))
     if base.model != model:
         raise ValueError(f"autotune: base recipe is for {base.model!r}, not {model!r}")
     space = search_space(model, 0 if image is None else image.shape[1], len(records),
