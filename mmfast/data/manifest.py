@@ -14,12 +14,20 @@ for ``labels`` when it has none (one label: a relevance manifest's class), and i
 ``image_id`` names another item whose stored image features it reads (a pairs file). Relative
 image paths are relative to the manifest's directory. A bad record raises ``ManifestError``
 naming the file and line (row), or is skipped and counted with ``skip_bad=True``.
+
+``Manifest.batches`` gives the same records a batch at a time; it parses a JSONL file a chunk
+of lines at a time with ``msgspec`` (a typed decoder: no dict per line, fields checked in C),
+and any chunk holding a line that decoder does not take as it is (a bad record, a lone
+surrogate, blank lines of non-ASCII spaces, deep nesting) goes through the line-by-line path
+above, so both read the same records and fail or skip the same ones with the same messages.
 """
 
 import csv
+import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +39,7 @@ FIELDS = ("id", "image", "text", "labels")
 _CSV_LABEL_SEPARATOR = "|"
 COLUMNAR = (".parquet", ".arrow")
 _BATCH_ROWS = 8192  # rows a columnar file is decoded by: ~1-2 MB of short records
+_CHUNK_BYTES = 1 << 21  # what a JSONL file is read and parsed by in Manifest.batches
 
 
 class ManifestError(ValueError):
@@ -55,6 +64,31 @@ class Record:
     def to_json(self) -> dict:
         row = {"id": self.id, "image": self.image, "text": self.text, "labels": list(self.labels)}
         return {**row, "image_id": self.image_id} if self.image_id else row
+
+
+class RecordBatch:
+    """Records of one manifest with their places: ``where(i)`` is ``"path:line"`` of
+    ``records[i]``, as ``Manifest.numbered`` names it."""
+
+    __slots__ = ("records", "lines", "path")
+
+    def __init__(self, path: str, lines: list[int], records: list[Record]):
+        self.path, self.lines, self.records = path, lines, records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def where(self, index: int) -> str:
+        return f"{self.path}:{self.lines[index]}"
+
+    def numbered(self) -> list[tuple[str, Record]]:
+        return [(self.where(i), record) for i, record in enumerate(self.records)]
+
+    def subset(self, keep: Iterable[int]) -> "RecordBatch":
+        """The records at the positions ``keep``, in that order."""
+        keep = list(keep)
+        return RecordBatch(self.path, [self.lines[i] for i in keep],
+                           [self.records[i] for i in keep])
 
 
 def _record(raw, where: str, base: Path) -> Record:
@@ -115,14 +149,18 @@ class Manifest:
                 yield raw.decode("utf-8", "surrogateescape")
 
     def _raw(self) -> Iterator[tuple[int, object]]:
-        renamed = {column: field for field, column in self.columns.items()}
         for number, raw in take(self._file_rows(), self.shard):
             if isinstance(raw, str):  # a JSON line, parsed only in its shard
                 raw = self._json(number, raw)
-            if renamed and isinstance(raw, dict):
-                raw = {renamed.get(key, key): value for key, value in raw.items()
-                       if key not in self.columns or key in renamed}
-            yield number, raw
+            yield number, self._renamed(raw)
+
+    def _renamed(self, raw):
+        """A row with the file's column names as the fields they stand for."""
+        if not self.columns or not isinstance(raw, dict):
+            return raw
+        renamed = {column: field for field, column in self.columns.items()}
+        return {renamed.get(key, key): value for key, value in raw.items()
+                if key not in self.columns or key in renamed}
 
     def _file_rows(self) -> Iterator[tuple[int, object]]:
         if self.path.is_dir():
@@ -201,19 +239,207 @@ class Manifest:
         """``(where, record)`` pairs, ``where`` = ``"path:line"``: what a later error about the
         record (an unreadable image) names."""
         self.skipped = 0
+        path = str(self.path)
+        for number, record in self._records(self._raw()):
+            yield f"{path}:{number}", record
+
+    def _records(self, rows: Iterable[tuple[int, object]]) -> Iterator[tuple[int, Record]]:
+        """``(line, record)`` of ``(line, raw row)`` pairs; a bad row raises, or with
+        ``skip_bad`` is counted in ``skipped``."""
         base = self.path.parent
-        for number, raw in self._raw():
-            where = f"{self.path}:{number}"
+        for number, raw in rows:
             try:
                 if isinstance(raw, ManifestError):
                     raise raw
-                record = _record(raw, where, base)
+                record = _record(raw, f"{self.path}:{number}", base)
             except ManifestError:
                 if not self.skip_bad:
                     raise
                 self.skipped += 1
                 continue
-            yield where, record
+            yield number, record
+
+    def batches(self, size: int) -> Iterator[RecordBatch]:
+        """``numbered``'s records ``size`` at a time (the last batch may hold fewer): the same
+        records, the same error at the same record (the batch it falls in is not yielded), the
+        same ``skipped``. A JSONL file is parsed a chunk at a time (see the module docstring)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"batches: size must be an integer >= 1, got {size!r}")
+        self.skipped = 0
+        is_json = not (self.path.is_dir() or self.path.suffix.lower() in (*COLUMNAR, ".csv"))
+        decoder = _line_decoder(tuple(sorted(self.columns.items()))) if is_json else None
+        chunks = (self._json_chunks(decoder) if decoder is not None
+                  else _chunked(self._records(self._raw())))
+        path, lines, records = str(self.path), [], []
+        for chunk_lines, chunk_records in chunks:
+            lines += chunk_lines
+            records += chunk_records
+            while len(records) >= size:
+                yield RecordBatch(path, lines[:size], records[:size])
+                del lines[:size], records[:size]
+        if records:
+            yield RecordBatch(path, lines, records)
+
+    def _json_chunks(self, decoder) -> Iterator[tuple[list[int], list[Record]]]:
+        """``(lines, records)`` of a JSONL file, a chunk of lines at a time: decoded by
+        ``decoder`` when every line of the chunk is a record it takes as it is, else line by
+        line as ``numbered`` reads them (the records before a bad one come first)."""
+        index, count = self.shard or (0, 1)
+        rows = 0  # the non-blank lines before the chunk: where the shard's rows fall
+        base = self.path.parent
+        prefix = str(base / "x")[:-1]  # what a plain relative image path is joined to
+        for first, lines, text in _line_chunks(self.path):
+            fast = _decoded_chunk(decoder, first, lines, text, rows, index, count, base, prefix)
+            if fast is not None:
+                rows, numbers, records = fast
+                yield numbers, records
+                continue
+            yield from _chunked(self._records(self._chunk_rows(first, lines, text, rows)))
+            rows += sum(1 for line in lines if line.decode("utf-8", "surrogateescape").strip())
+
+    def _chunk_rows(self, first: int, lines: list[bytes], text: bytes, rows: int
+                    ) -> Iterator[tuple[int, object]]:
+        """``_raw``'s rows of one chunk of a JSONL file (``rows`` non-blank lines before it)."""
+        index, count = self.shard or (0, 1)
+        for number, line in enumerate(lines, start=first):
+            ended = number < first + len(lines) - 1 or text.endswith(b"\n")
+            line = (line + b"\n" if ended else line).decode("utf-8", "surrogateescape")
+            if not line.strip():
+                continue
+            rows += 1
+            if (rows - 1) % count == index:
+                yield number, self._renamed(self._json(number, line))
+
+
+def _chunked(pairs: Iterable[tuple[int, Record]], size: int = 4096
+             ) -> Iterator[tuple[list[int], list[Record]]]:
+    """``(lines, records)`` lists of ``size`` pairs; those before an error come first."""
+    lines, records = [], []
+    try:
+        for number, record in pairs:
+            lines.append(number)
+            records.append(record)
+            if len(records) == size:
+                yield lines, records
+                lines, records = [], []
+    except Exception:
+        yield lines, records
+        raise
+    yield lines, records
+
+
+def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """``(number of the first line, lines without their newline, the chunk's bytes)`` of a
+    file, about ``_CHUNK_BYTES`` at a time, cut after a newline (or at the end of the file)."""
+    first, pieces = 1, []  # pieces: the start of a line that began in an earlier block
+    with open(path, "rb") as handle:
+        while block := handle.read(_CHUNK_BYTES):
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:  # no line ends in this block
+                pieces.append(block)
+                continue
+            text = b"".join([*pieces, block[:cut]])
+            pieces = [block[cut:]]
+            lines = text.split(b"\n")
+            lines.pop()  # the empty piece after the last newline
+            yield first, lines, text
+            first += len(lines)
+    if last := b"".join(pieces):  # a last line with no newline
+        yield first, [last], last
+
+
+# First bytes of a line (after ASCII spaces) that may make it blank to str.strip() but not to
+# bytes.strip() (\x1c-\x1f, U+3000, ...): their chunk is read line by line.
+_UNSURE_BLANK = frozenset(bytes([byte]) for byte in (*range(0x1c, 0x20), *range(0x80, 0x100)))
+# What json.loads refuses and msgspec takes: integers over Python's 4300 digits, and nesting
+# near the recursion limit (both set json's limit by the caller's stack).
+_LONG_LINE, _DEEP, _DIGITS = 1000, 400, re.compile(rb"[0-9]{4000}")
+
+
+@functools.cache
+def _line_decoder(columns: tuple[tuple[str, str], ...]):
+    """A msgspec decoder of one JSONL line into its record's fields (the file's column names
+    read as ``columns`` maps them), or None where that cannot stand for ``numbered``'s reading:
+    no msgspec, or columns that do not give each field its own key."""
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    from typing import Any
+
+    names = dict(columns)
+    keys = [names.get(field, field) for field in (*FIELDS, "label", "image_id")]
+    if len(set(keys)) != len(keys):
+        return None
+    unset = msgspec.UNSET
+    line = msgspec.defstruct("ManifestLine", [
+        ("id", str), ("text", str), ("image", str, ""),
+        ("labels", tuple[str, ...] | str | msgspec.UnsetType, unset),
+        ("label", Any, unset), ("image_id", str, "")], rename=names, gc=False)
+    return msgspec.json.Decoder(line).decode, unset
+
+
+def _decoded_chunk(decoder, first: int, lines: list[bytes], text: bytes, rows: int, index: int,
+                   count: int, base: Path, prefix: str):
+    """``(rows, lines, records)`` of a chunk decoded as a whole, or None when a line of it
+    needs the line-by-line path (a bad record or one the decoder might read otherwise)."""
+    decode, unset = decoder
+    if count == 1 and (text[:1] == b"{") + text.count(b"\n{") == len(lines):
+        numbers, kept = list(range(first, first + len(lines))), lines  # no blank line
+        rows += len(lines)
+    else:
+        numbers, kept = [], []
+        for number, line in enumerate(lines, start=first):
+            head = line.lstrip()[:1]
+            if not head:
+                continue
+            if head in _UNSURE_BLANK:
+                return None
+            if rows % count == index:
+                numbers.append(number)
+                kept.append(line)
+            rows += 1
+    if kept and max(map(len, kept)) >= _LONG_LINE:
+        for line in kept:
+            if len(line) >= _LONG_LINE and (line.count(b"[") + line.count(b"{") >= _DEEP
+                                            or _DIGITS.search(line)):
+                return None
+    try:
+        decoded = list(map(decode, kept))
+    except Exception:  # msgspec's DecodeError, ValidationError, RecursionError
+        return None
+    labels = [line.labels for line in decoded]
+    if not all(label.__class__ is tuple for label in labels):  # a label string, or "label"
+        labels = [_labels(line, unset) for line in decoded]
+        if None in labels:
+            return None
+    images = [line.image for line in decoded]
+    if any(images):
+        images = [prefix + image if image and image[0] != "/" and _plain(image) else
+                  str(base / image) if image and image[0] != "/" else image for image in images]
+    records = list(map(Record, [line.id for line in decoded], images,
+                       [line.text for line in decoded], labels,
+                       [line.image_id for line in decoded]))
+    return rows, numbers, records
+
+
+def _labels(line, unset) -> tuple[str, ...] | None:
+    """A decoded line's labels as ``_record`` reads them, or None where it refuses them."""
+    labels = line.labels
+    if labels.__class__ is tuple:
+        return labels
+    if labels is unset:  # no "labels": "label" stands for them
+        labels = line.label
+        if labels is unset:
+            return ()
+        if isinstance(labels, list):
+            return tuple(labels) if all(isinstance(label, str) for label in labels) else None
+    return (labels,) if isinstance(labels, str) else None
+
+
+def _plain(image: str) -> bool:
+    """A relative path that ``Path`` joins as it is: no empty, "." or trailing component."""
+    return not ("//" in image or "/." in image or image[0] == "." or image[-1] == "/")
 
 
 def _arrow_batches(path: Path):

@@ -46,17 +46,27 @@ def fold_table() -> torch.Tensor:
 def pack_texts(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text, offsets)``: the texts' UTF-8 bytes end to end (uint8) and the [n + 1] offsets
     where each starts, the last the byte count. Each text keeps a NUL after it (a non-word
-    character, so its tokens are unchanged): one join and one search find them all."""
-    _check_texts(texts)
+    character, so its tokens are unchanged): one join makes them all."""
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        _check_texts(texts)
     if not texts:
         return torch.empty(0, dtype=torch.uint8), torch.zeros(1, dtype=torch.long)
-    joined = ("\0".join(texts) + "\0").encode("utf-8", "surrogatepass")
-    text = torch.frombuffer(bytearray(joined), dtype=torch.uint8)
-    ends = torch.nonzero(text == 0).flatten() + 1
-    if len(ends) != len(texts):  # a text holds NULs itself: measure each one
-        lengths = [len(t.encode("utf-8", "surrogatepass")) + 1 for t in texts]
-        ends = torch.tensor(lengths, dtype=torch.long).cumsum(0)
-    return text, torch.cat([torch.zeros(1, dtype=torch.long), ends])
+    try:
+        joined = "\0".join(texts) + "\0"
+    except TypeError:  # not all strings: say which
+        _check_texts(texts)
+        raise
+    encoded = joined.encode("utf-8", "surrogatepass")
+    text = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
+    if len(encoded) == len(joined):  # ASCII: a text's bytes are its characters
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+    else:  # the NULs end the texts, unless a text holds NULs itself: then measure each one
+        ends = np.flatnonzero(np.frombuffer(encoded, dtype=np.uint8) == 0) + 1
+        lengths = (np.diff(ends, prepend=0) if len(ends) == len(texts) else np.array(
+            [len(t.encode("utf-8", "surrogatepass")) + 1 for t in texts], dtype=np.int64))
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return text, torch.from_numpy(offsets)
 
 
 def _check_texts(texts) -> None:
