@@ -62,6 +62,24 @@ def test_fold_table_is_pythons_lower_and_word_class():
         assert fold[ord(char)] == expected, char
 
 
+def test_fold_table_is_cached_per_python_and_recomputed_when_unreadable(tmp_path, monkeypatch):
+    import importlib
+
+    import numpy as np
+
+    module = importlib.import_module("mmfast.ops.hash_text")  # the module, not the op
+    monkeypatch.setenv("MMFAST_CACHE", str(tmp_path))
+    computed = module._fold_table()
+    for content in (None, b"not a table", None):  # none, a foreign file, then the cached one
+        module.fold_table.cache_clear()
+        cached = tmp_path / "fold" / f"{module._python_key()}.npy"
+        if content is not None:
+            cached.write_bytes(content)
+        assert np.array_equal(module.fold_table().numpy(), computed)
+        assert np.array_equal(np.load(cached), computed)
+    module.fold_table.cache_clear()
+
+
 @pytest.mark.parametrize("ngrams", [1, 2, 3])
 @pytest.mark.parametrize("texts", [TRICKY, _random_texts(700, seed=0)], ids=["tricky", "random"])
 def test_ids_match_the_python_tokenizer(texts, ngrams):
