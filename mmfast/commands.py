@@ -1,14 +1,14 @@
 """What each ``mmfast`` command runs, given the arguments ``mmfast.cli`` parsed and checked:
 info, models, demo, features, train, classify, merge, eval and manifest."""
 
+import collections
 import contextlib
 import csv
 import gc
 import json
-import queue
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -269,47 +269,48 @@ def _image_source(args, trained: systems.base.Fitted):
     return extract
 
 
-def _read_ahead(batches, depth: int = 2):
-    """``batches``' items, read by a background thread at most ``depth`` ahead of the caller
-    (the manifest is parsed while the model runs: most of the model's time is spent in torch
-    ops that release the GIL). An error of the reader is raised here, after the items that
-    came before it; leaving early stops the reader."""
-    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def read():
-        try:
-            for batch in batches:
-                if not put((batch, None)):
-                    return
-            put((end, None))
-        except BaseException as error:  # raised again by the caller, in order
-            put((None, error))
-        finally:
-            if hasattr(batches, "close"):  # a generator: its file is closed now
-                batches.close()
-
-    reader = threading.Thread(target=read, name="mmfast-read-ahead", daemon=True)
-    reader.start()
+def _ahead(items, work, threads: int, depth: int = 2):
+    """``(item, work(item))`` of each of ``items``, in order. With ``threads`` > 1, ``work``
+    runs on a thread of its own, up to ``depth`` items behind the caller's thread, which makes
+    the items and handles the results meanwhile: the model's torch ops (one thread fewer, so
+    the two never wait on each other for a core) overlap parsing and writing, Python's work.
+    An error comes out where it would without the thread: after the results of the items
+    before it."""
+    if threads == 1:
+        for item in items:
+            yield item, work(item)
+        return
+    pending = collections.deque()
+    switch, torch_threads = sys.getswitchinterval(), torch.get_num_threads()
+    torch.set_num_threads(threads - 1)
+    sys.setswitchinterval(1e-4)  # a torch op's return waits at most this for the GIL
     try:
-        while True:
-            batch, error = items.get()
-            if error is not None:
-                raise error
-            if batch is end:
-                return
-            yield batch
+        with ThreadPoolExecutor(1, thread_name_prefix="mmfast-classify") as pool:
+            try:
+                items = iter(items)
+                while True:
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        break
+                    except Exception:  # the items' error, after the results before it
+                        while pending:
+                            item, done = pending.popleft()
+                            yield item, done.result()
+                        raise
+                    pending.append((item, pool.submit(work, item)))
+                    if len(pending) > depth:
+                        item, done = pending.popleft()
+                        yield item, done.result()
+                while pending:
+                    item, done = pending.popleft()
+                    yield item, done.result()
+            finally:
+                for _, done in pending:
+                    done.cancel()
     finally:
-        stop.set()
-        reader.join()
+        sys.setswitchinterval(switch)
+        torch.set_num_threads(torch_threads)
 
 
 @contextlib.contextmanager
@@ -371,15 +372,11 @@ def _classify(args) -> int:
     done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
     resume_left = set(done_ids)
     count, unreadable, start = len(done_lines), 0, time.perf_counter()
-    with atomic_path(output) as temporary, open(temporary, "w", newline="",
-                                                encoding="utf-8") as out, \
-            tqdm(desc="classify", unit="item", disable=args.quiet, leave=False) as bar, \
-            _fewer_collections():
-        writer = csv.writer(out) if as_csv else None
-        if writer:
-            writer.writerow(["id", "labels", "scores"])
-        out.writelines(done_lines)
-        for batch in _read_ahead(manifest.batches(args.batch_size)):
+    threads = torch.get_num_threads()
+
+    def inputs():  # (records, image features) of each batch, bar and counts updated
+        nonlocal unreadable
+        for batch in manifest.batches(args.batch_size):
             if resume_left:  # items the interrupted run wrote: their rows are copied above
                 todo = [i for i, record in enumerate(batch.records)
                         if record.id not in resume_left]
@@ -391,10 +388,22 @@ def _classify(args) -> int:
             features, records, bad = images(batch)
             unreadable += bad
             bar.update(bad)
-            if not records:
-                continue
-            rows = predictions.rows([record.id for record in records],
-                                    trained.probabilities(records, features), k, thresholds,
+            if records:
+                yield records, features
+
+    def score(batch):
+        return trained.probabilities(*batch)
+
+    with atomic_path(output) as temporary, open(temporary, "w", newline="",
+                                                encoding="utf-8") as out, \
+            tqdm(desc="classify", unit="item", disable=args.quiet, leave=False) as bar, \
+            _fewer_collections():
+        writer = csv.writer(out) if as_csv else None
+        if writer:
+            writer.writerow(["id", "labels", "scores"])
+        out.writelines(done_lines)
+        for (records, _), scores in _ahead(inputs(), score, threads):
+            rows = predictions.rows([record.id for record in records], scores, k, thresholds,
                                     names, label_json, as_csv)
             if writer:
                 writer.writerows(rows)

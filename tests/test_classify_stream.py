@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+import sys
 import threading
 
 import pytest
@@ -131,33 +132,37 @@ def test_other_formats_batch_as_numbered(tmp_path):
         _read_numbered(Manifest(path, skip_bad=True), 1)
 
 
-def test_read_ahead_keeps_order_and_raises_after_the_items_before_the_error():
-    def items():
-        yield from range(5)
-        raise ValueError("line 6")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_ahead_gives_results_in_order_and_the_first_error_first(threads):
+    def work(item):
+        if item == "bad work":
+            raise KeyError("work of item 3")
+        return item * 2
 
+    def items(fail_at=None):
+        for position, item in enumerate([1, 2, 3, "bad work", 5, 6]):
+            if position == fail_at:
+                raise ValueError(f"item {position}")
+            yield item
+
+    previous = torch.get_num_threads(), sys.getswitchinterval()
     seen = []
-    with pytest.raises(ValueError, match="line 6"):
-        for item in commands._read_ahead(items(), depth=1):
-            seen.append(item)
-    assert seen == list(range(5))
-    assert list(commands._read_ahead(iter(range(100)))) == list(range(100))
-
-
-def test_read_ahead_left_early_stops_its_reader():
-    closed = threading.Event()
-
-    def items():
-        try:
-            yield from range(10**9)
-        finally:
-            closed.set()
-
-    stream = commands._read_ahead(items())
-    assert next(stream) == 0
-    stream.close()
-    assert closed.is_set()
-    assert not any(t.name == "mmfast-read-ahead" for t in threading.enumerate())
+    with pytest.raises(ValueError, match="item 3"):  # the items' own error, after theirs
+        for pair in commands._ahead(items(3), work, threads):
+            seen.append(pair)
+    assert seen == [(1, 2), (2, 4), (3, 6)]
+    seen.clear()
+    for fail_at in (4, 5, None):  # the work's error, raised before the later items' own
+        with pytest.raises(KeyError, match="work of item 3"):
+            for pair in commands._ahead(items(fail_at), work, threads):
+                seen.append(pair)
+        assert seen == [(1, 2), (2, 4), (3, 6)]
+        seen.clear()
+    stream = commands._ahead(iter(range(10**6)), work, threads)
+    assert next(stream) == (0, 0)
+    stream.close()  # left early: no thread goes on, torch's threads are back
+    assert (torch.get_num_threads(), sys.getswitchinterval()) == previous
+    assert not any(t.name.startswith("mmfast-classify") for t in threading.enumerate())
 
 
 def _old_rows(trained, records, k, thresholds, as_csv, batch_size) -> str:
