@@ -162,7 +162,7 @@ def add_kiela_commands(commands) -> None:
     classify.add_argument("--threshold", type=float, default=None,
                           help="every label scoring at least this (instead of top-k)")
     classify.add_argument("--thresholds", default=None, help="JSON {label: threshold}")
-    classify.add_argument("--batch-size", type=int, default=1024,
+    classify.add_argument("--batch-size", type=int, default=8192,
                           help="items read, classified and written at a time")
     classify.add_argument("--skip-bad", action="store_true",
                           help="skip bad records and unreadable images (counted) instead of "

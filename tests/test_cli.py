@@ -353,7 +353,7 @@ def test_every_option_says_what_it_is_and_its_default():
             assert action.help, f"{where} has no help text"
             if action.default not in (None, False, argparse.SUPPRESS):
                 assert "default" in formatter._get_help_string(action), where
-    assert "(default: 1024)" in " ".join(subcommands["classify"].format_help().split())
+    assert "(default: 8192)" in " ".join(subcommands["classify"].format_help().split())
 
 
 @pytest.mark.parametrize("command, flags, message", [
