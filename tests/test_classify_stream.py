@@ -115,6 +115,20 @@ def test_every_bad_line_gets_numbereds_message(tmp_path):
         assert fast[1][1].startswith(f"{path}:{len(GOOD) + 1}: ") or fast[1][0] is not ManifestError
 
 
+@pytest.mark.skipif(not hasattr(sys, "set_int_max_str_digits"), reason="no int digit limit")
+def test_integers_over_pythons_digit_limit_read_as_json_loads_reads_them(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_bytes(GOOD[0] + b"\n" + b'{"id": "n", "text": "t", "n": ' + b"9" * 700 + b"}\n")
+    previous = sys.get_int_max_str_digits()
+    try:
+        for limit in (640, 0):  # refused by json.loads, then taken
+            sys.set_int_max_str_digits(limit)
+            fast, slow = _read_all(Manifest(path), 4), _read_numbered(Manifest(path), 4)
+            assert fast == slow and (fast[1] is None) == (limit == 0)
+    finally:
+        sys.set_int_max_str_digits(previous)
+
+
 def test_good_lines_are_parsed_by_the_fast_decoder(tmp_path, monkeypatch):
     """A clean chunk never goes line by line (json.loads is not called)."""
     path = tmp_path / "items.jsonl"

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,9 +352,10 @@ def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
 # First bytes of a line (after ASCII spaces) that may make it blank to str.strip() but not to
 # bytes.strip() (\x1c-\x1f, U+3000, ...): their chunk is read line by line.
 _UNSURE_BLANK = frozenset(bytes([byte]) for byte in (*range(0x1c, 0x20), *range(0x80, 0x100)))
-# What json.loads refuses and msgspec takes: integers over Python's 4300 digits, and nesting
-# near the recursion limit (both set json's limit by the caller's stack).
-_LONG_LINE, _DEEP, _DIGITS = 1000, 400, re.compile(rb"[0-9]{4000}")
+# What json.loads refuses and msgspec takes: integers longer than sys.get_int_max_str_digits()
+# (4300; 640 at least), and nesting near the recursion limit, where json's limit depends on the
+# caller's stack: a line that long holding either is read line by line.
+_LONG_LINE, _DEEP = 640, 400
 
 
 @functools.cache
@@ -399,10 +401,11 @@ def _decoded_chunk(decoder, first: int, lines: list[bytes], text: bytes, rows: i
                 numbers.append(number)
                 kept.append(line)
             rows += 1
-    if kept and max(map(len, kept)) >= _LONG_LINE:
+    if kept and max(map(len, kept)) > _LONG_LINE:
+        digits = _digit_run(getattr(sys, "get_int_max_str_digits", lambda: 4300)())
         for line in kept:
-            if len(line) >= _LONG_LINE and (line.count(b"[") + line.count(b"{") >= _DEEP
-                                            or _DIGITS.search(line)):
+            if len(line) > _LONG_LINE and (line.count(b"[") + line.count(b"{") >= _DEEP
+                                           or digits.search(line)):
                 return None
     try:
         decoded = list(map(decode, kept))
@@ -421,6 +424,12 @@ def _decoded_chunk(decoder, first: int, lines: list[bytes], text: bytes, rows: i
                        [line.text for line in decoded], labels,
                        [line.image_id for line in decoded]))
     return rows, numbers, records
+
+
+@functools.cache
+def _digit_run(limit: int) -> re.Pattern:
+    """Digits json.loads may refuse as an integer (more than ``limit``; 0: no limit)."""
+    return re.compile(rb"[0-9]{%d}" % (limit + 1) if limit else rb"(?!)")
 
 
 def _labels(line, unset) -> tuple[str, ...] | None:
