@@ -17,6 +17,17 @@ Before (the code at the start of issue #17's work, measured first), 200k caption
 the 2-core shared development machine: text model 41.1k items/s for the whole command (4.87 s),
 49.4k items/s read to write; PQ model 36.6k (5.47 s), 43.4k read to write; ``fasttext`` predict
 109k items/s (1.84 s): mmfast's text model at 0.38x of it, the PQ model at 0.35x.
+
+After (msgspec reader, batch-wise output, the model on its own thread), the same machine while
+another engineer's benchmarks kept both cores busy (so every figure is lower than on an idle
+machine, fasttext's 59k included): text model 55.8k items/s whole (3.58 s, of it ~1.4 s
+loading the checkpoint, whose random initialization of the 2.1M-row table before the weights
+are read is most of it), 91.8k read to write; PQ model 43.3k whole, 65.3k read to write;
+``fasttext`` predict 58.8k: read to write, mmfast is 1.56x (text) and 1.11x (PQ) of it. The
+code before and after side by side in one run under the same load (a copy of the old tree, each
+in its own process): 2 threads, read to write 8.4-10.9k -> 92-96k items/s (text, 8.8-10.9x) and
+6.0-10.1k -> 65-68k (PQ); but the old code's 2 OpenMP threads stall on a busy machine, and at 1
+thread the same comparison gives 28.9k -> 106.8k (3.7x, text) and 25.5k -> 79.3k (3.1x, PQ).
 """
 
 import json
