@@ -372,7 +372,9 @@ def _classify(args) -> int:
     done_lines, done_ids = _resumable(output, as_csv) if args.resume else ([], [])
     resume_left = set(done_ids)
     count, unreadable, start = len(done_lines), 0, time.perf_counter()
-    threads = torch.get_num_threads()
+    # images extracted now run the backbone on the caller's thread: it keeps every thread
+    threads = 1 if systems.get(trained.system).image and not args.store else \
+        torch.get_num_threads()
 
     def inputs():  # (records, image features) of each batch, bar and counts updated
         nonlocal unreadable
