@@ -370,6 +370,29 @@ def test_bilinear_checkpoints_without_input_offsets_load_with_zero_offsets():
     assert not old.text_offset.any() and not old.image_offset.any()
 
 
+def test_load_checkpoint_builds_no_weights_it_overwrites(tmp_path):
+    """load_checkpoint builds the model on the meta device and takes the saved tensors; a
+    checkpoint of an older format, missing tensors the model defaults at load, is built again
+    the usual way: no tensor of either is left on the meta device."""
+    from mmfast._io import load_tensors, save_tensors_atomic
+
+    model = ContinuousFusion(30, 7, 4, 3, fusion="bilinear")
+    save_checkpoint(tmp_path / "new", model)
+    loaded, _ = load_checkpoint(tmp_path / "new")
+    state = loaded.state_dict()
+    assert not any(t.is_meta for t in state.values())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(state[name], tensor), name
+    save_checkpoint(tmp_path / "old", model)
+    weights = tmp_path / "old" / "model.safetensors"
+    save_tensors_atomic(weights, {k: v for k, v in load_tensors(weights).items()
+                                  if not k.endswith("_offset") and k != "image_mean"})
+    old, _ = load_checkpoint(tmp_path / "old")
+    assert not any(t.is_meta for t in old.state_dict().values())
+    assert not old.text_offset.any() and not old.image_mean.any()
+    torch.testing.assert_close(old.bilinear_weight, model.bilinear_weight)
+
+
 def test_an_embedding_table_larger_than_memory_is_refused_before_allocation(monkeypatch):
     records = [Record(f"i{n}", "", f"w{n}", ("c",)) for n in range(4)]
     image = np.zeros((4, 3), np.float32)
