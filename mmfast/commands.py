@@ -287,17 +287,15 @@ def _ahead(items, work, threads: int, depth: int = 2):
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="mmfast-classify") as pool:
             try:
-                items = iter(items)
+                items, error = iter(items), None
                 while True:
                     try:
                         item = next(items)
                     except StopIteration:
                         break
-                    except Exception:  # the items' error, after the results before it
-                        while pending:
-                            item, done = pending.popleft()
-                            yield item, done.result()
-                        raise
+                    except Exception as raised:  # the items' error, after the results before it
+                        error = raised
+                        break
                     pending.append((item, pool.submit(work, item)))
                     if len(pending) > depth:
                         item, done = pending.popleft()
@@ -305,6 +303,8 @@ def _ahead(items, work, threads: int, depth: int = 2):
                 while pending:
                     item, done = pending.popleft()
                     yield item, done.result()
+                if error is not None:
+                    raise error
             finally:
                 for _, done in pending:
                     done.cancel()
