@@ -49,7 +49,9 @@ BAD = [
     b'[1, 2]',
     b'\xef\xbb\xbf{"id": "w", "text": "bom"}',
     b'{"id": "x", "text": "t", "n": ' + b"7" * 5000 + b"}",
-    b'{"id": "y", "text": "t", "n": ' + b"[" * 995 + b"]" * 995 + b"}",
+    # beyond any recursion limit's reach: near the limit, whether json.loads manages depends
+    # on the caller's stack, which differs between the two readers and between runs
+    b'{"id": "y", "text": "t", "n": ' + b"[" * 5000 + b"]" * 5000 + b"}",
 ]
 
 
