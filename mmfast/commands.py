@@ -152,9 +152,13 @@ def _train_distributed(args, system, records, store, multilabel, labels,
     try:
         if shard[0] != 0:  # the other ranks train and stay quiet
             args.quiet = True
-            return _train_locked(args, system, records, store, multilabel, labels, save=False)
-        with locked(args.out, "another mmfast train"):
-            return _train_locked(args, system, records, store, multilabel, labels)
+            status = _train_locked(args, system, records, store, multilabel, labels, save=False)
+        else:
+            with locked(args.out, "another mmfast train"):
+                status = _train_locked(args, system, records, store, multilabel, labels)
+        # the ranks leave together: none tears its connections down while rank 0 still writes
+        dist.barrier()
+        return status
     finally:
         dist.destroy_process_group()
 
