@@ -39,13 +39,26 @@ class Classifier:
     ``eval`` read and ``load`` reads it back."""
 
     def __init__(self, system: str = "additive", extractor: ImageFeatureExtractor | None = None,
-                 **recipe):
+                 device: str | torch.device = "cpu", **recipe):
         self.system = systems.get(system)
         self.recipe = self.system.default_recipe(**recipe)  # checks the arguments now
         self._overrides = recipe
         self._extractor = extractor
         self._extractor_config = None if extractor is None else extractor.config()
+        self._own_extractor = False  # built here on first use, on self.device
+        self.device = torch.device(device)
         self.trained: Fitted | None = None
+
+    def to(self, device: str | torch.device) -> "Classifier":
+        """Train and apply the network on ``device`` from now on, the trained one moved there
+        (as ``nn.Module.to``; an extractor passed in keeps its own device). fastText's models
+        train on the CPU whatever it says."""
+        self.device = torch.device(device)
+        if self.trained is not None:
+            self.trained.to(self.device)
+        if self._own_extractor:
+            self._extractor, self._own_extractor = None, False  # built again on the device
+        return self
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Classifier":
@@ -79,7 +92,7 @@ class Classifier:
                           self._features(valid_images, len(valid_texts), "valid images"))
         self.recipe = self.system.default_recipe(multilabel, len(names), **self._overrides)
         self.trained = self.system.fit(self.recipe, (records, features), names, multilabel,
-                                       validation)
+                                       validation, device=self.device)
         return self
 
     def save(self, directory: str | os.PathLike) -> None:
@@ -149,17 +162,19 @@ class Classifier:
 
     def _image_extractor(self) -> ImageFeatureExtractor:
         if self._extractor is None:
-            if self.trained is None:  # fitting: the demo's default extractor
+            if self._extractor_config is None and self.trained is None:
+                # fitting: the demo's default extractor
                 self._extractor = (
-                    GridRegionFeatureExtractor(REGION_IMAGE_SIZE)
+                    GridRegionFeatureExtractor(REGION_IMAGE_SIZE, device=self.device)
                     if self.system.image == systems.REGIONS else
-                    ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE))
+                    ImageFeatureExtractor(image_size=DEMO_IMAGE_SIZE, device=self.device))
                 self._extractor_config = self._extractor.config()
             elif self._extractor_config is None:
                 raise ValueError("Classifier: no image extractor is recorded (the model was "
                                  "trained on image features): pass features [N, D], not images")
             else:
-                self._extractor = extractor_from_config(self._extractor_config)
+                self._extractor = extractor_from_config(self._extractor_config, self.device)
+            self._own_extractor = True
         return self._extractor
 
 

@@ -194,6 +194,24 @@ def add_kiela_commands(commands) -> None:
             sub.add_argument(f"--{flag}-column", default=None, metavar="COLUMN",
                              help=f"the manifest's column of the {flag}s (as --columns "
                                   f"{field}=COLUMN)")
+        _add_device(sub)
+
+
+def _add_device(command) -> None:
+    command.add_argument(
+        "--device", type=_device, default="auto",
+        help="where the networks run: auto (a GPU when torch sees one and mmfast's CUDA kernels "
+             "were built, else the CPU), cpu, cuda or cuda:N; fastText's models (text, pq, "
+             "rspq) train by Hogwild SGD on the CPU whatever it says, and under torchrun every "
+             "rank runs on the CPU (default: %(default)s)")
+
+
+def _device(value: str) -> str:
+    kind, _, index = value.partition(":")
+    if (value in ("auto", "cpu", "cuda")
+            or (kind == "cuda" and index.isdigit() and index.isascii())):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
 
 
 # A record's fields and their --FLAG-column options (a record's labels: --label-column).
@@ -245,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repetitions", type=int, default=4, help="--pq: RSPQ repetitions R")
     demo.add_argument("--iters", type=int, default=20, help="--pq: k-means iterations")
     demo.add_argument("--seed", type=int, default=0, help="--pq: seed of the data and k-means")
+    _add_device(demo)
     demo.set_defaults(run="_demo")
     add_kiela_commands(commands)
 

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import gc
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from mmfast._io import atomic_path, locked, stale_temporaries
 from mmfast.data import (FeatureStore, Manifest, read_manifest, validation_split,
                          write_image_folder_manifest)
 from mmfast.defaults import DEMO_PAPERS, PACKAGED
+from mmfast.devices import resolve_device
 from mmfast.features import (BadImageError, DetectorRegionFeatureExtractor,
                              GridRegionFeatureExtractor, ImageFeatureExtractor,
                              extractor_from_config, image_store,
@@ -37,36 +39,54 @@ def _demo(args) -> int:
                     args.centroids, args.repetitions, args.iters, args.seed)
         return 0
     papers = DEMO_PAPERS if args.paper == "all" else (args.paper,)
+    device = _device(args, trains=True)
     start = time.perf_counter()
     for number, paper in enumerate(papers):
         if number:
             print()
         if paper == "003":
-            kiela_demo.run(args.task, args.models, args.epochs, args.limit)
+            kiela_demo.run(args.task, args.models, args.epochs, args.limit, device)
         elif paper == "000":
-            cacnet_demo.run(args.epochs or 30)
+            cacnet_demo.run(args.epochs or 30, device)
         elif paper == "002":
-            autoencoder_demo.run()
+            autoencoder_demo.run(device=device)
         else:
-            ananet_demo.run(args.epochs)
+            ananet_demo.run(args.epochs, device=device)
     if len(papers) > 1:
         print(f"\nfour papers in {time.perf_counter() - start:.1f} s")
     return 0
 
 
+def _device(args, trains: bool = False) -> torch.device:
+    """``--device`` as a ``torch.device``. Under torchrun a rank's GPU is cuda:LOCAL_RANK, and
+    training stays on the CPU: its ranks average over gloo."""
+    launched = sharding.torchrun_shard()
+    if launched and trains:
+        if args.device not in ("auto", "cpu"):
+            raise ValueError(f"--device {args.device}: under torchrun mmfast train runs on the "
+                             "CPU (the ranks average their updates over gloo): pass --device "
+                             "cpu or leave it out")
+        return torch.device("cpu")
+    device = resolve_device(args.device)
+    if launched and device.type == "cuda" and device.index is None:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cuda", local % torch.cuda.device_count())
+    return device
+
+
 def _extractor(args) -> ImageFeatureExtractor:
-    weights = None if args.weights == "none" else args.weights
+    weights, device = None if args.weights == "none" else args.weights, _device(args)
     if args.regions == "grid":
-        return GridRegionFeatureExtractor(args.image_size, args.batch_size)
+        return GridRegionFeatureExtractor(args.image_size, args.batch_size, device)
     if args.regions == "detector":
         if weights in (None, PACKAGED):
             raise ValueError("--regions detector: --weights must name a local state-dict file of "
                              "torchvision's fasterrcnn_resnet50_fpn (random weights give "
                              "meaningless regions)")
         return DetectorRegionFeatureExtractor(weights, image_size=args.image_size,
-                                              batch_size=args.batch_size)
+                                              batch_size=args.batch_size, device=device)
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size,
-                                 compile=args.compile)
+                                 device, compile=args.compile)
 
 
 _NAMED_SKIPS = 10  # skipped images listed by manifest line
@@ -172,20 +192,21 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     recipe = system.default_recipe(multilabel, len(labels), **overrides)
     train = (train_records, features(train_records))
     state = _training_state(args, recipe, multilabel, labels, train_records, valid_records)
+    device = _device(args, trains=True)
     if args.autotune:
         if valid is None:
             raise ValueError("--autotune needs a validation split: pass --valid or a "
                              "--valid-fraction above 0")
         result = autotune(args.model, *train, labels, multilabel, valid,
                           duration=args.autotune_duration, seed=recipe.seed, base=recipe,
-                          progress=not args.quiet)
+                          progress=not args.quiet, device=device)
         trained = result.trained
         print(f"autotune: {len(result.trials)} trials in {args.autotune_duration:g} s, best "
               f"valid {result.metric} {result.score:.4f}; recipe "
               f"{json.dumps(asdict(result.recipe))}")
     else:
         trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet,
-                             state=state)
+                             state=state, device=device)
     if valid is not None:
         trained.stats["valid_items"] = len(valid_records)
     if not save:
@@ -257,7 +278,7 @@ def _image_source(args, trained: systems.base.Fitted):
     if recipe is None:
         raise ValueError(f"{args.command}: the checkpoint records no image extractor: pass "
                          "--store")
-    extractor = extractor_from_config(recipe)
+    extractor = extractor_from_config(recipe, _device(args))
     skip_bad = getattr(args, "skip_bad", False)
 
     def extract(batch):
@@ -362,7 +383,7 @@ def _resumable(output: Path, as_csv: bool) -> tuple[list[str], list[str]]:
 
 
 def _classify(args) -> int:
-    trained = systems.load(args.checkpoint)
+    trained = systems.load(args.checkpoint).to(_device(args))
     names = trained.labels
     label_json = [predictions.json_string(label) for label in names]
     images = _image_source(args, trained)
@@ -465,7 +486,7 @@ def _merge(args) -> int:
 
 
 def _eval(args) -> int:
-    trained = systems.load(args.checkpoint)
+    trained = systems.load(args.checkpoint).to(_device(args))
     everything = next(Manifest(args.input, columns=args.columns).batches(sys.maxsize), None)
     if everything is None:
         raise ValueError(f"--input {args.input}: expected items to evaluate, got none")

@@ -15,6 +15,7 @@ DEMO_IMAGE_SIZE = 96  # the emoji are 72x72: a larger input adds time, not detai
 DEMO_PAPERS = ("003", "000", "002", "004")  # mmfast demo --paper all runs them in this order
 REGION_IMAGE_SIZE = 128  # grid regions: a 4 x 4 grid of cells (EfficientNet's stride is 32)
 GATED_MODELS = ("gated", "bilinear_gated")
+FASTTEXT_MODELS = ("text", "pq", "rspq")  # trained as fastText is: Hogwild SGD on the CPU
 # ContinuousFusion's gating modality; a recipe's "auto" trains both and keeps the one that
 # validates better.
 GATES = ("text", "image")
@@ -264,7 +265,7 @@ class AnANetRecipe(_TaskFreeRecipe):
 
 # Recipe fields that only some of the systems sharing a recipe read; a flag setting one for
 # another system is refused (it would be ignored).
-_ONLY = {"average_every": ("text", "pq", "rspq"), "alpha": ("pq", "rspq"),
+_ONLY = {"average_every": FASTTEXT_MODELS, "alpha": ("pq", "rspq"),
          "subvectors": ("pq", "rspq"), "centroids": ("pq", "rspq"), "repetitions": ("rspq",),
          "dropout": ("mlp",), "gate": GATED_MODELS, "mu": ("joint_ae", "crossmodal_ae_ii")}
 

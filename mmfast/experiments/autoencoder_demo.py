@@ -143,17 +143,18 @@ def train_autoencoder(model: JointAutoencoder | CrossModalAutoencoder, visual: t
 
 
 def representations(train: Split, heldout: Split, removed: tuple[str, ...], tag_dim: int,
-                    training: Training, progress: bool = False
+                    training: Training, progress: bool = False, device="cpu"
                     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[int, int]]:
     """Every row's (train, held-out) features with the ``removed`` tags dropped from the text
-    side, and how many train and held-out items are left without a known tag."""
+    side, and how many train and held-out items are left without a known tag; the
+    autoencoders train on ``device``."""
     vocabulary = sorted({tag for tags in train.tags for tag in tags} - set(removed))
     raw_tags = bag_of_words(train.tags, vocabulary), bag_of_words(heldout.tags, vocabulary)
     tag_vectors = TagVectors.fit(train.tags, tag_dim, exclude=removed, seed=training.seed)
     (train_text, train_tagged), (heldout_text, heldout_tagged) = (
         tag_vectors.transform(train.tags), tag_vectors.transform(heldout.tags))
-    visual = torch.from_numpy(train.visual), torch.from_numpy(heldout.visual)
-    text = torch.from_numpy(train_text), torch.from_numpy(heldout_text)
+    visual = torch.from_numpy(train.visual).to(device), torch.from_numpy(heldout.visual).to(device)
+    text = torch.from_numpy(train_text).to(device), torch.from_numpy(heldout_text).to(device)
 
     visual_dim = train.visual.shape[1]
     with torch.random.fork_rng(devices=[]):  # seed the initial weights, not the caller's RNG
@@ -164,12 +165,12 @@ def representations(train: Split, heldout: Split, removed: tuple[str, ...], tag_
             torch.manual_seed(training.seed)
             cross[mode] = CrossModalAutoencoder(visual_dim, tag_dim, mode)
     for model in (joint, *cross.values()):
-        train_autoencoder(model, visual[0], text[0], torch.from_numpy(train_tagged), training,
-                          progress)
+        train_autoencoder(model.to(device), visual[0], text[0],
+                          torch.from_numpy(train_tagged).to(device), training, progress)
     with torch.no_grad():
-        joint_features = tuple(joint.eval().encode(v, tau).numpy()
+        joint_features = tuple(joint.eval().encode(v, tau).cpu().numpy()
                                for v, tau in zip(visual, text))
-        cross_features = {mode: tuple(model.eval().encode(v).numpy() for v in visual)
+        cross_features = {mode: tuple(model.eval().encode(v).cpu().numpy() for v in visual)
                           for mode, model in cross.items()}
     features = {
         "Raw Tags": raw_tags,
@@ -197,7 +198,8 @@ def _check_histograms(name: str, histograms, records: Sequence[Record]) -> np.nd
 def table2(train_records: Sequence[Record], heldout_records: Sequence[Record],
            train_histograms: np.ndarray, heldout_histograms: np.ndarray, labels: Sequence[str],
            num_concepts: int = 10, pca_dim: int = 200, tag_dim: int = 20,
-           training: Training = Training(), l2: float = 1.0, progress: bool = False) -> Table2:
+           training: Training = Training(), l2: float = 1.0, progress: bool = False,
+           device="cpu") -> Table2:
     """Paper 002's Table 2 (see the module docstring). ``train_histograms`` [N, W] and
     ``heldout_histograms`` [M, W] are the records' visual words histograms, row by row;
     ``l2`` is the logistic regressions' 1/C. Each concept's tag is its label's one token
@@ -227,7 +229,7 @@ def table2(train_records: Sequence[Record], heldout_records: Sequence[Record],
     untagged = {}
     for removed, columns in groups.items():
         features, untagged["".join(removed)] = representations(train, heldout, removed, tag_dim,
-                                                               training, progress)
+                                                               training, progress, device)
         for row in ROWS:
             train_features, heldout_features = features[row]
             model = LogisticRegression(l2).fit(train_features, train_targets[:, columns])
@@ -245,21 +247,23 @@ PAPER_TABLE2 = {"Raw Tags": 0.850, "SIFT": 0.755, "Raw Tags + SIFT": 0.824,
                 "Cross-Modal I": 0.762, "Cross-Modal II": 0.773}
 
 
-def run(num_words: int = 1000, patch_size: int = 16, stride: int = 8) -> Table2:
+def run(num_words: int = 1000, patch_size: int = 16, stride: int = 8, device="cpu") -> Table2:
     """Print Table 2 on the demo's tags task: visual words (``BagOfVisualWords``, the codebook
-    fitted on the train split's images) of every image, then ``table2``; returns it."""
+    fitted on the train split's images) of every image, then ``table2``, on ``device``;
+    returns it."""
     from mmfast.data import emoji_dataset, read_manifest
     from mmfast.features import BagOfVisualWords
 
     start = time.perf_counter()
     data = emoji_dataset("tags")
     train, heldout = read_manifest(data.train), read_manifest(data.heldout)
-    bovw = BagOfVisualWords(num_words, patch_size, stride, device="cpu")
+    bovw = BagOfVisualWords(num_words, patch_size, stride, device=device)
     bovw.fit([record.image for record in train], progress=False)
     train_histograms = bovw.transform([r.image for r in train], progress=False).numpy()
     heldout_histograms = bovw.transform([r.image for r in heldout], progress=False).numpy()
     bovw_seconds = time.perf_counter() - start
-    table = table2(train, heldout, train_histograms, heldout_histograms, data.labels)
+    table = table2(train, heldout, train_histograms, heldout_histograms, data.labels,
+                   device=device)
     # one entry per removed tag ("" for none): no "" entry when every concept's tag was removed
     untagged = ", ".join(f"{heldout_count}" + (f" once '{tag}' is removed" if tag else "")
                          for tag, (_, heldout_count) in table.untagged.items())

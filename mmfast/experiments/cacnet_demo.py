@@ -51,9 +51,9 @@ def dense_mlp(input_dim: int, hidden: int, num_classes: int) -> nn.Sequential:
 def train_mlp(image: torch.Tensor, text: torch.Tensor, targets: torch.Tensor, epochs: int,
               hidden: int, batch_size: int, lr: float, seed: int) -> nn.Sequential:
     """The dense MLP on the concatenated inputs, sigmoid outputs and per-label BCE averaged as
-    CACNet's is, by SGD at ``lr``."""
+    CACNet's is, by SGD at ``lr``, on the inputs' device."""
     torch.manual_seed(seed)
-    model = dense_mlp(image.shape[1] + text.shape[1], hidden, targets.shape[1])
+    model = dense_mlp(image.shape[1] + text.shape[1], hidden, targets.shape[1]).to(image.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     batches = ShuffledBatches(image, text, targets, batch_size, seed)
     for _ in range(epochs):
@@ -70,40 +70,42 @@ def hashtag_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, fl
 
 
 def table4(train: Sequence[Record], heldout: Sequence[Record], train_image: np.ndarray,
-           heldout_image: np.ndarray, labels: Sequence[str], recipe: CACNetRecipe
-           ) -> dict[str, dict]:
+           heldout_image: np.ndarray, labels: Sequence[str], recipe: CACNetRecipe,
+           device=None) -> dict[str, dict]:
     """Held-out metrics of each model, keyed by model name. CACNet trains ``recipe`` (its gamma
     rising from ``recipe.gamma`` to ``gamma_end`` over the last fifth of the epochs: the
     paper's 0.4 to 0.8 over 100 of 500), CACNet(gamma=1) the same with gamma 1; their rows also
     hold ``case2_steps`` of ``steps``. The MLP has ``recipe.dim`` units per hidden layer and
-    CACNet's step size."""
+    CACNet's step size. Every model trains on ``device`` (None: the CPU)."""
     system = systems.get("cacnet")
     rows, trained = {}, None
     for name, run_recipe in (("CACNet", recipe),
                              ("CACNet(gamma=1)", replace(recipe, gamma=1.0, gamma_end=1.0))):
-        trained = system.fit(run_recipe, (train, train_image), labels, True)
+        trained = system.fit(run_recipe, (train, train_image), labels, True, device=device)
         heldout_targets = trained.targets(heldout)
         cases = trained.stats["case_steps"]
         rows[name] = {**hashtag_metrics(trained.logits(heldout, heldout_image), heldout_targets),
                       "case2_steps": cases["2"], "steps": cases["1"] + cases["2"]}
-    mlp = train_mlp(*trained.inputs(train, train_image), trained.targets(train), recipe.epochs,
-                    recipe.dim, recipe.batch_size, recipe.lr * len(labels), recipe.seed)
+    device = device or "cpu"
+    mlp = train_mlp(*(x.to(device) for x in trained.inputs(train, train_image)),
+                    trained.targets(train).to(device), recipe.epochs, recipe.dim,
+                    recipe.batch_size, recipe.lr * len(labels), recipe.seed)
     with torch.no_grad():
-        scores = mlp(torch.cat(trained.inputs(heldout, heldout_image), dim=1))
+        scores = mlp(torch.cat(trained.inputs(heldout, heldout_image), dim=1).to(device)).cpu()
     rows["MLP"] = hashtag_metrics(scores, heldout_targets)
     return rows
 
 
-def run(epochs: int = 30) -> dict[str, dict]:
+def run(epochs: int = 30, device=None) -> dict[str, dict]:
     """Print Table 4 on the demo's tags task, the CACNets with the ``cacnet`` system's default
-    recipe (``epochs`` of it) at the paper's 600 hidden units and Word2Vec text; returns its
-    rows."""
+    recipe (``epochs`` of it) at the paper's 600 hidden units and Word2Vec text, trained on
+    ``device``; returns its rows."""
     from mmfast.features import demo_features
 
     start = time.perf_counter()
     data, train, heldout, train_image, heldout_image = demo_features("tags")
     recipe = CACNetRecipe(dim=600, epochs=epochs, text_features="word2vec")  # DESIGN 3.2's
-    rows = table4(train, heldout, train_image, heldout_image, data.labels, recipe)
+    rows = table4(train, heldout, train_image, heldout_image, data.labels, recipe, device)
     vocabulary = {word for record in train for word in tokenize(record.text)}
     unseen = sum(word not in vocabulary for record in heldout for word in tokenize(record.text))
     print(f"paper 000 (CACNet) on the emoji tags: {len(train)} train / {len(heldout)} held-out "

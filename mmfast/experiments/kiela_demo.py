@@ -19,10 +19,11 @@ PAPER_FOOD101 = {"text": 88.0, "continuous": 56.7, "additive": 90.4, "max": 90.5
 
 
 def run(task: str = "group", models: str = "paper", epochs: int | None = None,
-        limit: int | None = None) -> None:
+        limit: int | None = None, device=None) -> None:
     """Print the table: each model of ``models`` (comma-separated names, \"paper\" or \"all\")
     trained on the ``task``'s training split (the first ``limit`` items), validated on a
-    seeded 10% of it, scored on the held-out split."""
+    seeded 10% of it, scored on the held-out split; the networks train on ``device`` (None:
+    the CPU; fastText's models on the CPU whatever it says)."""
     torch.manual_seed(0)
     data = emoji_dataset(task)
     train_records = read_manifest(data.train)[: limit]
@@ -49,7 +50,7 @@ def run(task: str = "group", models: str = "paper", epochs: int | None = None,
         recipe = system.default_recipe(data.multilabel, len(data.labels),
                                        **({"epochs": epochs} if epochs else {}))
         trained = system.fit(recipe, (fit_records, fit_image), data.labels, data.multilabel,
-                             valid=valid)
+                             valid=valid, device=device)
         begin = time.perf_counter()
         logits = trained.logits(heldout, heldout_image)
         rate = len(heldout) / (time.perf_counter() - begin)

@@ -187,7 +187,7 @@ class ImageFeatureExtractor:
         """Images [B, 3, H, W] in [0, 1] as the backbone's input, on its device."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
-        x = (images.to(self.device, torch.float32) - self.mean) / self.std
+        x = (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
@@ -241,7 +241,10 @@ class ImageFeatureExtractor:
                     else:
                         images.append(image)
                 if images:
-                    out[kept:kept + len(images)] = self.features(torch.stack(images)).cpu().numpy()
+                    batch = torch.stack(images)
+                    if self.device.type == "cuda":  # one page-locked copy, sent asynchronously
+                        batch = batch.pin_memory()
+                    out[kept:kept + len(images)] = self.features(batch).cpu().numpy()
                     kept += len(images)
                 bar.update(len(decoded))
         return out[:kept], bad

@@ -104,9 +104,11 @@ class DetectorRegionFeatureExtractor(ImageFeatureExtractor):
     detector --weights FILE``). Images are read square at ``image_size`` px."""
 
     def __init__(self, weights: str | os.PathLike | None, num_regions: int = 36,
-                 image_size: int = 224, batch_size: int = 16):
+                 image_size: int = 224, batch_size: int = 16,
+                 device: str | torch.device = "cpu"):
         # not ImageFeatureExtractor.__init__: there is no pooled backbone to build
-        self.detector = RegionFeatureExtractor(weights, num_regions, image_size)
+        self.device = torch.device(device)
+        self.detector = RegionFeatureExtractor(weights, num_regions, image_size).to(self.device)
         self.weights = None if weights is None else str(weights)
         self.backbone = "fasterrcnn_resnet50_fpn"
         self.image_size, self.batch_size = image_size, batch_size
@@ -115,19 +117,21 @@ class DetectorRegionFeatureExtractor(ImageFeatureExtractor):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Region features [B, Kr, 1024] of images [B, 3, H, W] in [0, 1]."""
-        return self.detector(images)[0]
+        return self.detector(images.to(self.device, non_blocking=True))[0]
 
     def config(self) -> dict:
         return {**super().config(), "regions": "detector", "num_regions": self.num_regions,
                 "weights": self.weights}
 
 
-def extractor_from_config(config: dict) -> ImageFeatureExtractor:
+def extractor_from_config(config: dict, device: str | torch.device = "cpu"
+                          ) -> ImageFeatureExtractor:
     """The extractor that wrote features of ``config`` (an extractor's ``config()``, as stores
-    and checkpoints record it): pooled vectors, grid-cell or detector regions."""
+    and checkpoints record it), on ``device``: pooled vectors, grid-cell or detector regions."""
     if config.get("regions") == "grid":
-        return GridRegionFeatureExtractor(config["image_size"])
+        return GridRegionFeatureExtractor(config["image_size"], device=device)
     if config.get("regions") == "detector":
         return DetectorRegionFeatureExtractor(config["weights"], config["num_regions"],
-                                              config["image_size"])
-    return ImageFeatureExtractor(config["backbone"], image_size=config["image_size"])
+                                              config["image_size"], device=device)
+    return ImageFeatureExtractor(config["backbone"], image_size=config["image_size"],
+                                 device=device)

@@ -7,7 +7,8 @@ how it reads text), its recipe (a dataclass of ``mmfast.defaults`` whose ``defau
 multilabel, **overrides)`` gives the recipe ``mmfast train`` uses without flags) and the module
 under ``mmfast.systems`` that implements it. That module provides
 
-- ``fit(recipe, train, labels, multilabel, valid=None, progress=False, state=None) -> Fitted``,
+- ``fit(recipe, train, labels, multilabel, valid=None, progress=False, state=None,
+  device=None) -> Fitted``,
   where ``train`` and ``valid`` are ``(records, image features [N, D] or None)`` and
   ``state`` the ``TrainingState`` it saves every few epochs and resumes from;
 - ``load(directory) -> Fitted`` for the checkpoints its ``Fitted.save`` writes;
@@ -57,14 +58,16 @@ class System:
         return importlib.import_module(f"mmfast.systems.{self.module}")
 
     def fit(self, recipe, train, labels, multilabel: bool, valid=None, progress: bool = False,
-            state=None):
+            state=None, device=None):
         """``recipe`` trained on ``train`` = (records, image features), ``valid`` the same;
-        ``state``: the ``mmfast.train.resume.TrainingState`` the run saves and resumes."""
+        ``state``: the ``mmfast.train.resume.TrainingState`` the run saves and resumes;
+        ``device``: where its network trains (None: the CPU; fastText's models train on the
+        CPU whatever it says)."""
         for inputs in (train, valid):
             if inputs is not None:
                 self.check_image(inputs[1])
         return self.implementation().fit(recipe, train, labels, multilabel, valid, progress,
-                                         state)
+                                         state, device)
 
     def check_image(self, image) -> None:
         """A ValueError unless ``image`` is what the system reads: pooled vectors [N, D],

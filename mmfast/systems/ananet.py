@@ -64,7 +64,10 @@ def load(directory: str | os.PathLike) -> TrainedAnANet:
 
 
 def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False, state=None) -> TrainedAnANet:
+        valid: Inputs | None = None, progress: bool = False, state=None,
+        device: torch.device | str | None = None) -> TrainedAnANet:
+    """AnANet trained on ``train`` (on ``device``; None: the CPU; the batches move there), the
+    best epoch on ``valid`` kept."""
     records, image = train
     if multilabel:
         raise ValueError(f"the {recipe.model} system classifies each image-text pair into one "
@@ -77,6 +80,7 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
                        num_words=recipe.num_words, region_dim=image.shape[2],
                        word_dim=words.dim, context_dim=0, hidden_dim=recipe.dim,
                        inv_dim=recipe.dim // 2, variant=VARIANT[recipe.model])
+    model.to(device or "cpu")
     trained = TrainedAnANet(model, words, labels, recipe, {})
     features = trained.features(records, image, with_targets=True)
     known = features["labels"] >= 0

@@ -18,6 +18,7 @@ import torch
 from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, PROBE_L2, AutoencoderRecipe
+from mmfast.devices import model_device
 from mmfast.nn import CrossModalAutoencoder, JointAutoencoder
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
                                  stage, targets)
@@ -81,11 +82,14 @@ class TrainedAutoencoder(Fitted):
 
     @torch.no_grad()
     def encode(self, records: Sequence[Record], image: np.ndarray) -> torch.Tensor:
-        """The autoencoder's hidden units [N, hidden]: the items' learned features."""
-        v, tau = self.inputs(records, image)
+        """The autoencoder's hidden units [N, hidden] on the CPU: the items' learned
+        features."""
+        device = model_device(self.model)
+        v, tau = (None if x is None else x.to(device) for x in self.inputs(records, image))
         self.model.eval()
-        return self.model.encode(v, tau) if self.recipe.model == "joint_ae" else \
+        hidden = self.model.encode(v, tau) if self.recipe.model == "joint_ae" else \
             self.model.encode(v)
+        return hidden.cpu()
 
     def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         return self.probes(self.encode(records, image))
@@ -118,28 +122,30 @@ def build_model(recipe: AutoencoderRecipe, visual_dim: int, text_dim: int):
 
 
 def fit(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False, state=None
-        ) -> TrainedAutoencoder:
-    """The autoencoder trained on ``train`` (labels unused), then the probes on its features;
-    with ``recipe.l2`` None, the probes' penalty is the one of ``PROBE_L2`` that scores best on
-    ``valid`` (1 without it), and ``text_features`` "auto" trains with each of
-    ``AUTO_TEXT_FEATURES`` and keeps the better; the returned recipe names the choices."""
+        valid: Inputs | None = None, progress: bool = False, state=None,
+        device: torch.device | str | None = None) -> TrainedAutoencoder:
+    """The autoencoder trained on ``train`` (labels unused; on ``device``, None: the CPU),
+    then the probes on its features (on the CPU); with ``recipe.l2`` None, the probes' penalty
+    is the one of ``PROBE_L2`` that scores best on ``valid`` (1 without it), and
+    ``text_features`` "auto" trains with each of ``AUTO_TEXT_FEATURES`` and keeps the better;
+    the returned recipe names the choices."""
     return choose_on_validation(
-        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state),
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state, device),
         recipe, "text_features", AUTO_TEXT_FEATURES, valid)
 
 
 def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
-              multilabel: bool, valid: Inputs | None, progress: bool, state=None
-              ) -> TrainedAutoencoder:
+              multilabel: bool, valid: Inputs | None, progress: bool, state=None,
+              device=None) -> TrainedAutoencoder:
     records, image = train
     start = time.perf_counter()
     inputs = DenseInputs.fit(records, image, recipe.image_dim, True, recipe.text_features,
                              recipe.text_dim, recipe.ngrams, recipe.seed)
-    v, tau = inputs(records, image)
+    device = torch.device(device or "cpu")
+    v, tau = (None if x is None else x.to(device) for x in inputs(records, image))
     with torch.random.fork_rng(devices=[]):  # seed the initial weights, not the caller's RNG
         torch.manual_seed(recipe.seed)
-        model = build_model(recipe, inputs.image_dim, inputs.text_dim)
+        model = build_model(recipe, inputs.image_dim, inputs.text_dim).to(device)
     parameters = model.parameters()
     optimizer = (torch.optim.SGD(parameters, lr=recipe.lr, momentum=0.9)
                  if recipe.optimizer == "sgd" else torch.optim.Adam(parameters, lr=recipe.lr))

@@ -182,7 +182,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
              labels: Sequence[str], multilabel: bool,
              valid: tuple[Sequence[Record], np.ndarray | None], *, duration: float = 60.0,
              seed: int = 0, max_trials: int | None = None, base=None,
-             progress: bool = False) -> AutotuneResult:
+             progress: bool = False, device=None) -> AutotuneResult:
     """Search the recipe of the system ``model`` for the best score on ``valid`` = (records,
     image features) (accuracy, or mAP when ``multilabel``), as fastText's
     ``-autotune-validation`` does.
@@ -204,7 +204,7 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
     same recipes and scores each run (as long as ``duration`` does not stop it first, and with
     one thread: the fused path's Hogwild threads race, as fastText's do); with ``duration``
     alone it follows the clock, and how many trials run (hence the result) depends on the
-    machine's speed.
+    machine's speed. Every trial trains on ``device`` (``System.fit``'s).
     """
     if valid is None or len(valid[0]) == 0:
         raise ValueError("autotune: valid must be (records, image features) with at least "
@@ -240,7 +240,8 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
             tried.add(_key(recipe))
             trial_start = time.perf_counter()
             try:
-                trained = system.fit(recipe, (records, image), labels, multilabel, valid)
+                trained = system.fit(recipe, (records, image), labels, multilabel, valid,
+                                     device=device)
             except ValueError as failure:
                 error = failure
                 trials.append(Trial(recipe, -math.inf, 0, time.perf_counter() - trial_start,

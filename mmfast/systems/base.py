@@ -46,8 +46,15 @@ class Fitted:
         return self._logits(records, image)
 
     def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
-        """``logits`` of at least one record: what each system implements."""
+        """``logits`` of at least one record, on the CPU: what each system implements (its
+        network runs on its device, the inputs moved there)."""
         raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> "Fitted":
+        """This system with its network on ``device`` (what it fitted of its inputs, and its
+        logits, stay on the CPU)."""
+        self.model.to(device)
+        return self
 
     def probabilities(self, records: Sequence[Record], image: np.ndarray | None
                       ) -> torch.Tensor:
@@ -136,7 +143,7 @@ def targets(records: Sequence[Record], labels: Sequence[str], multilabel: bool) 
 
 def one_hot(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """{0,1} [N, C] of single-label ``targets`` [N] (a -100 row stays all 0)."""
-    out = torch.zeros(len(targets), num_classes)
+    out = torch.zeros(len(targets), num_classes, device=targets.device)
     known = targets >= 0
     out[known.nonzero().flatten(), targets[known]] = 1.0
     return out

@@ -13,6 +13,7 @@ import torch
 from mmfast._io import load_tensors
 from mmfast.data import Record
 from mmfast.defaults import AUTO_TEXT_FEATURES, CACNetRecipe
+from mmfast.devices import model_device
 from mmfast.nn import CACNet
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, read_header,
                                  stage, targets)
@@ -36,7 +37,8 @@ class TrainedCACNet(Fitted):
     @torch.no_grad()
     def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
         self.model.eval()
-        return self.model(*self.inputs(records, image))
+        device = model_device(self.model)
+        return self.model(*(x.to(device) for x in self.inputs(records, image))).cpu()
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
         self.save_with(directory, extractor, INPUTS, self.inputs.tensors(),
@@ -52,24 +54,29 @@ def load(directory: str | os.PathLike) -> TrainedCACNet:
 
 
 def fit(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False, state=None) -> TrainedCACNet:
-    """CACNet trained on ``train``, the best epoch on ``valid`` kept; ``text_features`` "auto"
-    trains with each of ``AUTO_TEXT_FEATURES`` and keeps the one that validates better."""
+        valid: Inputs | None = None, progress: bool = False, state=None,
+        device: torch.device | str | None = None) -> TrainedCACNet:
+    """CACNet trained on ``train`` (on ``device``; None: the CPU), the best epoch on ``valid``
+    kept; ``text_features`` "auto" trains with each of ``AUTO_TEXT_FEATURES`` and keeps the
+    one that validates better. The inputs are fitted on the CPU."""
     return choose_on_validation(
-        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state),
+        lambda run: _fit_once(run, train, labels, multilabel, valid, progress, state, device),
         recipe, "text_features", AUTO_TEXT_FEATURES, valid)
 
 
 def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multilabel: bool,
-              valid: Inputs | None, progress: bool, state=None) -> TrainedCACNet:
+              valid: Inputs | None, progress: bool, state=None,
+              device=None) -> TrainedCACNet:
     records, image = train
     torch.manual_seed(recipe.seed)
     inputs = DenseInputs.fit(records, image, recipe.image_dim, False, recipe.text_features,
                              recipe.text_dim, recipe.ngrams, recipe.seed)
-    model = CACNet(inputs.image_dim, inputs.text_dim, recipe.dim, len(labels))
+    device = torch.device(device or "cpu")
+    model = CACNet(inputs.image_dim, inputs.text_dim, recipe.dim, len(labels)).to(device)
     trained = TrainedCACNet(model, inputs, labels, multilabel, recipe, {})
-    x_img, x_txt = inputs(records, image)
-    truth = targets(records, labels, multilabel)
+    # the reduced inputs are small: they move to the device whole, the batches are their rows
+    x_img, x_txt = (x.to(device) for x in inputs(records, image))
+    truth = targets(records, labels, multilabel).to(device)
     y = truth if multilabel else one_hot(truth, len(labels))
     # under torchrun, this rank's part of every batch (the trainer keeps the ranks one model)
     batches = ShuffledBatches(x_img, x_txt, y, recipe.batch_size, recipe.seed,
@@ -103,7 +110,8 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
 
     valid_score = None
     if valid is not None:
-        valid_inputs, valid_truth = inputs(*valid), targets(valid[0], labels, multilabel)
+        valid_inputs = [x.to(device) for x in inputs(*valid)]
+        valid_truth = targets(valid[0], labels, multilabel).to(device)
         valid_score = torch.no_grad()(lambda: score(model(*valid_inputs), valid_truth, loss))
     trained.stats = select_epochs(model, epochs, recipe.epochs, SCORE_NAMES[loss], train_score,
                                   valid_score, recipe.patience, len(y), lr, progress,

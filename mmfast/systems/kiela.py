@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmfast.data import Record
-from mmfast.defaults import GATED_MODELS, GATES, Recipe
+from mmfast.defaults import FASTTEXT_MODELS, GATED_MODELS, GATES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
 from mmfast.quant import RSPQ, ProductQuantizer
@@ -124,7 +124,8 @@ def load(directory: str | os.PathLike) -> Trained:
 
 
 def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel: bool,
-        valid: Inputs | None = None, progress: bool = False, state=None) -> Trained:
+        valid: Inputs | None = None, progress: bool = False, state=None,
+        device: torch.device | str | None = None) -> Trained:
     """Train ``recipe.model`` on ``train_inputs`` = (records, image features [N, D], None for
     the text model). With ``valid`` = (records, image features), the model is scored on them
     after every epoch and keeps its best epoch's weights; ``recipe.patience`` epochs without
@@ -132,17 +133,22 @@ def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel:
 
     ``recipe.gate`` "auto" trains a gated model once per gating modality and returns the one
     with the better validation score (the text gate on ties, or without ``valid``); its
-    recipe names the modality chosen."""
+    recipe names the modality chosen.
+
+    ``device``: where the autograd-trained models train (None: the CPU); fastText's models
+    (text, pq, rspq) train by Hogwild SGD on the CPU whatever it says, one example a step
+    leaving a GPU idle. The trained model stays there (``Trained.to`` moves it)."""
     if recipe.model not in GATED_MODELS and recipe.gate == "auto":
         recipe = replace(recipe, gate="text")  # read by no other model
     return choose_on_validation(
-        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid, state),
+        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid, state,
+                              device),
         recipe, "gate", GATES, valid)
 
 
 def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
               labels: Sequence[str], multilabel: bool, progress: bool,
-              valid: Inputs | None, state=None) -> Trained:
+              valid: Inputs | None, state=None, device=None) -> Trained:
     torch.manual_seed(recipe.seed)
     hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
                               ngrams=recipe.ngrams)
@@ -157,6 +163,8 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
         model.center_images(data.image)
     elif isinstance(model, EarlyFusionMLP):
         model.fit_statistics(data.words, data.offsets, data.image)
+    if device is not None and recipe.model not in FASTTEXT_MODELS:
+        model.to(device)
     valid_data = None if valid is None else trained.examples(*valid)
     trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",

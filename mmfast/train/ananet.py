@@ -110,20 +110,19 @@ class AnANetTrainer:
 
     @torch.no_grad()
     def predict(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Class probabilities [S, C] (softmax of the fused logits)."""
+        """Class probabilities [S, C] on the CPU (softmax of the fused logits)."""
         num_samples = _check_features(features, need_labels=False, source="predict")
         self.model.eval()
         chunks = [
             self.model(*self._batch(features, slice(start, start + self.batch_size))).logits
             for start in range(0, num_samples, self.batch_size)
         ]
-        return torch.cat(chunks).softmax(dim=1)
+        return torch.cat(chunks).softmax(dim=1).cpu()
 
     def evaluate(self, features: Mapping[str, torch.Tensor]) -> dict:
         """Accuracy, weighted F1 and per-class F1 (the paper's Tables III-V)."""
         _check_features(features, need_labels=True, source="evaluate")
-        probabilities = self.predict(features).cpu()
-        labels = features["labels"].cpu()
+        probabilities, labels = self.predict(features), features["labels"].cpu()
         num_classes = probabilities.shape[1]
         return {
             "accuracy": metrics.accuracy(probabilities, labels),

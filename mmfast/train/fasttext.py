@@ -7,6 +7,7 @@ from torch import nn
 
 from mmfast import _backend, metrics
 from mmfast.defaults import OPTIMIZERS
+from mmfast.devices import model_device
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
@@ -55,18 +56,22 @@ class Examples:
         """The items ``index`` as their own ``Examples``."""
         return Examples(*self.batch(index))
 
-    def slices(self, size: int | list[int]):
+    def slices(self, size: int | list[int], device: torch.device | None = None):
         """``(words, offsets, image, targets)`` of consecutive runs of ``size`` items (or of
         each of the sizes ``size`` lists): views, no gather (``batch`` of a shuffled ``subset``
-        costs a gather per run)."""
+        costs a gather per run), copied to ``device`` when given (the examples stay in host
+        memory; a run at a time goes to the model's GPU)."""
         ends = torch.cat([self.offsets, self.offsets.new_tensor([self.words.numel()])]).tolist()
         sizes = size if isinstance(size, list) else [size] * -(-len(self) // size)
         begin = 0
         for size in sizes:
             end = min(begin + size, len(self))
-            yield (self.words[ends[begin]:ends[end]], self.offsets[begin:end] - ends[begin],
+            run = (self.words[ends[begin]:ends[end]], self.offsets[begin:end] - ends[begin],
                    None if self.image is None else self.image[begin:end],
                    None if self.targets is None else self.targets[begin:end])
+            yield run if device is None else tuple(
+                None if tensor is None else tensor.to(device, non_blocking=True)
+                for tensor in run)
             begin = end
 
 
@@ -196,19 +201,19 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
     weighted by its part's size (``rows_weight``), so the steps are a single process's on the
     whole batches (up to float rounding)."""
     rank, world = process_group()
-    forward = model
+    forward, device = model, model_device(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
     while True:  # select_epochs takes as many epochs as it runs
         model.train()
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         order, sizes = torch.randperm(len(examples), generator=generator), batch_size
         if world > 1:  # this rank's part of every batch
             parts = [batch_part(batch, rank, world) for batch in order.split(batch_size)]
             order, sizes = torch.cat(parts), [len(part) for part in parts]
-        for words, offsets, image, targets in examples.subset(order).slices(sizes):
+        for words, offsets, image, targets in examples.subset(order).slices(sizes, device):
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
             value = criterion(forward(words, offsets, image), targets)
@@ -326,9 +331,9 @@ def _all_rows(rows: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, examples: Examples, batch_size: int = 1024) -> torch.Tensor:
-    """Logits [N, K] in the order of ``examples``."""
+    """Logits [N, K] in the order of ``examples``, on the CPU (the model runs on its device)."""
     model.eval()
     outputs = []
-    for words, offsets, image, _ in examples.slices(batch_size):
+    for words, offsets, image, _ in examples.slices(batch_size, model_device(model)):
         outputs.append(model(words, offsets, image))
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0)

@@ -1,0 +1,154 @@
+"""``--device auto|cpu|cuda[:N]`` (mmfast.devices): what each value resolves to, the errors where
+it cannot run, and, on a GPU, every system trained and applied there against the CPU."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mmfast
+from mmfast.cli import main
+from mmfast.data import Record, write_manifest
+from mmfast.devices import cuda_ready, resolve_device
+
+needs_no_gpu = pytest.mark.skipif(cuda_ready(), reason="a usable GPU is present")
+
+
+def test_cpu_is_the_cpu_and_auto_is_the_cpu_without_a_usable_gpu():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if cuda_ready() else "cpu")
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"], ids=["any", "first"])  # an id "cuda"
+def test_cuda_where_it_cannot_run_says_what_is_missing(name):  # would mark it a GPU test
+    with pytest.raises(ValueError, match=rf"--device {name}: expected (mmfast built with its "
+                                         r"CUDA kernels|a CUDA GPU)"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "mps", "cuda:-1", ""])
+def test_values_other_than_auto_cpu_cuda_are_refused_by_the_parser(name, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["eval", "--checkpoint", "c", "--input", "i.jsonl", "--device", name])
+    assert stopped.value.code == 2
+    assert "--device: expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device(name)
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    """A learnable single-label manifest, its image features in a store."""
+    from mmfast.data import FeatureStore
+
+    root = tmp_path_factory.mktemp("devices")
+    records = [Record(f"i{n}", "", f"w{n % 3} filler{n % 7}", (f"c{n % 3}",))
+               for n in range(90)]
+    write_manifest(root / "items.jsonl", records)
+    image = np.eye(8)[np.arange(90) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
+        (90, 8))
+    FeatureStore.write(root / "store", [r.id for r in records],
+                       {"image": image.astype(np.float32)}, meta={"extractor": None})
+    return root
+
+
+@needs_no_gpu
+def test_the_commands_name_the_device_they_cannot_use_in_one_line(items, capsys):
+    command = ["train", "--train", str(items / "items.jsonl"), "--store", str(items / "store"),
+               "--out", str(items / "ckpt"), "--epochs", "1", "--quiet"]
+    assert main([*command, "--device", "cuda"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("mmfast train: --device cuda: expected") and "\n" not in error
+    assert main([*command, "--device", "cpu"]) == 0  # and the CPU trains
+    assert main(["eval", "--checkpoint", str(items / "ckpt"), "--input",
+                 str(items / "items.jsonl"), "--store", str(items / "store"), "--json",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] > 0.9
+
+
+def test_torchrun_training_stays_on_the_cpu(monkeypatch):
+    from mmfast.commands import _device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert _device(argparse.Namespace(device="auto"), trains=True) == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda: under torchrun mmfast train runs on "
+                                         "the CPU"):
+        _device(argparse.Namespace(device="cuda"), trains=True)
+
+
+def _learnable(n: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.arange(n) % 3
+    texts = [f"w{int(c)} filler{int(r)}" for c, r in
+             zip(classes, torch.randint(50, (n,), generator=generator))]
+    image = torch.nn.functional.one_hot(classes, 8).float() + 0.3 * torch.randn(
+        n, 8, generator=generator)
+    return texts, image.numpy(), [f"c{int(c)}" for c in classes]
+
+
+# one system of each trainer: fastText's Hogwild (CPU whatever the device), the minibatch
+# fusions, the MLP, CACNet, an autoencoder
+DEVICE_SYSTEMS = {"text": {}, "additive": {"dim": 16}, "bilinear_gated": {"dim": 8},
+                  "mlp": {"dim": 32}, "cacnet": {"dim": 32, "text_features": "hashed",
+                                                 "text_dim": 32, "image_dim": 8},
+                  "joint_ae": {"text_features": "hashed", "text_dim": 32, "image_dim": 8}}
+
+
+@pytest.mark.parametrize("system", DEVICE_SYSTEMS)
+def test_a_system_moved_to_a_device_scores_as_before(system):
+    """``Classifier.to`` / ``Fitted.to``: the same scores, on the CPU, wherever the network is
+    (here the CPU; the cuda-marked twin below moves it to the GPU)."""
+    texts, image, labels = _learnable(120, 0)
+    classifier = mmfast.Classifier(system, epochs=3, **DEVICE_SYSTEMS[system])
+    classifier.fit(texts, image, labels)
+    before = classifier.scores(texts, image)
+    after = classifier.to("cpu").scores(texts, image)
+    assert after.device.type == "cpu"
+    torch.testing.assert_close(after, before)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("system", DEVICE_SYSTEMS)
+def test_cuda_trains_and_scores_as_the_cpu_does(system):
+    """On a GPU: a model trained on the CPU scores the same moved to the GPU (to float
+    rounding), and one trained on the GPU learns as well as the CPU's (the same recipe and
+    seed; the kernels' sums differ in order, so not bit for bit)."""
+    texts, image, labels = _learnable(240, 0)
+    test_texts, test_image, test_labels = _learnable(90, 1)
+    on_cpu = mmfast.Classifier(system, epochs=10, **DEVICE_SYSTEMS[system])
+    on_cpu.fit(texts, image, labels)
+    cpu_scores = on_cpu.scores(test_texts, test_image)
+    moved = on_cpu.to("cuda").scores(test_texts, test_image)
+    assert moved.device.type == "cpu"
+    torch.testing.assert_close(moved, cpu_scores, atol=1e-4, rtol=1e-4)
+    on_gpu = mmfast.Classifier(system, device="cuda", epochs=10, **DEVICE_SYSTEMS[system])
+    on_gpu.fit(texts, image, labels)
+    trained_on = next(on_gpu.trained.model.parameters()).device.type
+    assert trained_on == ("cpu" if system == "text" else "cuda")
+    hits = np.mean([p == [t] for p, t in zip(on_gpu.predict(test_texts, test_image),
+                                              test_labels)])
+    assert hits > 0.9, (system, hits)
+
+
+@pytest.mark.cuda
+def test_classify_on_cuda_writes_what_the_cpu_writes(items, tmp_path):
+    for system in ("additive", "cacnet"):
+        checkpoint = tmp_path / system
+        extra = ["--text-features", "hashed", "--dim", "16"] if system == "cacnet" else []
+        assert main(["train", "--train", str(items / "items.jsonl"), "--store",
+                     str(items / "store"), "--out", str(checkpoint), "--model", system,
+                     "--epochs", "3", "--device", "cpu", "--quiet", *extra]) == 0
+        outputs = []
+        for device in ("cpu", "cuda"):
+            output = tmp_path / f"{system}-{device}.jsonl"
+            assert main(["classify", "--checkpoint", str(checkpoint), "--input",
+                         str(items / "items.jsonl"), "--store", str(items / "store"),
+                         "--output", str(output), "--device", device, "--quiet"]) == 0
+            outputs.append([json.loads(line)["labels"] for line in
+                            output.read_text().splitlines()])
+        assert outputs[0] == outputs[1], system
+
