@@ -143,6 +143,14 @@ def add_kiela_commands(commands) -> None:
                        help="go on from the training state a killed run of the same system, "
                             "recipe, seed and data saved (--checkpoint-every); with "
                             "--checkpoint-every and no state yet, train from the start")
+    train.add_argument("--rank-data", choices=("all", "share"), default="all",
+                       help="under torchrun: all, every rank reads the whole manifest and "
+                            "feature rows, and the steps are one process's on the same batches; "
+                            "share, each rank reads every world-size-th record (as classify "
+                            "does) and steps on its own shuffled rows, the fits (vocabulary, "
+                            "means, quantizers) and the validation scores reduced over the "
+                            "ranks: for data larger than one machine's memory (paper 003's "
+                            "models and mlp; default: %(default)s)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run="_train")
 

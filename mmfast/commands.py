@@ -29,6 +29,7 @@ from mmfast.features import (BadImageError, DetectorRegionFeatureExtractor,
                              store_features)
 from mmfast.report import format_report, plot_report, write_confusion_csv
 from mmfast.systems.autotune import autotune
+from mmfast.train.distributed import data_sharded, global_sum, share_sizes, sharded_data
 
 
 def _demo(args) -> int:
@@ -123,19 +124,29 @@ def _features(args) -> int:
     return 0
 
 
-def _validation_split(args, records: list) -> tuple[list, list]:
+def _validation_split(args, records: list, share: tuple[int, int] | None
+                      ) -> tuple[list, list]:
     """``(train, valid)``: ``--valid``'s records, or a seeded ``--valid-fraction`` of the
-    training manifest (none when 0)."""
+    training manifest (none when 0); this rank's ``share`` of each when the ranks read shares
+    (the fraction's split is by record, so the shares' splits make the whole's)."""
     if args.valid:
-        return records, read_manifest(args.valid, columns=args.columns)
+        return records, read_manifest(args.valid, columns=args.columns, shard=share)
     if args.valid_fraction == 0:
         return records, []
     train, valid = validation_split(records, args.valid_fraction, seed=args.seed or 0)
-    if not train or not valid:
-        raise ValueError(f"--valid-fraction {args.valid_fraction} of {len(records)} items leaves "
-                         f"{len(train)} to train and {len(valid)} to validate: pass --valid or "
-                         "--valid-fraction 0")
+    train_count, valid_count = _split_sizes(train, valid)
+    if not train_count or not valid_count:
+        raise ValueError(f"--valid-fraction {args.valid_fraction} of {train_count + valid_count} "
+                         f"items leaves {train_count} to train and {valid_count} to validate: "
+                         "pass --valid or --valid-fraction 0")
     return train, valid
+
+
+def _split_sizes(train: list, valid: list) -> tuple[int, int]:
+    """The items of the train and validation splits, over every rank's share when the ranks
+    read shares."""
+    train_count, valid_count = global_sum(torch.tensor([len(train), len(valid)])).tolist()
+    return train_count, valid_count
 
 
 def _train(args) -> int:
@@ -144,9 +155,16 @@ def _train(args) -> int:
     if launched and args.autotune:
         raise ValueError("torchrun: --autotune searches in one process: run it without "
                          "torchrun, then train the recipe it chose under torchrun")
-    records = read_manifest(args.train, columns=args.columns)
+    share = launched if launched and args.rank_data == "share" else None
+    if share and system.module != "kiela":
+        raise ValueError(f"--rank-data share: the {system.name} system fits its inputs (PCA, "
+                         "Word2Vec) on the whole split; paper 003's models and the mlp train "
+                         "from shares, the others read everything (--rank-data all)")
+    records = read_manifest(args.train, columns=args.columns, shard=share)
     if not records:
-        raise ValueError(f"--train {args.train}: expected training items, got an empty manifest")
+        raise ValueError(f"--train {args.train}: expected training items, got an empty manifest"
+                         + (f" share at rank {share[0]} of {share[1]}: use fewer ranks"
+                            if share else ""))
     if system.image and not args.store:
         raise ValueError(f"--store: the {system.name} system reads image features: pass the "
                          "feature store `mmfast features` wrote for this manifest"
@@ -165,17 +183,29 @@ def _train_distributed(args, system, records, store, multilabel, labels,
     """Under torchrun: every rank reads the whole manifest (one vocabulary, one split) and
     trains on its share of each epoch's shuffle (the Hogwild-trained models merge their
     updates; the others average their gradients every step, as DistributedDataParallel does),
-    so all ranks validate the same model; rank 0 alone writes the checkpoint and reports."""
+    so all ranks validate the same model; rank 0 alone writes the checkpoint and reports.
+    With --rank-data share each rank read only its share of the manifests: the task's labels
+    are joined here, and the fits and scores over the whole split reduced over the ranks
+    (``distributed.sharded_data``)."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo")
     try:
-        if shard[0] != 0:  # the other ranks train and stay quiet
-            args.quiet = True
-            status = _train_locked(args, system, records, store, multilabel, labels, save=False)
-        else:
-            with locked(args.out, "another mmfast train"):
-                status = _train_locked(args, system, records, store, multilabel, labels)
+        sharded = contextlib.nullcontext()
+        if args.rank_data == "share":
+            tasks: list = [None] * shard[1]
+            dist.all_gather_object(tasks, (labels, multilabel))
+            labels = sorted({label for part, _ in tasks for label in part})
+            multilabel = any(part for _, part in tasks)
+            sharded = sharded_data()
+        with sharded:
+            if shard[0] != 0:  # the other ranks train and stay quiet
+                args.quiet = True
+                status = _train_locked(args, system, records, store, multilabel, labels,
+                                       save=False)
+            else:
+                with locked(args.out, "another mmfast train"):
+                    status = _train_locked(args, system, records, store, multilabel, labels)
         # the ranks leave together: none tears its connections down while rank 0 still writes
         dist.barrier()
         return status
@@ -184,9 +214,15 @@ def _train_distributed(args, system, records, store, multilabel, labels,
 
 
 def _train_locked(args, system, records, store, multilabel, labels, save: bool = True) -> int:
-    train_records, valid_records = _validation_split(args, records)
+    share = sharding.torchrun_shard() if data_sharded() else None
+    train_records, valid_records = _validation_split(args, records, share)
+    train_count, valid_count = _split_sizes(train_records, valid_records)
+    if share and not train_records:
+        raise ValueError(f"--rank-data share: rank {share[0]}'s share of the {train_count} "
+                         f"training items is empty: use fewer than {share[1]} ranks")
     features = (lambda split: store_features(store, split)) if store else (lambda split: None)
-    valid = (valid_records, features(valid_records)) if valid_records else None
+    # a rank whose share holds no validation item still scores (nothing) with the others
+    valid = (valid_records, features(valid_records)) if valid_count else None
     overrides = {f.name: getattr(args, f.name) for f in fields(system.recipe)
                  if f.name != "model" and getattr(args, f.name, None) is not None}
     recipe = system.default_recipe(multilabel, len(labels), **overrides)
@@ -208,20 +244,23 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
         trained = system.fit(recipe, train, labels, multilabel, valid, progress=not args.quiet,
                              state=state, device=device)
     if valid is not None:
-        trained.stats["valid_items"] = len(valid_records)
+        trained.stats["valid_items"] = valid_count
+    # every rank's count, gathered by every rank (a collective) before the others leave
+    shares = (f" (the ranks' shares: {', '.join(map(str, share_sizes(len(train_records))))})"
+              if share else "")
     if not save:
         return 0
     trained.save(args.out, extractor=store.meta.get("extractor") if store else None)
     if state is not None:
         state.remove()
     stats = trained.stats
-    print(f"trained {args.model} on {len(train_records)} items in {stats['seconds']:.2f} s "
+    print(f"trained {args.model} on {train_count} items{shares} in {stats['seconds']:.2f} s "
           f"({stats['items_per_s']:,.0f} items/s); checkpoint {args.out}")
     metric, history = stats["metric"], stats["history"]
     if valid is not None:
         best = next(row for row in history if row["epoch"] == stats["best_epoch"])
         print(f"kept epoch {stats['best_epoch']} of {history[-1]['epoch']}: valid {metric} "
-              f"{stats['valid_score']:.4f} on {len(valid_records)} items, train "
+              f"{stats['valid_score']:.4f} on {valid_count} items, train "
               f"{best['train_' + metric]:.4f}")
     else:
         print(f"no validation split: kept the last epoch, train {metric} "
@@ -248,14 +287,22 @@ def _training_state(args, recipe, multilabel, labels, train_records, valid_recor
 
 
 def _digest(records) -> str:
-    """``"N items, sha256 <16 hex>"`` of the records' ids, images, texts and labels."""
+    """``"N items, sha256 <16 hex>"`` of the records' ids, images, texts and labels; when the
+    ranks read shares, every rank's, joined (the run's data, the same on every rank)."""
     import hashlib
 
     digest = hashlib.sha256()
     for record in records:
         digest.update(json.dumps([record.id, record.image, record.text,
                                   list(record.labels)]).encode() + b"\n")
-    return f"{len(records)} items, sha256 {digest.hexdigest()[:16]}"
+    mine = f"{len(records)} items, sha256 {digest.hexdigest()[:16]}"
+    if not data_sharded():
+        return mine
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return "; ".join(f"rank {rank}: {part}" for rank, part in enumerate(every))
 
 
 def _image_source(args, trained: systems.base.Fitted):

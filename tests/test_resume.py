@@ -110,3 +110,22 @@ def test_two_torchrun_processes_killed_resume_to_one_processs_parameters(data, t
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _max_difference(tmp_path / "one", tmp_path / "two") < 1e-5
     assert not (tmp_path / "two" / "training-state").exists()
+
+
+def test_ranks_reading_shares_killed_resume_to_the_uninterrupted_runs_parameters(data,
+                                                                                tmp_path):
+    """--rank-data share: each rank's shuffle of its own share resumes where it stopped (every
+    rank's generator moved alike, so rank 0's saved state is theirs): the parameters of the
+    same two-rank run uninterrupted."""
+    args = [*_args(data, "additive"), "--rank-data", "share"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([*TORCHRUN, "-m", "mmfast", *args, "--out", str(tmp_path / "whole")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    command = [*TORCHRUN, "-m", "mmfast", *args, "--out", str(tmp_path / "resumed")]
+    killed = _killed([*command, "--checkpoint-every", "1"], after_epoch=2)
+    assert killed.returncode != 0
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _max_difference(tmp_path / "whole", tmp_path / "resumed") < 1e-6

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmfast.cli import main
 from mmfast.data import Record, write_manifest
@@ -169,10 +170,11 @@ def test_two_torchrun_processes_train_the_text_model_by_merged_hogwild(text_mode
 @pytest.mark.parametrize("system", ["additive", "crossmodal_ae_ii", "ananet", "cacnet"])
 def test_two_torchrun_processes_train_as_one_process_does(tmp_path, system):
     """Two ranks, each with half of every batch and the gradients averaged (weighted by the
-    parts' rows), take the steps one process takes on the whole batches: the same parameters, to float rounding (the additive
-    fusion under DistributedDataParallel: sparse embedding gradients and dense ones, SGD; the
-    autoencoder and AnANet trainers averaging their gradients, Adam; CACNet's two phases, the
-    case of each step chosen by the whole batch's beta)."""
+    parts' rows), take the steps one process takes on the whole batches: the same parameters,
+    to float rounding (the additive fusion under DistributedDataParallel: sparse embedding
+    gradients and dense ones, SGD; the autoencoder and AnANet trainers averaging their
+    gradients, Adam; CACNet's two phases, the case of each step chosen by the whole batch's
+    beta)."""
     import numpy as np
     from safetensors.torch import load_file
 
@@ -206,3 +208,63 @@ def test_two_torchrun_processes_train_as_one_process_does(tmp_path, system):
     assert one.keys() == two.keys()
     for name in one:
         assert (one[name] - two[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("system", ["text", "additive", "mlp", "pq"])
+def test_two_ranks_reading_their_shares_fit_the_whole_split(tmp_path, system, capsys):
+    """--rank-data share: each rank reads every other record, yet the checkpoint holds the
+    whole manifest's vocabulary (word counts merged, in one process's order) and labels (one
+    label only rank 1 reads), its image mean and document frequencies (summed over the ranks),
+    and the model learns as one process's does (held-out accuracy; validation gathered)."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from mmfast.data import FeatureStore
+
+    # item 1 alone (rank 1's share) has the label "solo" and the word "lonely"
+    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}" + (" lonely" if n == 1 else ""),
+                      ("solo" if n == 1 else f"c{n % 3}",)) for n in range(240)]
+    write_manifest(tmp_path / "items.jsonl", records[:200])
+    write_manifest(tmp_path / "heldout.jsonl", records[200:])
+    image = np.eye(8)[np.arange(240) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
+        (240, 8))
+    FeatureStore.write(tmp_path / "store", [r.id for r in records],
+                       {"image": image.astype(np.float32)}, meta={"extractor": None})
+    settings = {"text": [], "additive": ["--dim", "16"],
+                "mlp": ["--dim", "32", "--epochs", "30"],
+                "pq": ["--subvectors", "4", "--centroids", "8"]}[system]
+    args = ["train", "--train", str(tmp_path / "items.jsonl"), "--store", str(tmp_path / "store"),
+            "--model", system, "--epochs", "5", "--threads", "1", "--quiet", *settings]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmfast", *args, "--rank-data", "share", "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, _why(result.stderr)
+    one, two = (json.loads((tmp_path / name / "config.json").read_text())
+                for name in ("one", "two"))
+    assert two["labels"] == one["labels"] and "solo" in two["labels"]
+    assert two["text"] == one["text"] and "lonely" in two["text"]["vocabulary"]
+    # the validation split is by record: the shares' splits make one process's
+    valid = one["training"]["valid_items"]
+    assert two["training"]["valid_items"] == valid and 0 < valid < 200
+    assert f"trained {system} on {200 - valid} items (the ranks' shares: " in result.stdout
+    weights = [load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two")]
+    for statistic in ("image_mean", "idf"):
+        if statistic in weights[0]:
+            torch.testing.assert_close(weights[1][statistic], weights[0][statistic])
+    capsys.readouterr()
+    for name in ("one", "two"):
+        assert main(["eval", "--checkpoint", str(tmp_path / name), "--input",
+                     str(tmp_path / "heldout.jsonl"), "--store", str(tmp_path / "store"),
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9, name
+
+
+def test_reading_shares_is_refused_for_systems_that_fit_on_the_whole_split(monkeypatch,
+                                                                          capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--train", "items.jsonl", "--store", "store", "--out", "ckpt",
+                 "--model", "cacnet", "--rank-data", "share"]) == 1
+    assert "--rank-data share: the cacnet system fits its inputs" in capsys.readouterr().err

@@ -504,8 +504,11 @@ def _image_file(data: bytes) -> str:
 
 
 def read_manifest(path: str | os.PathLike, skip_bad: bool = False,
-                  columns: dict[str, str] | None = None) -> list[Record]:
-    return list(Manifest(path, skip_bad=skip_bad, columns=columns))
+                  columns: dict[str, str] | None = None,
+                  shard: tuple[int, int] | None = None) -> list[Record]:
+    """The records of ``path`` (with ``shard`` = ``(I, N)``: every N-th from the I-th, the
+    others' lines not parsed)."""
+    return list(Manifest(path, skip_bad=skip_bad, columns=columns, shard=shard))
 
 
 def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:

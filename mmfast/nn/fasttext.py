@@ -38,8 +38,14 @@ class TextHasher:
         """Vocabulary of the words seen at least ``min_count`` times, most frequent first (then
         in code-point order), counted by ``mmfast.ops.count_words``."""
         texts = texts if isinstance(texts, Sequence) else list(texts)
-        vocabulary = [word for word, count in count_words(texts) if count >= min_count]
-        return cls(vocabulary, buckets, ngrams)
+        return cls.from_counts(count_words(texts), min_count, buckets, ngrams)
+
+    @classmethod
+    def from_counts(cls, counts: Iterable[tuple[str, int]], min_count: int = 1,
+                    buckets: int = 200_000, ngrams: int = 2) -> "TextHasher":
+        """``build``'s hasher from ``(word, count)`` pairs in ``count_words``' order (e.g. the
+        ranks' counts merged)."""
+        return cls([word for word, count in counts if count >= min_count], buckets, ngrams)
 
     @property
     def num_embeddings(self) -> int:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmfast.defaults import GATES  # torch-free: the recipes name them too
+from mmfast.nn._parts import mean_of_parts
 from mmfast.nn.fasttext import FastText, check_bags
 from mmfast.ops._checks import check_ids
 from mmfast.ops.bilinear_fusion import bilinear_fusion
@@ -98,9 +99,11 @@ class ContinuousFusion(FastText):
         return self.classifier(fused)
 
     @torch.no_grad()
-    def center_images(self, images: torch.Tensor) -> "ContinuousFusion":
+    def center_images(self, images: torch.Tensor, total=None) -> "ContinuousFusion":
         """Sets the mean subtracted from every image vector to that of ``images`` [N, D] (the
-        training images, L2-normalized first, as the feature extractors give them)."""
+        training images, L2-normalized first, as the feature extractors give them). ``total``
+        (a function of a tensor, default none) sums the image sums and count over the parts of a
+        split held apart, e.g. ``mmfast.train.distributed.global_sum`` over torchrun's ranks."""
         if not isinstance(images, torch.Tensor) or images.dim() != 2 or (
             images.shape[1] != self.image_dim
         ) or not images.is_floating_point() or len(images) == 0:
@@ -108,7 +111,7 @@ class ContinuousFusion(FastText):
                    if isinstance(images, torch.Tensor) else type(images).__name__)
             raise ValueError(f"ContinuousFusion.center_images: images must be a non-empty float "
                              f"tensor [N, {self.image_dim}], got {got}")
-        mean = nn.functional.normalize(images.double(), dim=1).mean(0)
+        mean = mean_of_parts(nn.functional.normalize(images.double(), dim=1), total)
         if not torch.isfinite(mean).all():
             raise ValueError("ContinuousFusion.center_images: images must be finite")
         self.image_mean.copy_(mean)
@@ -187,3 +190,4 @@ class DiscretizedFastText(FastText):
         return {"num_embeddings": self.num_text_embeddings,
                 "num_image_tokens": self.num_image_tokens, "dim": self.dim,
                 "num_classes": self.num_classes, "alpha": self.alpha}
+

@@ -10,6 +10,7 @@ the TF-IDF values, so the vocabulary never becomes a dense matrix.
 import torch
 from torch import nn
 
+from mmfast.nn._parts import mean_of_parts
 from mmfast.nn.fasttext import check_bags
 
 
@@ -43,19 +44,24 @@ class EarlyFusionMLP(nn.Module):
 
     @torch.no_grad()
     def fit_statistics(self, words: torch.Tensor, offsets: torch.Tensor,
-                       images: torch.Tensor) -> "EarlyFusionMLP":
+                       images: torch.Tensor, total=None) -> "EarlyFusionMLP":
         """The idf of every id, ``ln((1 + n) / (1 + df)) + 1`` over the ``n`` training texts,
-        and the mean of the (L2-normalized) training images."""
+        and the mean of the (L2-normalized) training images. ``total`` (a function of a tensor,
+        default none) sums the counts over the parts of a split held apart, e.g.
+        ``mmfast.train.distributed.global_sum`` over torchrun's ranks."""
         check_bags("EarlyFusionMLP", words, offsets, self.num_embeddings)
-        documents = offsets.numel()
+        documents = torch.tensor(float(offsets.numel()), dtype=torch.float64)
         unique_ids = torch.unique(self._document_of(words, offsets) * self.num_embeddings + words)
         frequency = torch.bincount(unique_ids % self.num_embeddings,
                                    minlength=self.num_embeddings)
+        if total is not None:
+            documents, frequency = total(documents), total(frequency)
         self.idf.copy_(torch.log((1.0 + documents) / (1.0 + frequency)) + 1.0)
         if images.dim() != 2 or images.shape[1] != self.image_dim or len(images) == 0:
             raise ValueError(f"EarlyFusionMLP.fit_statistics: images must be [N, "
                              f"{self.image_dim}] with N >= 1, got {tuple(images.shape)}")
-        self.image_mean.copy_(nn.functional.normalize(images.double(), dim=1).mean(0))
+        self.image_mean.copy_(mean_of_parts(nn.functional.normalize(images.double(), dim=1),
+                                            total))
         return self
 
     def text_weights(self, words: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,13 @@ from mmfast.data import Record
 from mmfast.defaults import FASTTEXT_MODELS, GATED_MODELS, GATES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
+from mmfast.ops.hash_text import count_words
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, read_header, stage,
                                  targets)
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
+from mmfast.train.distributed import (data_sharded, gather_rows, global_sum, merged_counts,
+                                      process_group)
 from mmfast.train.fasttext import Examples, predict, train
 
 _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
@@ -78,6 +81,20 @@ def build_quantizer(recipe: Recipe, train_image: np.ndarray) -> ProductQuantizer
         quantizer = RSPQ(dim, recipe.subvectors, recipe.centroids, recipe.repetitions,
                          seed=recipe.seed)
     return quantizer.fit(torch.from_numpy(np.asarray(train_image, np.float32)), iters=15)
+
+
+# k-means rows of a quantizer fitted on a split the ranks hold in shares: a seeded sample of
+# each rank's, all gathered (faiss, too, trains its quantizers on a sample)
+QUANTIZER_SAMPLE = 65_536
+
+
+def _quantizer_sample(image: np.ndarray, seed: int) -> np.ndarray:
+    """Up to ``QUANTIZER_SAMPLE`` rows of the whole split: this rank's seeded share of them
+    with every other rank's, the same on every rank."""
+    rows = torch.from_numpy(np.asarray(image, np.float32))
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(rows), generator=generator)[:QUANTIZER_SAMPLE // process_group()[1]]
+    return gather_rows(rows[keep.sort().values]).numpy()
 
 
 @dataclass
@@ -150,19 +167,24 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
               labels: Sequence[str], multilabel: bool, progress: bool,
               valid: Inputs | None, state=None, device=None) -> Trained:
     torch.manual_seed(recipe.seed)
-    hasher = TextHasher.build((r.text for r in records), buckets=recipe.buckets,
-                              ngrams=recipe.ngrams)
-    quantizer = build_quantizer(recipe, image)
+    # under torchrun with each rank holding its share, the fits are of the whole split: the
+    # ranks' word counts merged, the quantizers' k-means on a sample gathered from every rank,
+    # the image mean and document frequencies summed (distributed.global_sum)
+    hasher = TextHasher.from_counts(merged_counts(count_words([r.text for r in records])),
+                                    buckets=recipe.buckets, ngrams=recipe.ngrams)
     if image is None and recipe.model != "text":
         raise ValueError(f"fit: the {recipe.model!r} model needs image features, got None")
+    quantizer = build_quantizer(recipe, image if image is None or not data_sharded() else
+                                _quantizer_sample(image, recipe.seed))
     model = build_model(recipe, hasher, 0 if image is None else image.shape[1], len(labels),
                         quantizer)
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
     data = trained.examples(records, image)
+    total = global_sum if data_sharded() else None
     if isinstance(model, ContinuousFusion):
-        model.center_images(data.image)
+        model.center_images(data.image, total)
     elif isinstance(model, EarlyFusionMLP):
-        model.fit_statistics(data.words, data.offsets, data.image)
+        model.fit_statistics(data.words, data.offsets, data.image, total)
     if device is not None and recipe.model not in FASTTEXT_MODELS:
         model.to(device)
     valid_data = None if valid is None else trained.examples(*valid)

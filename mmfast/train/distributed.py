@@ -1,9 +1,36 @@
 """What the trainers share to train across processes (torchrun, ``torch.distributed``): the
 rank and world of the default process group, each rank's part of a batch, and the gradients,
 losses and parameters averaged or summed over the ranks. One process is a world of one: every
-function is then the identity, and nothing of ``torch.distributed`` is touched."""
+function is then the identity, and nothing of ``torch.distributed`` is touched.
+
+Under ``sharded_data()`` each rank holds only its share of the training and validation items
+(``mmfast train --rank-data share``): what is fitted on the whole split (vocabulary, image
+means, document frequencies, quantizers) is reduced over the ranks (``merged_counts``,
+``global_sum``, ``gather_rows``), and validation scores the ranks' gathered predictions."""
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 
 import torch
+
+_SHARDED = False
+
+
+@contextlib.contextmanager
+def sharded_data() -> Iterator[None]:
+    """Within: the trainers' inputs are this rank's share of the items, not all of them."""
+    global _SHARDED
+    previous, _SHARDED = _SHARDED, process_group()[1] > 1
+    try:
+        yield
+    finally:
+        _SHARDED = previous
+
+
+def data_sharded() -> bool:
+    """Whether each rank holds only its share of the items (``sharded_data``)."""
+    return _SHARDED
 
 
 def process_group() -> tuple[int, int]:
@@ -73,3 +100,84 @@ def barrier(world: int) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def merged_counts(counts: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Word counts of the whole split from each rank's ``counts`` of its share, most frequent
+    first, then in code-point order (``mmfast.ops.count_words``'s order); ``counts`` itself
+    when the data is not sharded."""
+    if not data_sharded():
+        return counts
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, counts)
+    total: Counter = Counter()
+    for part in every:
+        total.update(dict(part))
+    return sorted(total.items(), key=lambda item: (-item[1], item[0]))
+
+
+def global_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks when the data is sharded (a new tensor; ``tensor`` itself
+    otherwise): the whole split's sums and counts from each share's."""
+    if not data_sharded():
+        return tensor
+    import torch.distributed as dist
+
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of ``tensor`` [n_r, ...] end to end, rank 0's first, the same on every
+    rank, when the data is sharded (``tensor`` itself otherwise): a metric of the whole
+    validation split from each share's scores."""
+    if not data_sharded():
+        return tensor
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(tensor)]))
+    padded = tensor.new_zeros(int(max(sizes)), *tensor.shape[1:])
+    padded[:len(tensor)] = tensor
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:int(size)] for part, size in zip(gathered, sizes)])
+
+
+def global_max(value: int) -> int:
+    """The largest of the ranks' ``value`` when the data is sharded (``value`` otherwise)."""
+    if not data_sharded():
+        return value
+    import torch.distributed as dist
+
+    largest = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return int(largest)
+
+
+def share_sizes(count: int) -> list[int]:
+    """Every rank's ``count`` (this rank's items), rank 0's first; ``[count]`` when the data is
+    not sharded."""
+    if not data_sharded():
+        return [count]
+    import torch.distributed as dist
+
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([count]))
+    return [int(size) for size in sizes]
+
+
+def shuffled_share(count: int, generator: torch.Generator) -> torch.Tensor:
+    """A shuffle of this rank's ``count`` items (of all of them when the data is not sharded).
+    Sharded, every rank draws every rank's shuffle from ``generator`` and keeps its own: the
+    ranks' orders differ, and their generators move alike, so the state rank 0 saves is every
+    rank's to resume from."""
+    if not data_sharded():
+        return torch.randperm(count, generator=generator)
+    rank = process_group()[0]
+    orders = [torch.randperm(size, generator=generator) for size in share_sizes(count)]
+    return orders[rank]

@@ -11,7 +11,9 @@ from mmfast.devices import model_device
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
-from mmfast.train.distributed import batch_part, global_mean, process_group, rows_weight
+from mmfast.train.distributed import (batch_part, data_sharded, gather_rows, global_mean,
+                                      global_sum, process_group, rows_weight, share_sizes,
+                                      shuffled_share)
 from mmfast.train.resume import Resumable, Stage
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
@@ -158,17 +160,20 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
             return _fused_epochs(model, examples, done, epochs, lr, generator, average_every)
     else:
         optimizers, schedules = _optimizers(model, optimizer, lr, weight_decay,
-                                            epochs * -(-len(examples) // batch_size))
+                                            epochs * _steps_per_epoch(len(examples), batch_size))
 
         def epoch_losses(done: int):
             return _minibatch_epochs(model, examples, batch_size, criterion, optimizers,
                                      schedules, generator)
-    sample = examples.subset(torch.randperm(len(examples), generator=generator)[:TRAIN_SAMPLE])
+    sample = examples.subset(shuffled_share(len(examples), generator)[:TRAIN_SAMPLE])
+
+    def scored(split: Examples) -> float:  # of the whole split: the ranks' shares gathered
+        return score(gather_rows(predict(model, split)), gather_rows(split.targets), loss)
+
     return select_epochs(
-        model, epoch_losses, epochs, SCORE_NAMES[loss],
-        lambda: score(predict(model, sample), sample.targets, loss),
-        None if valid is None else lambda: score(predict(model, valid), valid.targets, loss),
-        patience, len(examples), lr, progress, desc,
+        model, epoch_losses, epochs, SCORE_NAMES[loss], lambda: scored(sample),
+        None if valid is None else lambda: scored(valid),
+        patience, int(global_sum(torch.tensor(len(examples)))), lr, progress, desc,
         resumable=Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules))
 
 
@@ -199,18 +204,27 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
     ``DistributedDataParallel`` (gloo on the CPU): every rank draws the same shuffle, takes its
     part of each ``batch_size`` batch, and the gradients are averaged over the ranks, each
     weighted by its part's size (``rows_weight``), so the steps are a single process's on the
-    whole batches (up to float rounding)."""
+    whole batches (up to float rounding).
+
+    When each rank holds only its share of the items (``distributed.sharded_data``), it
+    shuffles its share and steps on ``batch_size / world`` of its rows at a time, as
+    ``DistributedSampler`` has it: a share shorter than the longest repeats its first rows of
+    the epoch, so every rank takes the same steps."""
     rank, world = process_group()
     forward, device = model, model_device(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
+    longest = max(share_sizes(len(examples)))
     while True:  # select_epochs takes as many epochs as it runs
         model.train()
         total = torch.zeros((), device=device)
-        order, sizes = torch.randperm(len(examples), generator=generator), batch_size
-        if world > 1:  # this rank's part of every batch
+        order, sizes = shuffled_share(len(examples), generator), batch_size
+        if data_sharded():
+            order, sizes = order.repeat(-(-longest // len(order)))[:longest], _rank_batch(
+                batch_size, world)
+        elif world > 1:  # this rank's part of every batch
             parts = [batch_part(batch, rank, world) for batch in order.split(batch_size)]
             order, sizes = torch.cat(parts), [len(part) for part in parts]
         for words, offsets, image, targets in examples.subset(order).slices(sizes, device):
@@ -223,6 +237,18 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
                 schedule.step()
             total += value.detach() * len(targets)
         yield global_mean(float(total), len(order), world)
+
+
+def _rank_batch(batch_size: int, world: int) -> int:
+    """The rows a rank steps on when each holds a share: ``batch_size`` over the ranks."""
+    return -(-batch_size // world)
+
+
+def _steps_per_epoch(count: int, batch_size: int) -> int:
+    """The minibatch steps of an epoch over ``count`` items (this rank's, when sharded)."""
+    if data_sharded():
+        return -(-max(share_sizes(count)) // _rank_batch(batch_size, process_group()[1]))
+    return -(-count // batch_size)
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
@@ -241,9 +267,10 @@ def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, l
 
     In a process group of several ranks (``torch.distributed``, e.g. under torchrun) each rank
     trains on every world-size-th example of the shuffle (the same shuffle everywhere: one
-    seed) with its own Hogwild threads, and every ``average_every`` examples of a rank's share
-    (None: ``MERGES_PER_EPOCH`` times an epoch) the ranks merge their updates
-    (``_merge_updates``, an ``all_reduce``): every rank holds the same model after each epoch."""
+    seed), or on a shuffle of its own share when it holds only that (``sharded_data``), with
+    its own Hogwild threads, and every ``average_every`` examples of a rank's share (None:
+    ``MERGES_PER_EPOCH`` times an epoch) the ranks merge their updates (``_merge_updates``, an
+    ``all_reduce``): every rank holds the same model after each epoch."""
     targets = examples.targets
     # softmax: items without a known label (-100) take no step, as cross_entropy ignores them
     kept = (targets >= 0).nonzero().flatten() if targets.dim() == 1 else torch.arange(len(targets))
@@ -256,11 +283,14 @@ def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, l
     bounds = torch.cat([starts, starts.new_tensor([ids.numel()])])  # [B + 1]
     rank, world = process_group()
     anchors = [p.clone() for p in parameters] if world > 1 else None
+    # the ranks' shares of an epoch differ by one at most (of a sharded split, by more): all
+    # take as many steps between merges, the longest share's
+    share = max(share_sizes(len(kept))) if data_sharded() else -(-len(kept) // world)
     for epoch in range(done, epochs):
         model.train()
-        order = kept[torch.randperm(len(kept), generator=generator)][rank::world]
-        # the ranks' shares differ by one at most: all take as many steps between merges
-        share = -(-len(kept) // world)
+        order = kept[shuffled_share(len(kept), generator)]
+        if not data_sharded():  # every rank holds every item: its share of the shuffle
+            order = order[rank::world]
         chunk = (share if world == 1 else average_every if average_every
                  else -(-share // MERGES_PER_EPOCH))
         steps, total = -(-share // chunk) if share else 1, 0.0
@@ -336,4 +366,4 @@ def predict(model: nn.Module, examples: Examples, batch_size: int = 1024) -> tor
     outputs = []
     for words, offsets, image, _ in examples.slices(batch_size, model_device(model)):
         outputs.append(model(words, offsets, image))
-    return torch.cat(outputs).cpu() if outputs else torch.empty(0)
+    return torch.cat(outputs).cpu() if outputs else torch.empty(0, model.num_classes)
