@@ -208,9 +208,16 @@ def _train_distributed(args, system, records, store, multilabel, labels,
                     status = _train_locked(args, system, records, store, multilabel, labels)
         # the ranks leave together: none tears its connections down while rank 0 still writes
         dist.barrier()
-        return status
     finally:
         dist.destroy_process_group()
+    # Once DistributedDataParallel has run, the gloo group's threads outlive
+    # destroy_process_group (torch 2.14: 'pt_gloo_runloop' and 'gloo_tcp_loop' still run), and
+    # at interpreter exit about one rank in 40 here aborted ("terminate called without an
+    # active exception", SIGABRT), failing the job after its checkpoint was written. A rank
+    # that finished leaves without the interpreter's teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _train_locked(args, system, records, store, multilabel, labels, save: bool = True) -> int:
