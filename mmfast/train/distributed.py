@@ -138,25 +138,12 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     import torch.distributed as dist
 
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([len(tensor)]))
-    padded = tensor.new_zeros(int(max(sizes)), *tensor.shape[1:])
+    sizes = share_sizes(len(tensor))
+    padded = tensor.new_zeros(max(sizes), *tensor.shape[1:])
     padded[:len(tensor)] = tensor
-    gathered = [torch.empty_like(padded) for _ in range(world)]
+    gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([part[:int(size)] for part, size in zip(gathered, sizes)])
-
-
-def global_max(value: int) -> int:
-    """The largest of the ranks' ``value`` when the data is sharded (``value`` otherwise)."""
-    if not data_sharded():
-        return value
-    import torch.distributed as dist
-
-    largest = torch.tensor([value], dtype=torch.long)
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    return int(largest)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
 
 
 def share_sizes(count: int) -> list[int]:
