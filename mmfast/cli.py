@@ -148,9 +148,9 @@ def add_kiela_commands(commands) -> None:
                             "feature rows, and the steps are one process's on the same batches; "
                             "share, each rank reads every world-size-th record (as classify "
                             "does) and steps on its own shuffled rows, the fits (vocabulary, "
-                            "means, quantizers) and the validation scores reduced over the "
-                            "ranks: for data larger than one machine's memory (paper 003's "
-                            "models and mlp; default: %(default)s)")
+                            "means, quantizers, PCA, Word2Vec) and the validation scores reduced "
+                            "over the ranks: for data larger than one machine's memory "
+                            "(default: %(default)s)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run="_train")
 

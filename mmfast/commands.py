@@ -156,10 +156,6 @@ def _train(args) -> int:
         raise ValueError("torchrun: --autotune searches in one process: run it without "
                          "torchrun, then train the recipe it chose under torchrun")
     share = launched if launched and args.rank_data == "share" else None
-    if share and system.module != "kiela":
-        raise ValueError(f"--rank-data share: the {system.name} system fits its inputs (PCA, "
-                         "Word2Vec) on the whole split; paper 003's models and the mlp train "
-                         "from shares, the others read everything (--rank-data all)")
     records = read_manifest(args.train, columns=args.columns, shard=share)
     if not records:
         raise ValueError(f"--train {args.train}: expected training items, got an empty manifest"

@@ -111,6 +111,9 @@ def test_trainer_learns_and_checkpoints_round_trip(tmp_path):
     restored = AnANetTrainer.load_checkpoint(tmp_path / "ckpt")
     torch.testing.assert_close(restored.predict(train), trainer.predict(train))
     assert isinstance(load_checkpoint(tmp_path / "ckpt")[0], AnANet)
+    # no samples (a rank's empty share of a validation split): no rows, every class
+    empty = {key: value[:0] for key, value in train.items()}
+    assert trainer.predict(empty).shape == (0, 3)
 
 
 def test_feature_store_round_trip(tmp_path):

@@ -163,6 +163,33 @@ def test_pca_whitening_gives_identity_covariance_and_damps_empty_directions():
         PCA.fit(np.ones((5, 3)), 2, whiten=True)
 
 
+@pytest.mark.parametrize("whiten", [False, True])
+def test_pca_from_summed_shares_is_the_whole_splits(whiten):
+    """``total``: the PCA of a split whose rows several processes hold, from their summed
+    scatter matrices; here the two halves' sums, taken as two ranks' all_reduce would, give the
+    SVD fit of the whole."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((301, 6)) @ rng.standard_normal((6, 6)) * 5 + 2
+    halves = x[0::2], x[1::2]
+
+    def fit(share, other):  # `share`'s fit, the other's sums added as an all_reduce would
+        centered = other - x.mean(0)
+        terms = iter([len(other), other.sum(0), centered.T @ centered])
+        return PCA.fit(share, 4, whiten=whiten, total=lambda tensor: tensor + torch.as_tensor(
+            next(terms), dtype=tensor.dtype))
+
+    whole = PCA.fit(x, 4, whiten=whiten)
+    for share, other in (halves, halves[::-1]):
+        shared = fit(share, other)
+        np.testing.assert_allclose(shared.mean, whole.mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(shared.components, whole.components, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(shared(x), whole(x), rtol=1e-4, atol=1e-4)
+    # N is the whole split's: 3 rows here, 300 over the ranks
+    assert PCA.fit(x[:3], 4, total=lambda tensor: tensor * 100).dim == 4
+    with pytest.raises(ValueError, match=r"dim must be in \[1, min\(N, D\) = 6\]"):
+        PCA.fit(x[:3], 7, total=lambda tensor: tensor * 100)
+
+
 def test_unreadable_images_name_their_file(tmp_path):
     """A truncated PNG, a file that is no image and a missing one each raise a ValueError
     naming the file (PIL's own errors named none)."""

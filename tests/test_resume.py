@@ -112,12 +112,15 @@ def test_two_torchrun_processes_killed_resume_to_one_processs_parameters(data, t
     assert not (tmp_path / "two" / "training-state").exists()
 
 
+@pytest.mark.parametrize("system", ["additive", "cacnet"])
 def test_ranks_reading_shares_killed_resume_to_the_uninterrupted_runs_parameters(data,
-                                                                                tmp_path):
+                                                                                tmp_path,
+                                                                                system):
     """--rank-data share: each rank's shuffle of its own share resumes where it stopped (every
     rank's generator moved alike, so rank 0's saved state is theirs): the parameters of the
-    same two-rank run uninterrupted."""
-    args = [*_args(data, "additive"), "--rank-data", "share"]
+    same two-rank run uninterrupted (DDP's additive fusion; CACNet, whose inputs' PCA is
+    fitted from the ranks' summed scatter matrices)."""
+    args = [*_args(data, system), "--rank-data", "share"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole = subprocess.run([*TORCHRUN, "-m", "mmfast", *args, "--out", str(tmp_path / "whole")],
                            capture_output=True, text=True, env=env, timeout=300)

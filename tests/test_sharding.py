@@ -261,10 +261,64 @@ def test_two_ranks_reading_their_shares_fit_the_whole_split(tmp_path, system, ca
         assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9, name
 
 
-def test_reading_shares_is_refused_for_systems_that_fit_on_the_whole_split(monkeypatch,
-                                                                          capsys):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    assert main(["train", "--train", "items.jsonl", "--store", "store", "--out", "ckpt",
-                 "--model", "cacnet", "--rank-data", "share"]) == 1
-    assert "--rank-data share: the cacnet system fits its inputs" in capsys.readouterr().err
+@pytest.mark.parametrize("system", ["cacnet", "crossmodal_ae_ii", "ananet"])
+def test_two_ranks_reading_their_shares_fit_dense_inputs_on_the_whole_split(tmp_path, system,
+                                                                           capsys):
+    """--rank-data share for the systems whose inputs are fitted (paper 000's CACNet, paper
+    002's autoencoders, paper 004's AnANet): the PCA (scatter matrices summed), the
+    standardization (moments summed) and the Word2Vec vocabulary (texts gathered) are one
+    process's, the label only rank 1 reads is in the checkpoint, the autoencoder's probes are
+    fitted on every rank's features, and the model learns as one process's does."""
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from mmfast.data import FeatureStore
+
+    # item 1 alone (rank 1's share) has the label "solo" and the word "lonely"
+    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}" + (" lonely" if n == 1 else ""),
+                      ("solo" if n == 1 else f"c{n % 3}",)) for n in range(240)]
+    write_manifest(tmp_path / "items.jsonl", records[:200])
+    write_manifest(tmp_path / "heldout.jsonl", records[200:])
+    image = np.eye(8)[np.arange(240) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
+        (240, 8))
+    if system == "ananet":  # regions: the vector in two cells
+        image = np.stack([image, image[:, ::-1]], axis=1)
+    FeatureStore.write(tmp_path / "store", [r.id for r in records],
+                       {"image": image.astype(np.float32)}, meta={"extractor": None})
+    settings = {"crossmodal_ae_ii": ["--text-features", "word2vec", "--text-dim", "8",
+                                     "--image-dim", "4", "--l2", "1", "--epochs", "20"],
+                "ananet": ["--dim", "8", "--text-dim", "4", "--lr", "0.03", "--epochs", "20"],
+                "cacnet": ["--dim", "16", "--text-features", "hashed", "--text-dim", "8",
+                           "--image-dim", "4"]}[system]
+    args = ["train", "--train", str(tmp_path / "items.jsonl"), "--store", str(tmp_path / "store"),
+            "--model", system, "--epochs", "10", "--threads", "1", "--quiet", *settings]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mmfast", *args, "--rank-data", "share", "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, _why(result.stderr)
+    one, two = (json.loads((tmp_path / name / "config.json").read_text())
+                for name in ("one", "two"))
+    assert two["labels"] == one["labels"] and "solo" in two["labels"]
+    assert two["training"]["valid_items"] == one["training"]["valid_items"]
+    fitted = "words.safetensors" if system == "ananet" else "inputs.safetensors"
+    inputs = [load_file(str(tmp_path / name / fitted)) for name in ("one", "two")]
+    for name in ("pca_mean", "pca_components", "image_mean", "image_std", "text_mean",
+                 "text_std"):
+        if name in inputs[0]:
+            torch.testing.assert_close(inputs[1][name], inputs[0][name], atol=1e-4, rtol=1e-4)
+    texts = [config["words"] if system == "ananet" else config["inputs"]["text"]
+             for config in (one, two)]
+    words = [sorted(text.get("words", [])) for text in texts]
+    assert words[0] == words[1]
+    if system != "cacnet":  # hashed text features have no vocabulary
+        assert "lonely" in words[1]
+    capsys.readouterr()
+    accuracy = {}
+    for name in ("one", "two"):
+        assert main(["eval", "--checkpoint", str(tmp_path / name), "--input",
+                     str(tmp_path / "heldout.jsonl"), "--store", str(tmp_path / "store"),
+                     "--json"]) == 0
+        accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
+    assert min(accuracy.values()) >= 0.9, accuracy

@@ -3,7 +3,10 @@ features to CACNet's 300-d input this way), optionally whitened (DESIGN 3.3 whit
 words histogram to 200-d). Fit on the training split only, then apply the same map to every
 split, so no held-out statistics leak into training."""
 
+from collections.abc import Callable
+
 import numpy as np
+import torch
 
 
 class PCA:
@@ -22,7 +25,8 @@ class PCA:
         return self.components.shape[0]
 
     @classmethod
-    def fit(cls, x: np.ndarray, dim: int, whiten: bool = False, eps: float = 1e-6) -> "PCA":
+    def fit(cls, x: np.ndarray, dim: int, whiten: bool = False, eps: float = 1e-6,
+            total: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "PCA":
         """The ``dim`` leading principal components of ``x`` [N, D]; dim <= min(N, D).
 
         ``whiten``: component k is divided by ``sqrt(variance_k + eps * variance_1)`` (variances
@@ -32,26 +36,42 @@ class PCA:
         one lost to the fixed sum of l1-normalized histograms (frequencies), from amplifying
         rounding noise. l2-normalized histograms (``BagOfVisualWords``' default) have a fixed
         length instead, which leaves no such linear direction in general.
+
+        ``total``: when ``x`` is one share of a split that several processes hold (torchrun,
+        ``mmfast train --rank-data share``), the sum over the processes
+        (``distributed.global_sum``): the components are then the whole split's, the
+        eigenvectors of its scatter matrix summed from every share's (float64), instead of
+        the SVD of ``x`` itself.
         """
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2:
             raise ValueError(f"PCA.fit: x must have shape [N, D], got {x.shape}")
-        if not 1 <= dim <= min(x.shape):
-            raise ValueError(f"PCA.fit: dim must be in [1, min(N, D) = {min(x.shape)}] for x of "
-                             f"shape {x.shape}, got {dim}")
+        reduce = total or (lambda tensor: tensor)
+        rows = int(reduce(torch.tensor(x.shape[0])))
+        if not 1 <= dim <= min(rows, x.shape[1]):
+            raise ValueError(f"PCA.fit: dim must be in [1, min(N, D) = {min(rows, x.shape[1])}]"
+                             f" for x of {rows} rows of {x.shape[1]}, got {dim}")
         if eps < 0:
             raise ValueError(f"PCA.fit: eps must be >= 0, got {eps}")
-        mean = x.mean(axis=0)
-        _, singular_values, vt = np.linalg.svd(x - mean, full_matrices=False)
-        components = vt[:dim]
+        if total is None:
+            mean = x.mean(axis=0)
+            _, singular_values, vt = np.linalg.svd(x - mean, full_matrices=False)
+            components, variances = vt[:dim], singular_values[:dim] ** 2
+        else:
+            mean = total(torch.from_numpy(x.sum(axis=0))).numpy() / rows
+            centered = x - mean
+            scatter = total(torch.from_numpy(centered.T @ centered)).numpy()
+            eigenvalues, eigenvectors = np.linalg.eigh(scatter)  # ascending
+            components = eigenvectors[:, ::-1][:, :dim].T.copy()
+            variances = np.maximum(eigenvalues[::-1][:dim], 0.0)
+        variances = variances / max(rows - 1, 1)
         # A component's sign is arbitrary and LAPACK builds may differ: make each one's largest
         # loading positive so the projection is reproducible.
         largest = np.abs(components).argmax(axis=1)
         components *= np.sign(components[np.arange(dim), largest])[:, None]
         if whiten:
-            variances = singular_values[:dim] ** 2 / max(x.shape[0] - 1, 1)
             if variances[0] == 0:
-                raise ValueError(f"PCA.fit: x must vary to be whitened, but its {x.shape[0]} "
+                raise ValueError(f"PCA.fit: x must vary to be whitened, but its {rows} "
                                  "rows are all equal")
             components /= np.sqrt(variances + eps * variances[0])[:, None]
         return cls(mean.astype(np.float32), components.astype(np.float32))

@@ -19,6 +19,7 @@ from mmfast.nn.ananet import AnANet
 from mmfast.systems.base import Fitted, Inputs, read_header, stage, targets
 from mmfast.train.ananet import AnANetTrainer, ananet_inputs
 from mmfast.train.checkpoint import load_checkpoint
+from mmfast.train.distributed import gather_objects, gather_rows, global_sum
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.resume import Resumable
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
@@ -72,8 +73,9 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
     if multilabel:
         raise ValueError(f"the {recipe.model} system classifies each image-text pair into one "
                          "relevance class: expected single-label records, got multi-label ones")
-    words = TextFeatures.fit("word2vec", [record.text for record in records], recipe.text_dim,
-                             seed=recipe.seed)
+    # on the whole split's texts: every rank's share gathered when the ranks hold shares
+    words = TextFeatures.fit("word2vec", gather_objects([record.text for record in records]),
+                             recipe.text_dim, seed=recipe.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         model = AnANet(num_classes=len(labels), num_regions=image.shape[1],
@@ -94,16 +96,19 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
             yield trainer.fit(features, 1, generator)[0]
 
     sample = {key: value[:TRAIN_SAMPLE] for key, value in features.items()}
-    metric = SCORE_NAMES["softmax"]
+
+    def scored(split: dict) -> float:  # of the whole split: the ranks' shares gathered
+        return score(gather_rows(trainer.predict(split)), gather_rows(split["labels"]),
+                     "softmax")
+
     valid_score = None
     if valid is not None:
         valid_features = trained.features(*valid, with_targets=True)
-        valid_score = lambda: score(trainer.predict(valid_features), valid_features["labels"],  # noqa: E731
-                                    "softmax")
+        valid_score = lambda: scored(valid_features)  # noqa: E731
     trained.stats = select_epochs(
-        model, epochs, recipe.epochs, metric,
-        lambda: score(trainer.predict(sample), sample["labels"], "softmax"), valid_score,
-        recipe.patience, int(known.sum()), recipe.lr, progress, desc=f"train {recipe.model}",
+        model, epochs, recipe.epochs, SCORE_NAMES["softmax"], lambda: scored(sample),
+        valid_score, recipe.patience, int(global_sum(known.sum())), recipe.lr, progress,
+        desc=f"train {recipe.model}",
         resumable=Resumable(stage(state, recipe), model, [trainer.optimizer],
                             {"shuffle": generator}))
     return trained

@@ -25,6 +25,7 @@ from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, 
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.autoencoder import AutoencoderTrainer
 from mmfast.train.checkpoint import load_checkpoint
+from mmfast.train.distributed import gather_rows
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.logistic import LogisticRegression
 from mmfast.train.resume import Resumable
@@ -162,27 +163,28 @@ def _fit_once(recipe: AutoencoderRecipe, train: Inputs, labels: Sequence[str],
         resumable.save(trainer.epoch, trainer.epoch == recipe.epochs, trainer=trainer.state())
     history = trainer.history
     trained = TrainedAutoencoder(model, inputs, None, labels, multilabel, recipe, {})
-    features = trained.encode(records, image)
-    truth = targets(records, labels, multilabel)
+    # the probes are fitted, and scored, on the whole split: the ranks' shares gathered
+    features = gather_rows(trained.encode(records, image))
+    truth = gather_rows(targets(records, labels, multilabel))
     binary = truth if multilabel else one_hot(truth, len(labels))
     loss = "ova" if multilabel else "softmax"
     metric = SCORE_NAMES[loss]
     row = {"epoch": recipe.epochs, "loss": history[-1]["loss"]}
     penalties = (recipe.l2,) if recipe.l2 is not None else PROBE_L2 if valid else (1.0,)
     best = None
-    valid_features = None if valid is None else trained.encode(*valid)
+    valid_features = None if valid is None else gather_rows(trained.encode(*valid))
     for l2 in penalties:
         probes = Probes.fit(features, binary, l2)
         candidate = {"l2": l2, "probes": probes}
         if valid is not None:
-            candidate["valid"] = score(probes(valid_features),
-                                       targets(valid[0], labels, multilabel), loss)
+            candidate["valid"] = score(probes(valid_features), gather_rows(
+                targets(valid[0], labels, multilabel)), loss)
         if best is None or candidate.get("valid", 0) > best.get("valid", 0):
             best = candidate
     trained.probes, trained.recipe = best["probes"], replace(recipe, l2=best["l2"])
     row[f"train_{metric}"] = score(trained.probes(features), truth, loss)
     seconds = time.perf_counter() - start
-    trained.stats = {"seconds": seconds, "items_per_s": recipe.epochs * len(records) / seconds,
+    trained.stats = {"seconds": seconds, "items_per_s": recipe.epochs * len(features) / seconds,
                      "final_loss": row["loss"], "history": [row], "metric": metric}
     if valid is not None:
         row[f"valid_{metric}"] = best["valid"]

@@ -20,7 +20,7 @@ from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, one_hot, 
 from mmfast.systems.dense_inputs import DenseInputs
 from mmfast.train.cacnet import CACNetTrainer, GammaSchedule, ShuffledBatches
 from mmfast.train.checkpoint import load_checkpoint
-from mmfast.train.distributed import process_group
+from mmfast.train.distributed import gather_rows, global_sum, process_group
 from mmfast.train.fasttext import SCORE_NAMES, score
 from mmfast.train.resume import Resumable
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
@@ -78,7 +78,7 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
     x_img, x_txt = (x.to(device) for x in inputs(records, image))
     truth = targets(records, labels, multilabel).to(device)
     y = truth if multilabel else one_hot(truth, len(labels))
-    # under torchrun, this rank's part of every batch (the trainer keeps the ranks one model)
+    # under torchrun, this rank's rows of every step (the trainer keeps the ranks one model)
     batches = ShuffledBatches(x_img, x_txt, y, recipe.batch_size, recipe.seed,
                               part=process_group())
     # CACNet's loss averages its per-label binary cross-entropies (DESIGN 2.4), so a label's
@@ -105,16 +105,18 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
         :TRAIN_SAMPLE]
 
     @torch.no_grad()
-    def train_score() -> float:
-        return score(model(x_img[sample], x_txt[sample]), truth[sample], loss)
+    def scored(x_img, x_txt, truth) -> float:  # of the whole split: the ranks' shares gathered
+        return score(gather_rows(model(x_img, x_txt)), gather_rows(truth), loss)
 
     valid_score = None
     if valid is not None:
         valid_inputs = [x.to(device) for x in inputs(*valid)]
         valid_truth = targets(valid[0], labels, multilabel).to(device)
-        valid_score = torch.no_grad()(lambda: score(model(*valid_inputs), valid_truth, loss))
-    trained.stats = select_epochs(model, epochs, recipe.epochs, SCORE_NAMES[loss], train_score,
-                                  valid_score, recipe.patience, len(y), lr, progress,
+        valid_score = lambda: scored(*valid_inputs, valid_truth)  # noqa: E731
+    trained.stats = select_epochs(model, epochs, recipe.epochs, SCORE_NAMES[loss],
+                                  lambda: scored(x_img[sample], x_txt[sample], truth[sample]),
+                                  valid_score, recipe.patience, int(global_sum(torch.tensor(
+                                      len(y)))), lr, progress,
                                   desc="train cacnet", resumable=Resumable(
                                       stage(state, recipe), model, [trainer.optimizer],
                                       {"shuffle": batches.generator}, counters=cases))

@@ -12,6 +12,7 @@ import torch
 from mmfast.data import Record
 from mmfast.features import PCA
 from mmfast.features.text_features import TextFeatures
+from mmfast.train.distributed import data_sharded, gather_objects, global_sum
 
 
 class DenseInputs:
@@ -23,16 +24,20 @@ class DenseInputs:
     @classmethod
     def fit(cls, records: Sequence[Record], image: np.ndarray, image_dim: int, whiten: bool,
             text_features: str, text_dim: int, ngrams: int, seed: int) -> "DenseInputs":
-        """Fitted on the training split: the PCA keeps ``min(image_dim, N, D)`` components."""
+        """Fitted on the training split: the PCA keeps ``min(image_dim, N, D)`` components.
+        When each rank holds only its share of the split (``distributed.sharded_data``), every
+        fit is still the whole split's: the PCA from the ranks' summed scatter matrices, the
+        text features on every rank's texts gathered, the standardization from summed
+        moments."""
         image = np.asarray(image, np.float32)
-        pca = PCA.fit(image, min(image_dim, *image.shape), whiten=whiten)
+        rows = int(global_sum(torch.tensor(len(image))))
+        pca = PCA.fit(image, min(image_dim, rows, image.shape[1]), whiten=whiten,
+                      total=global_sum if data_sharded() else None)
         texts = [record.text for record in records]
-        text = TextFeatures.fit(text_features, texts, text_dim, ngrams, seed)
+        text = TextFeatures.fit(text_features, gather_objects(texts), text_dim, ngrams, seed)
         statistics = {}
         for name, values in (("image", pca(image)), ("text", text(texts))):
-            std = values.std(axis=0)
-            std[std == 0] = 1.0  # a constant dimension stays 0 instead of becoming NaN
-            statistics[f"{name}_mean"], statistics[f"{name}_std"] = values.mean(axis=0), std
+            statistics[f"{name}_mean"], statistics[f"{name}_std"] = _moments(values)
         return cls(pca, text, statistics)
 
     @property
@@ -75,3 +80,15 @@ class DenseInputs:
         statistics = {name: tensors[name].numpy() for name in
                       ("image_mean", "image_std", "text_mean", "text_std")}
         return cls(pca, text, statistics)
+
+
+def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and deviation (float32) of ``values`` [N, d], over every rank's rows when
+    the ranks hold shares (float64 sums); a constant column's deviation is 1, so it stays 0
+    instead of becoming NaN."""
+    values = torch.from_numpy(np.asarray(values)).double()
+    count = float(global_sum(torch.tensor(float(len(values)), dtype=torch.float64)))
+    mean = global_sum(values.sum(0)) / count
+    std = (global_sum(((values - mean) ** 2).sum(0)) / count).sqrt()
+    std[std == 0] = 1.0
+    return mean.float().numpy(), std.float().numpy()

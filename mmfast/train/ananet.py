@@ -18,7 +18,7 @@ from mmfast.data import FeatureStore, Pair
 from mmfast.features import WordVectors, token_vectors
 from mmfast.nn.ananet import AnANet
 from mmfast.train import checkpoint
-from mmfast.train.distributed import average_gradients, batch_part, process_group
+from mmfast.train.distributed import average_gradients, epoch_batches, process_group
 from mmfast.features.store import store_features
 
 FEATURE_KEYS = ("regions", "word_vectors", "context_vectors", "t_lengths")
@@ -102,8 +102,8 @@ class AnANetTrainer:
         num_samples = _check_features(features, need_labels=True, source="fit")
         keys, history = FEATURE_KEYS + ("labels",), []
         for _ in range(epochs):
-            batches = [batch_part(batch, self.rank, self.world) for batch in
-                       torch.randperm(num_samples, generator=generator).split(self.batch_size)]
+            batches = epoch_batches(num_samples, self.batch_size, generator,
+                                    (self.rank, self.world))
             losses = [self.step(*self._batch(features, index, keys))["loss"] for index in batches]
             history.append(sum(losses) / max(len(losses), 1))
         return history
@@ -112,6 +112,8 @@ class AnANetTrainer:
     def predict(self, features: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Class probabilities [S, C] on the CPU (softmax of the fused logits)."""
         num_samples = _check_features(features, need_labels=False, source="predict")
+        if num_samples == 0:  # e.g. a rank's empty share of a small validation split
+            return torch.empty(0, self.model.config()["num_classes"])
         self.model.eval()
         chunks = [
             self.model(*self._batch(features, slice(start, start + self.batch_size))).logits

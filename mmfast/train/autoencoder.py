@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 
 from mmfast.nn.autoencoder import CrossModalAutoencoder, JointAutoencoder, _check_positive_int
 from mmfast.train import checkpoint
-from mmfast.train.distributed import average_gradients, batch_part, process_group
+from mmfast.train.distributed import (average_gradients, epoch_batches, process_group,
+                                      steps_per_epoch)
 
 LOSS_PARTS = ("loss", "visual", "text", "decay")
 
@@ -78,8 +79,8 @@ class AutoencoderTrainer:
             raise ValueError(f"{fn}: v must have at least one row, got shape {tuple(v.shape)}")
         self.seed = seed
         generator = torch.Generator().manual_seed(seed)
-        steps_per_epoch = -(-num_rows // batch_size)
-        total_steps = steps_per_epoch * max(epochs - self.epoch, 0)
+        total_steps = (steps_per_epoch(num_rows, batch_size, self.world)
+                       * max(epochs - self.epoch, 0))
         name = type(self.model).__name__
         self.model.train()
         with tqdm(total=total_steps, disable=not progress, desc=desc or name,
@@ -87,12 +88,12 @@ class AutoencoderTrainer:
             for epoch in range(epochs):
                 # Every epoch draws its order, done or not, so a resumed run sees the batches
                 # an uninterrupted one would have.
-                order = torch.randperm(num_rows, generator=generator).to(v.device)
+                batches = epoch_batches(num_rows, batch_size, generator, (self.rank, self.world))
                 if epoch < self.epoch:
                     continue
                 sums = dict.fromkeys(LOSS_PARTS, 0.0)
-                for start in range(0, num_rows, batch_size):
-                    rows = batch_part(order[start:start + batch_size], self.rank, self.world)
+                for rows in batches:
+                    rows = rows.to(v.device)
                     result = self._step(self.model._loss(
                         v[rows], None if tau is None else tau[rows],
                         None if text_present is None else text_present[rows]), len(rows))
@@ -100,7 +101,8 @@ class AutoencoderTrainer:
                         sums[part] += result[part] * len(rows)
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{result['loss']:.4f}")
-                self.history.append({"epoch": epoch, **{part: value / num_rows
+                stepped = sum(len(rows) for rows in batches)  # this rank's rows
+                self.history.append({"epoch": epoch, **{part: value / stepped
                                                         for part, value in sums.items()}})
                 self.epoch = epoch + 1
                 if checkpoint_dir is not None:

@@ -15,7 +15,8 @@ from mmfast.nn.cacnet import CACNet
 from mmfast.ops.cacnet import PARAM_NAMES
 from mmfast.reference import cacnet as reference
 from mmfast.train import checkpoint
-from mmfast.train.distributed import average_gradients, batch_part, global_mean, process_group
+from mmfast.train.distributed import (average_gradients, epoch_batches, global_mean,
+                                      process_group, steps_per_epoch)
 
 
 class GammaSchedule:
@@ -43,21 +44,22 @@ class ShuffledBatches:
     """``(x_img, x_txt, targets)`` mini-batches of ``batch_size`` rows, reshuffled each epoch by
     a generator seeded with ``seed``: what ``CACNetTrainer.fit`` iterates. Slicing whole
     tensors, unlike a ``DataLoader`` collating sample by sample, costs little next to a
-    batch-20 step."""
+    batch-20 step. ``part`` (rank, world): under torchrun, this rank's rows of each step
+    (``distributed.epoch_batches``)."""
 
     def __init__(self, x_img: torch.Tensor, x_txt: torch.Tensor, targets: torch.Tensor,
                  batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
         self.tensors, self.batch_size = (x_img, x_txt, targets), batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.rank, self.world = part  # rank ``part[0]`` of ``part[1]``: its part of each batch
+        self.part = part
 
     def __len__(self) -> int:
-        return -(-len(self.tensors[0]) // self.batch_size)
+        return steps_per_epoch(len(self.tensors[0]), self.batch_size, self.part[1])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = torch.randperm(len(self.tensors[0]), generator=self.generator)
-        for start in range(0, len(order), self.batch_size):
-            rows = batch_part(order[start:start + self.batch_size], self.rank, self.world)
+        for rows in epoch_batches(len(self.tensors[0]), self.batch_size, self.generator,
+                                  self.part):
+            rows = rows.to(self.tensors[0].device)
             yield tuple(tensor[rows] for tensor in self.tensors)
 
 

@@ -5,8 +5,10 @@ function is then the identity, and nothing of ``torch.distributed`` is touched.
 
 Under ``sharded_data()`` each rank holds only its share of the training and validation items
 (``mmfast train --rank-data share``): what is fitted on the whole split (vocabulary, image
-means, document frequencies, quantizers) is reduced over the ranks (``merged_counts``,
-``global_sum``, ``gather_rows``), and validation scores the ranks' gathered predictions."""
+means, document frequencies, quantizers, PCA, standardization, Word2Vec) is reduced over the
+ranks (``merged_counts``, ``global_sum``, ``gather_rows``, ``gather_objects``), each rank
+steps on its own shuffled share (``epoch_batches``), and validation scores the ranks'
+gathered predictions."""
 
 import contextlib
 from collections import Counter
@@ -158,6 +160,19 @@ def share_sizes(count: int) -> list[int]:
     return [int(size) for size in sizes]
 
 
+def gather_objects(items: list) -> list:
+    """Every rank's ``items`` end to end, rank 0's first, the same on every rank, when the data
+    is sharded (``items`` itself otherwise): what a fit that is not a sum needs of the whole
+    split (Word2Vec's texts, the probes' labels)."""
+    if not data_sharded():
+        return items
+    import torch.distributed as dist
+
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, items)
+    return [item for part in every for item in part]
+
+
 def shuffled_share(count: int, generator: torch.Generator) -> torch.Tensor:
     """A shuffle of this rank's ``count`` items (of all of them when the data is not sharded).
     Sharded, every rank draws every rank's shuffle from ``generator`` and keeps its own: the
@@ -168,3 +183,36 @@ def shuffled_share(count: int, generator: torch.Generator) -> torch.Tensor:
     rank = process_group()[0]
     orders = [torch.randperm(size, generator=generator) for size in share_sizes(count)]
     return orders[rank]
+
+
+def epoch_batches(count: int, batch_size: int, generator: torch.Generator,
+                  part: tuple[int, int] = (0, 1)) -> list[torch.Tensor]:
+    """The rows this rank (``part``: rank, world; ``(0, 1)`` alone) steps on, one tensor per
+    step of an epoch over its ``count`` items, drawn from ``generator``.
+
+    Every rank holding every item: the one shuffle every rank draws alike, split into
+    ``batch_size`` batches, and this rank's part of each (``batch_part``), so the ranks' steps
+    together are one process's. Each rank holding its share (``sharded_data``): a shuffle of
+    the share (``shuffled_share``), ``batch_size / world`` rows a step, as
+    ``DistributedSampler`` has it; a share shorter than the longest repeats its first rows so
+    that every rank takes the same number of steps."""
+    rank, world = part
+    if world > 1 and data_sharded():
+        order = shuffled_share(count, generator)
+        longest = max(share_sizes(count))
+        order = order.repeat(-(-longest // max(count, 1)))[:longest]
+        return list(order.split(_rank_batch(batch_size, world)))
+    order = torch.randperm(count, generator=generator)
+    return [batch_part(batch, rank, world) for batch in order.split(batch_size)]
+
+
+def steps_per_epoch(count: int, batch_size: int, world: int = 1) -> int:
+    """How many tensors ``epoch_batches`` gives (``count``: this rank's items)."""
+    if world > 1 and data_sharded():
+        return -(-max(share_sizes(count)) // _rank_batch(batch_size, world))
+    return -(-count // batch_size)
+
+
+def _rank_batch(batch_size: int, world: int) -> int:
+    """The rows a rank steps on when each holds a share: ``batch_size`` over the ranks."""
+    return -(-batch_size // world)

@@ -11,9 +11,9 @@ from mmfast.devices import model_device
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
-from mmfast.train.distributed import (batch_part, data_sharded, gather_rows, global_mean,
+from mmfast.train.distributed import (data_sharded, epoch_batches, gather_rows, global_mean,
                                       global_sum, process_group, rows_weight, share_sizes,
-                                      shuffled_share)
+                                      shuffled_share, steps_per_epoch)
 from mmfast.train.resume import Resumable, Stage
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
@@ -160,7 +160,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
             return _fused_epochs(model, examples, done, epochs, lr, generator, average_every)
     else:
         optimizers, schedules = _optimizers(model, optimizer, lr, weight_decay,
-                                            epochs * _steps_per_epoch(len(examples), batch_size))
+                                            epochs * steps_per_epoch(len(examples), batch_size,
+                                                         process_group()[1]))
 
         def epoch_losses(done: int):
             return _minibatch_epochs(model, examples, batch_size, criterion, optimizers,
@@ -201,32 +202,22 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
     """Autograd steps by minibatches with ``optimizers``; yields each epoch's mean loss.
 
     In a process group of several ranks (torchrun) the model trains under
-    ``DistributedDataParallel`` (gloo on the CPU): every rank draws the same shuffle, takes its
-    part of each ``batch_size`` batch, and the gradients are averaged over the ranks, each
-    weighted by its part's size (``rows_weight``), so the steps are a single process's on the
-    whole batches (up to float rounding).
-
-    When each rank holds only its share of the items (``distributed.sharded_data``), it
-    shuffles its share and steps on ``batch_size / world`` of its rows at a time, as
-    ``DistributedSampler`` has it: a share shorter than the longest repeats its first rows of
-    the epoch, so every rank takes the same steps."""
+    ``DistributedDataParallel`` (gloo on the CPU) on this rank's rows of each step
+    (``distributed.epoch_batches``: its part of every batch of the one shuffle, or steps on its
+    own share), and the gradients are averaged over the ranks, each weighted by its rows
+    (``rows_weight``): with every rank holding every item, the steps are a single process's on
+    the whole batches (up to float rounding)."""
     rank, world = process_group()
     forward, device = model, model_device(model)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
-    longest = max(share_sizes(len(examples)))
     while True:  # select_epochs takes as many epochs as it runs
         model.train()
         total = torch.zeros((), device=device)
-        order, sizes = shuffled_share(len(examples), generator), batch_size
-        if data_sharded():
-            order, sizes = order.repeat(-(-longest // len(order)))[:longest], _rank_batch(
-                batch_size, world)
-        elif world > 1:  # this rank's part of every batch
-            parts = [batch_part(batch, rank, world) for batch in order.split(batch_size)]
-            order, sizes = torch.cat(parts), [len(part) for part in parts]
+        batches = epoch_batches(len(examples), batch_size, generator, (rank, world))
+        order, sizes = torch.cat(batches), [len(batch) for batch in batches]
         for words, offsets, image, targets in examples.subset(order).slices(sizes, device):
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
@@ -237,18 +228,6 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
                 schedule.step()
             total += value.detach() * len(targets)
         yield global_mean(float(total), len(order), world)
-
-
-def _rank_batch(batch_size: int, world: int) -> int:
-    """The rows a rank steps on when each holds a share: ``batch_size`` over the ranks."""
-    return -(-batch_size // world)
-
-
-def _steps_per_epoch(count: int, batch_size: int) -> int:
-    """The minibatch steps of an epoch over ``count`` items (this rank's, when sharded)."""
-    if data_sharded():
-        return -(-max(share_sizes(count)) // _rank_batch(batch_size, process_group()[1]))
-    return -(-count // batch_size)
 
 
 def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
