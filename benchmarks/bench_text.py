@@ -21,6 +21,7 @@ import torch
 from mmfast import reference
 from mmfast._io import cache_dir
 from mmfast.nn import FastText, TextHasher
+from mmfast.ops import PackedTexts
 from mmfast.train.fasttext import Examples, predict, train
 
 DOCS = int(os.environ.get("MMFAST_BENCH_TEXT_DOCS", "1000000"))
@@ -93,6 +94,7 @@ def _targets(labels: list[str], names: dict[str, int]) -> torch.Tensor:
 def _train_mmfast(path) -> tuple:
     """What a user's end-to-end run does: read the file, build the vocabulary, hash, train."""
     labels, texts = _read(path)
+    texts = PackedTexts(texts)  # one UTF-8 buffer, counted and then encoded
     hasher = TextHasher.build(texts, buckets=SETTINGS["buckets"], ngrams=SETTINGS["ngrams"])
     names = {label: index for index, label in enumerate(sorted(set(labels)))}
     words, offsets = hasher.encode(texts)

@@ -100,6 +100,27 @@ def pack_texts(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return text, torch.from_numpy(offsets)
 
 
+class PackedTexts(Sequence):
+    """Texts with their UTF-8 buffer (``pack_texts``) made once: a sequence of the same strings
+    that ``count_words``, ``hash_text`` (and ``TextHasher.build`` and ``encode``) read without
+    packing them again. Counting a corpus' words and then encoding it packs it once instead of
+    twice (a third of a second per million captions)."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = texts if isinstance(texts, (Sequence, str)) else list(texts)
+        self.bytes, self.offsets = pack_texts(self.texts)  # a TypeError for a str or non-str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index):
+        return self.texts[index]
+
+
+def _packed(texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    return (texts.bytes, texts.offsets) if isinstance(texts, PackedTexts) else pack_texts(texts)
+
+
 def _check_texts(texts) -> None:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"hash_text: texts must be a sequence of strings, got "
@@ -151,7 +172,7 @@ def hash_text(texts: Sequence[str], vocabulary: PackedVocabulary, buckets: int,
     if _backend.use_reference():
         _check_texts(texts)
         return reference.hash_text(texts, vocabulary.word_ids, buckets, ngrams)
-    text, text_offsets = pack_texts(texts)
+    text, text_offsets = _packed(texts)
     ids, offsets, fallback = torch.ops.mmfast.hash_text(
         text, text_offsets, fold_table(), vocabulary.bytes, vocabulary.offsets, vocabulary.table,
         buckets, ngrams)
@@ -177,7 +198,7 @@ def count_words(texts: Sequence[str]) -> list[tuple[str, int]]:
     if _backend.use_reference():
         _check_texts(texts)
         return reference.count_words(texts)
-    text, text_offsets = pack_texts(texts)
+    text, text_offsets = _packed(texts)
     words, word_offsets, counts, fallback = torch.ops.mmfast.count_words(text, text_offsets,
                                                                          fold_table())
     raw, bounds = words.numpy().tobytes(), word_offsets.tolist()

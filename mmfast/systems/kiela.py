@@ -15,7 +15,7 @@ from mmfast.data import Record
 from mmfast.defaults import FASTTEXT_MODELS, GATED_MODELS, GATES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
-from mmfast.ops.hash_text import count_words
+from mmfast.ops.hash_text import PackedTexts, count_words
 from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, read_header, stage,
                                  targets)
@@ -30,9 +30,11 @@ _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated":
 
 def examples(records: Sequence[Record], hasher: TextHasher, image: np.ndarray | None,
              quantizer: ProductQuantizer | None = None, labels: Sequence[str] | None = None,
-             multilabel: bool = False) -> Examples:
-    """Encode records: text bags, image vectors (or their tokens), targets when ``labels``."""
-    words, offsets = hasher.encode(record.text for record in records)
+             multilabel: bool = False, texts: Sequence[str] | None = None) -> Examples:
+    """Encode records: text bags, image vectors (or their tokens), targets when ``labels``.
+    ``texts``: the records' texts when the caller has them (``PackedTexts``: packed once)."""
+    words, offsets = hasher.encode(texts if texts is not None else
+                                   [record.text for record in records])
     image_tensor = None if image is None else torch.from_numpy(np.asarray(image, np.float32))
     if quantizer is not None and image_tensor is not None:
         image_tensor = quantizer.tokens(image_tensor)
@@ -170,8 +172,9 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
     # under torchrun with each rank holding its share, the fits are of the whole split: the
     # ranks' word counts merged, the quantizers' k-means on a sample gathered from every rank,
     # the image mean and document frequencies summed (distributed.global_sum)
-    hasher = TextHasher.from_counts(merged_counts(count_words([r.text for r in records])),
-                                    buckets=recipe.buckets, ngrams=recipe.ngrams)
+    texts = PackedTexts([record.text for record in records])  # counted, then encoded
+    hasher = TextHasher.from_counts(merged_counts(count_words(texts)), buckets=recipe.buckets,
+                                    ngrams=recipe.ngrams)
     if image is None and recipe.model != "text":
         raise ValueError(f"fit: the {recipe.model!r} model needs image features, got None")
     quantizer = build_quantizer(recipe, image if image is None or not data_sharded() else
@@ -179,7 +182,7 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
     model = build_model(recipe, hasher, 0 if image is None else image.shape[1], len(labels),
                         quantizer)
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
-    data = trained.examples(records, image)
+    data = examples(records, hasher, image, quantizer, trained.labels, multilabel, texts)
     total = global_sum if data_sharded() else None
     if isinstance(model, ContinuousFusion):
         model.center_images(data.image, total)

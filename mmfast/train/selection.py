@@ -107,4 +107,8 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
 
 
 def _finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    """Whether every parameter is finite: its least and greatest entries are (NaN carries
+    through both). One vectorized read of each parameter; ``isfinite(p).all()`` wrote a bool
+    copy of it first and took a sixth of a fastText run on a 2M-row embedding table."""
+    return all(bool(torch.isfinite(torch.stack(torch.aminmax(p.detach()))).all())
+               for p in model.parameters() if p.numel())
