@@ -9,6 +9,13 @@ The corpus (seeded, cached under ``~/.cache/mmfast``): a Zipf vocabulary of 100k
 words that lean to the document's label. Both sides train the same model: dim 50, 5 epochs,
 lr 0.5 decaying linearly, word bigrams in 2M hash buckets, every word kept, 2 threads.
 ``MMFAST_BENCH_TEXT_DOCS`` sets the corpus size (default 1,000,000).
+
+Measured on the 2-core development machine, idle, two runs: mmfast 9.17 s and 9.23 s (held-out
+accuracy 0.9260, 0.9262) against the ``fasttext`` package's 18.81 s and 18.58 s (0.9269,
+0.9266): 2.05x and 2.01x. Of mmfast's ~9 s: reading the file 0.5 s, packing the texts 0.3 s,
+counting the words 0.5 s, hashing 0.6 s, building the model 0.2 s, training 6.6 s (Hogwild SGD
+1.3 s an epoch). Before the bag blocks, the masked row tails, the aminmax divergence check and
+the single table init, the same run took 13.5 s (1.36x).
 """
 
 import os

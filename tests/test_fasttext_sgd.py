@@ -50,7 +50,7 @@ def _one_vs_all(inputs, classes=5, seed=1):
 
 
 @pytest.mark.parametrize("loss", ["softmax", "ova"])
-@pytest.mark.parametrize("dim", [20, 37, 100])
+@pytest.mark.parametrize("dim", [5, 20, 37, 100])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("weighted", [True, False])
 def test_single_thread_matches_reference(dim, bias, weighted, loss):
@@ -87,6 +87,29 @@ def test_order_trains_as_the_gathered_examples(loss):
     for name, value in params.items():
         if value is not None:
             torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(value, gathered[name])
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_order_over_several_copied_blocks_trains_as_the_gathered_examples(weighted):
+    """With ``order`` the kernel copies the bags of 4096 steps at a time before it trains on
+    them: 9000 steps (three blocks, the last partial; bag weights copied alongside) give the
+    losses and parameters of the same examples gathered into one batch and trained in turn."""
+    params, inputs = _problem(weighted=weighted)
+    indices, offsets, per_sample_weights, labels = inputs
+    order = torch.randint(0, 40, (9000,), generator=torch.Generator().manual_seed(2))
+    gathered = _clone(params)
+    losses = _run(params, inputs, threads=1, order=order)
+    bags = [torch.arange(offsets[i], offsets[i + 1]) for i in order.tolist()]
+    lengths = torch.tensor([len(bag) for bag in bags])
+    positions = torch.cat(bags)
+    gathered_inputs = (indices[positions],
+                       torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+                       None if per_sample_weights is None else per_sample_weights[positions],
+                       labels[order])
+    torch.testing.assert_close(_run(gathered, gathered_inputs, threads=1), losses)
+    for name, value in params.items():
+        if value is not None:
             torch.testing.assert_close(value, gathered[name])
 
 

@@ -10,7 +10,7 @@ from torch.library import opcheck
 import mmfast
 from mmfast import reference
 from mmfast.nn import TextHasher
-from mmfast.ops import count_words, hash_text
+from mmfast.ops import PackedTexts, count_words, hash_text
 from mmfast.ops.hash_text import PackedVocabulary, fold_table, pack_texts
 
 # Characters Python's lower() and \w treat unusually: a dotted capital I (two code points lower),
@@ -121,6 +121,27 @@ def test_text_hasher_builds_and_encodes_as_the_reference():
     with mmfast.backend("reference"):
         assert all(torch.equal(a, b) for a, b in zip(hasher.encode(texts), (ids, offsets)))
         assert TextHasher.build(texts, 2, 97, 2).vocabulary == hasher.vocabulary
+
+
+def test_packed_texts_count_and_encode_as_the_texts_themselves():
+    """``PackedTexts``: one UTF-8 buffer that count_words, hash_text and TextHasher read as the
+    list they wrap (the texts left to the Python tokenizer, e.g. a dotted capital I, included);
+    with the reference backend it is that list."""
+    texts = _random_texts(200, seed=4) + TRICKY
+    packed = PackedTexts(texts)
+    assert len(packed) == len(texts) and packed[3] == texts[3] and list(packed) == texts
+    assert count_words(packed) == count_words(texts)
+    hasher = TextHasher.build(packed, buckets=97, ngrams=2)
+    assert hasher.vocabulary == TextHasher.build(texts, buckets=97, ngrams=2).vocabulary
+    assert all(torch.equal(a, b) for a, b in zip(hasher.encode(packed), hasher.encode(texts)))
+    with mmfast.backend("reference"):
+        assert all(torch.equal(a, b) for a, b in zip(hasher.encode(packed),
+                                                     hasher.encode(texts)))
+    assert PackedTexts(text for text in ["a b", "c"])[1] == "c"  # an iterable is listed
+    with pytest.raises(TypeError, match="texts must be a sequence of strings, got str"):
+        PackedTexts("a b")
+    with pytest.raises(TypeError, match="texts must be strings, got int at index 1"):
+        PackedTexts(["a", 3])
 
 
 def test_empty_inputs():

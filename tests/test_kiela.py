@@ -32,6 +32,27 @@ def test_text_hasher_words_and_ngrams():
     assert offsets.tolist() == [0, 1, 1] and words.numel() == 1 + 3
 
 
+def test_fasttext_tables_start_uniform_and_the_seed_alone_decides_them():
+    """fastText's init (U uniform in [-1/dim, 1/dim], W and b zero); a table of millions of
+    entries is filled in seeded blocks on the torch threads: the same values at one thread and
+    at two, another seed other values."""
+    threads = torch.get_num_threads()
+    tables = []
+    try:
+        for count, seed in ((1, 0), (2, 0), (2, 1)):
+            torch.set_num_threads(count)
+            torch.manual_seed(seed)
+            model = FastText(70_000, 20, 3)
+            tables.append(model.embedding.weight.detach())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(tables[0], tables[1]) and not torch.equal(tables[1], tables[2])
+    table = tables[0]
+    assert table.abs().max() <= 1 / 20 and table.min() < -0.049 and table.max() > 0.049
+    assert abs(float(table.mean())) < 1e-3 and abs(float(table.var()) - (0.1**2) / 12) < 1e-5
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+
+
 def test_examples_batch_gathers_bags():
     words = torch.tensor([1, 2, 3, 4, 5, 6])
     data = Examples(words, torch.tensor([0, 2, 2, 5]), torch.arange(8.0).view(4, 2),

@@ -9,5 +9,5 @@ from mmfast.ops.fasttext_sgd import fasttext_sgd_
 from mmfast.ops.hash_text import PackedTexts, count_words, hash_text
 from mmfast.ops.pq_encode import pq_encode
 
-__all__ = ["PackedTexts", "bilinear_fusion", "cacnet_forward", "count_words", "cross_attention_cosine",
-           "fasttext_sgd_", "hash_text", "pq_encode"]
+__all__ = ["PackedTexts", "bilinear_fusion", "cacnet_forward", "count_words",
+           "cross_attention_cosine", "fasttext_sgd_", "hash_text", "pq_encode"]
