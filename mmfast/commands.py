@@ -40,7 +40,7 @@ def _demo(args) -> int:
                     args.centroids, args.repetitions, args.iters, args.seed)
         return 0
     papers = DEMO_PAPERS if args.paper == "all" else (args.paper,)
-    device = _device(args, trains=True)
+    device = _device(args)
     start = time.perf_counter()
     for number, paper in enumerate(papers):
         if number:
@@ -58,21 +58,23 @@ def _demo(args) -> int:
     return 0
 
 
-def _device(args, trains: bool = False) -> torch.device:
-    """``--device`` as a ``torch.device``. Under torchrun a rank's GPU is cuda:LOCAL_RANK, and
-    training stays on the CPU: its ranks average over gloo."""
+def _device(args) -> torch.device:
+    """``--device`` as a ``torch.device``. Under torchrun a rank's GPU is cuda:LOCAL_RANK (its
+    training ranks then average over NCCL, ``_process_group_backend``)."""
     launched = sharding.torchrun_shard()
-    if launched and trains:
-        if args.device not in ("auto", "cpu"):
-            raise ValueError(f"--device {args.device}: under torchrun mmfast train runs on the "
-                             "CPU (the ranks average their updates over gloo): pass --device "
-                             "cpu or leave it out")
-        return torch.device("cpu")
     device = resolve_device(args.device)
     if launched and device.type == "cuda" and device.index is None:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local % torch.cuda.device_count())
     return device
+
+
+def _process_group_backend(device: torch.device) -> str:
+    """The torchrun training ranks' process group: gloo on the CPU; with the model on a GPU,
+    NCCL for the GPU tensors (DistributedDataParallel's gradients, gathered scores) and gloo
+    still for the CPU ones (counts, shares, the vocabulary, sparse gradients:
+    ``distributed.average_hook``)."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def _extractor(args) -> ImageFeatureExtractor:
@@ -185,7 +187,10 @@ def _train_distributed(args, system, records, store, multilabel, labels,
     (``distributed.sharded_data``)."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    device = _device(args)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(_process_group_backend(device))
     try:
         sharded = contextlib.nullcontext()
         if args.rank_data == "share":
@@ -231,7 +236,7 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     recipe = system.default_recipe(multilabel, len(labels), **overrides)
     train = (train_records, features(train_records))
     state = _training_state(args, recipe, multilabel, labels, train_records, valid_records)
-    device = _device(args, trains=True)
+    device = _device(args)
     if args.autotune:
         if valid is None:
             raise ValueError("--autotune needs a validation split: pass --valid or a "

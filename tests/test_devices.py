@@ -69,15 +69,48 @@ def test_the_commands_name_the_device_they_cannot_use_in_one_line(items, capsys)
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] > 0.9
 
 
-def test_torchrun_training_stays_on_the_cpu(monkeypatch):
-    from mmfast.commands import _device
+def test_torchrun_ranks_take_their_local_gpu_and_train_over_nccl_there(monkeypatch):
+    """Under torchrun a rank's GPU is cuda:LOCAL_RANK, and its training process group NCCL for
+    the GPU tensors beside gloo for the CPU ones; on the CPU, gloo alone."""
+    from mmfast.commands import _device, _process_group_backend
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert _device(argparse.Namespace(device="auto"), trains=True) == torch.device("cpu")
-    with pytest.raises(ValueError, match="--device cuda: under torchrun mmfast train runs on "
-                                         "the CPU"):
-        _device(argparse.Namespace(device="cuda"), trains=True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    expected = torch.device("cuda", 1 % torch.cuda.device_count()) if cuda_ready() else \
+        torch.device("cpu")
+    assert _device(argparse.Namespace(device="auto")) == expected
+    assert _process_group_backend(torch.device("cpu")) == "gloo"
+    assert _process_group_backend(torch.device("cuda", 1)) == "cpu:gloo,cuda:nccl"
+    if not cuda_ready():
+        with pytest.raises(ValueError, match="--device cuda: expected"):
+            _device(argparse.Namespace(device="cuda"))
+
+
+@pytest.mark.cuda
+def test_torchrun_trains_on_the_gpu_over_nccl(items, tmp_path):
+    """One torchrun rank on the GPU (a machine with one GPU can hold no more NCCL ranks): its
+    process group is NCCL and gloo, and it trains the additive fusion to the parameters one
+    process trains on the GPU (float rounding of the GPU's sums)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    args = ["train", "--train", str(items / "items.jsonl"), "--store", str(items / "store"),
+            "--model", "additive", "--epochs", "3", "--device", "cuda", "--valid-fraction", "0",
+            "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+         "-m", "mmfast", *args, "--out", str(tmp_path / "ranks")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, ranks = (load_file(str(tmp_path / name / "model.safetensors"))
+                  for name in ("one", "ranks"))
+    for name in one:
+        torch.testing.assert_close(ranks[name], one[name], atol=1e-4, rtol=1e-4)
 
 
 def _learnable(n: int, seed: int):

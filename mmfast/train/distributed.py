@@ -85,6 +85,25 @@ def rows_weight(rows: int, world: int) -> float:
     return rows * world / float(total) if float(total) else 1.0
 
 
+def average_hook(_, bucket):
+    """``DistributedDataParallel``'s communication hook for every trainer here: a bucket's
+    gradients averaged over the ranks, as DDP's own all-reduce does, except that a sparse
+    gradient (the embedding tables of paper 003's models and the mlp) is summed as a CPU tensor:
+    over gloo, which adds sparse tensors of different rows, where NCCL, the GPU ranks' backend
+    (``"cpu:gloo,cuda:nccl"``), reduces only dense ones. On the CPU it is DDP's default."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    gradient = bucket.buffer()
+    if not gradient.is_sparse:
+        return allreduce_hook(None, bucket)
+    total = gradient.coalesce().cpu()
+    dist.all_reduce(total)
+    future = torch.futures.Future()
+    future.set_result(total.to(gradient.device) / dist.get_world_size())
+    return future
+
+
 def global_mean(total: float, count: int, world: int) -> float:
     """The mean over every rank of the values summed to ``total`` over ``count`` on each."""
     if world == 1:

@@ -11,9 +11,9 @@ from mmfast.devices import model_device
 from mmfast.nn.fasttext import FastText
 from mmfast.nn.kiela import DiscretizedFastText
 from mmfast.ops.fasttext_sgd import fasttext_sgd_
-from mmfast.train.distributed import (data_sharded, epoch_batches, gather_rows, global_mean,
-                                      global_sum, process_group, rows_weight, share_sizes,
-                                      shuffled_share, steps_per_epoch)
+from mmfast.train.distributed import (average_hook, data_sharded, epoch_batches, gather_rows,
+                                      global_mean, global_sum, process_group, rows_weight,
+                                      share_sizes, shuffled_share, steps_per_epoch)
 from mmfast.train.resume import Resumable, Stage
 from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
 
@@ -213,6 +213,7 @@ def _minibatch_epochs(model, examples, batch_size, criterion, optimizers, schedu
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(model)
+        forward.register_comm_hook(None, average_hook)
     while True:  # select_epochs takes as many epochs as it runs
         model.train()
         total = torch.zeros((), device=device)
