@@ -210,29 +210,26 @@ def test_two_torchrun_processes_train_as_one_process_does(tmp_path, system):
         assert (one[name] - two[name]).abs().max() < 1e-5, name
 
 
-@pytest.mark.parametrize("system", ["text", "additive", "mlp", "pq"])
-def test_two_ranks_reading_their_shares_fit_the_whole_split(tmp_path, system, capsys):
-    """--rank-data share: each rank reads every other record, yet the checkpoint holds the
-    whole manifest's vocabulary (word counts merged, in one process's order) and labels (one
-    label only rank 1 reads), its image mean and document frequencies (summed over the ranks),
-    and the model learns as one process's does (held-out accuracy; validation gathered)."""
+def _one_process_and_two_ranks_reading_shares(tmp_path, system: str, settings: list[str],
+                                              capsys) -> tuple[dict, dict, str, dict]:
+    """``mmfast train`` of ``system`` in one process and under two torchrun ranks with
+    --rank-data share, on 200 learnable items (item 1 alone, in rank 1's share, has the label
+    "solo" and the word "lonely"): the two checkpoints' configs, the ranks' standard output and
+    both held-out accuracies."""
     import numpy as np
-    from safetensors.torch import load_file
 
     from mmfast.data import FeatureStore
 
-    # item 1 alone (rank 1's share) has the label "solo" and the word "lonely"
     records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}" + (" lonely" if n == 1 else ""),
                       ("solo" if n == 1 else f"c{n % 3}",)) for n in range(240)]
     write_manifest(tmp_path / "items.jsonl", records[:200])
     write_manifest(tmp_path / "heldout.jsonl", records[200:])
     image = np.eye(8)[np.arange(240) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
         (240, 8))
+    if system == "ananet":  # regions: the vector in two cells
+        image = np.stack([image, image[:, ::-1]], axis=1)
     FeatureStore.write(tmp_path / "store", [r.id for r in records],
                        {"image": image.astype(np.float32)}, meta={"extractor": None})
-    settings = {"text": [], "additive": ["--dim", "16"],
-                "mlp": ["--dim", "32", "--epochs", "30"],
-                "pq": ["--subvectors", "4", "--centroids", "8"]}[system]
     args = ["train", "--train", str(tmp_path / "items.jsonl"), "--store", str(tmp_path / "store"),
             "--model", system, "--epochs", "5", "--threads", "1", "--quiet", *settings]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
@@ -244,21 +241,40 @@ def test_two_ranks_reading_their_shares_fit_the_whole_split(tmp_path, system, ca
     one, two = (json.loads((tmp_path / name / "config.json").read_text())
                 for name in ("one", "two"))
     assert two["labels"] == one["labels"] and "solo" in two["labels"]
-    assert two["text"] == one["text"] and "lonely" in two["text"]["vocabulary"]
     # the validation split is by record: the shares' splits make one process's
-    valid = one["training"]["valid_items"]
-    assert two["training"]["valid_items"] == valid and 0 < valid < 200
-    assert f"trained {system} on {200 - valid} items (the ranks' shares: " in result.stdout
-    weights = [load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two")]
-    for statistic in ("image_mean", "idf"):
-        if statistic in weights[0]:
-            torch.testing.assert_close(weights[1][statistic], weights[0][statistic])
+    assert two["training"]["valid_items"] == one["training"]["valid_items"]
     capsys.readouterr()
+    accuracy = {}
     for name in ("one", "two"):
         assert main(["eval", "--checkpoint", str(tmp_path / name), "--input",
                      str(tmp_path / "heldout.jsonl"), "--store", str(tmp_path / "store"),
                      "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["accuracy"] > 0.9, name
+        accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
+    return one, two, result.stdout, accuracy
+
+
+@pytest.mark.parametrize("system", ["text", "additive", "mlp", "pq"])
+def test_two_ranks_reading_their_shares_fit_the_whole_split(tmp_path, system, capsys):
+    """--rank-data share: each rank reads every other record, yet the checkpoint holds the
+    whole manifest's vocabulary (word counts merged, in one process's order) and labels (one
+    label only rank 1 reads), its image mean and document frequencies (summed over the ranks),
+    and the model learns as one process's does (held-out accuracy; validation gathered)."""
+    from safetensors.torch import load_file
+
+    settings = {"text": [], "additive": ["--dim", "16"],
+                "mlp": ["--dim", "32", "--epochs", "30"],
+                "pq": ["--subvectors", "4", "--centroids", "8"]}[system]
+    one, two, printed, accuracy = _one_process_and_two_ranks_reading_shares(
+        tmp_path, system, settings, capsys)
+    assert two["text"] == one["text"] and "lonely" in two["text"]["vocabulary"]
+    valid = one["training"]["valid_items"]
+    assert 0 < valid < 200
+    assert f"trained {system} on {200 - valid} items (the ranks' shares: " in printed
+    weights = [load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two")]
+    for statistic in ("image_mean", "idf"):
+        if statistic in weights[0]:
+            torch.testing.assert_close(weights[1][statistic], weights[0][statistic])
+    assert min(accuracy.values()) > 0.9, accuracy
 
 
 @pytest.mark.parametrize("system", ["cacnet", "crossmodal_ae_ii", "ananet"])
@@ -269,39 +285,15 @@ def test_two_ranks_reading_their_shares_fit_dense_inputs_on_the_whole_split(tmp_
     standardization (moments summed) and the Word2Vec vocabulary (texts gathered) are one
     process's, the label only rank 1 reads is in the checkpoint, the autoencoder's probes are
     fitted on every rank's features, and the model learns as one process's does."""
-    import numpy as np
     from safetensors.torch import load_file
 
-    from mmfast.data import FeatureStore
-
-    # item 1 alone (rank 1's share) has the label "solo" and the word "lonely"
-    records = [Record(f"i{n}", "", f"w{n % 3} f{n % 7}" + (" lonely" if n == 1 else ""),
-                      ("solo" if n == 1 else f"c{n % 3}",)) for n in range(240)]
-    write_manifest(tmp_path / "items.jsonl", records[:200])
-    write_manifest(tmp_path / "heldout.jsonl", records[200:])
-    image = np.eye(8)[np.arange(240) % 3] + 0.3 * np.random.default_rng(0).standard_normal(
-        (240, 8))
-    if system == "ananet":  # regions: the vector in two cells
-        image = np.stack([image, image[:, ::-1]], axis=1)
-    FeatureStore.write(tmp_path / "store", [r.id for r in records],
-                       {"image": image.astype(np.float32)}, meta={"extractor": None})
     settings = {"crossmodal_ae_ii": ["--text-features", "word2vec", "--text-dim", "8",
                                      "--image-dim", "4", "--l2", "1", "--epochs", "20"],
                 "ananet": ["--dim", "8", "--text-dim", "4", "--lr", "0.03", "--epochs", "20"],
                 "cacnet": ["--dim", "16", "--text-features", "hashed", "--text-dim", "8",
-                           "--image-dim", "4"]}[system]
-    args = ["train", "--train", str(tmp_path / "items.jsonl"), "--store", str(tmp_path / "store"),
-            "--model", system, "--epochs", "10", "--threads", "1", "--quiet", *settings]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "mmfast", *args, "--rank-data", "share", "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    assert result.returncode == 0, _why(result.stderr)
-    one, two = (json.loads((tmp_path / name / "config.json").read_text())
-                for name in ("one", "two"))
-    assert two["labels"] == one["labels"] and "solo" in two["labels"]
-    assert two["training"]["valid_items"] == one["training"]["valid_items"]
+                           "--image-dim", "4", "--epochs", "10"]}[system]
+    one, two, _, accuracy = _one_process_and_two_ranks_reading_shares(
+        tmp_path, system, settings, capsys)
     fitted = "words.safetensors" if system == "ananet" else "inputs.safetensors"
     inputs = [load_file(str(tmp_path / name / fitted)) for name in ("one", "two")]
     for name in ("pca_mean", "pca_components", "image_mean", "image_std", "text_mean",
@@ -314,11 +306,4 @@ def test_two_ranks_reading_their_shares_fit_dense_inputs_on_the_whole_split(tmp_
     assert words[0] == words[1]
     if system != "cacnet":  # hashed text features have no vocabulary
         assert "lonely" in words[1]
-    capsys.readouterr()
-    accuracy = {}
-    for name in ("one", "two"):
-        assert main(["eval", "--checkpoint", str(tmp_path / name), "--input",
-                     str(tmp_path / "heldout.jsonl"), "--store", str(tmp_path / "store"),
-                     "--json"]) == 0
-        accuracy[name] = json.loads(capsys.readouterr().out)["accuracy"]
     assert min(accuracy.values()) >= 0.9, accuracy
