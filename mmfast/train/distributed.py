@@ -182,7 +182,7 @@ def share_sizes(count: int) -> list[int]:
 def gather_objects(items: list) -> list:
     """Every rank's ``items`` end to end, rank 0's first, the same on every rank, when the data
     is sharded (``items`` itself otherwise): what a fit that is not a sum needs of the whole
-    split (Word2Vec's texts, the probes' labels)."""
+    split (Word2Vec's texts)."""
     if not data_sharded():
         return items
     import torch.distributed as dist
