@@ -193,9 +193,9 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
   for (int64_t step = begin; step < end; ++step) {
     const float lr = static_cast<float>(lr_start + lr_slope * double(step - begin));
     const int64_t b = p.order ? p.order[step] : step;
-    const int64_t* bag = p.indices + p.offsets[b];  // in place, in order without `order`
-    const float* bag_weights = p.bag_weights ? p.bag_weights + p.offsets[b] : nullptr;
-    int64_t bag_size = p.offsets[b + 1] - p.offsets[b];
+    const int64_t* bag;
+    const float* bag_weights;
+    int64_t bag_size;
     if (p.order) {  // from the block's copies
       if (step == block_end) {
         block_begin = step;
@@ -205,6 +205,10 @@ void train_chunk(Problem p, int64_t begin, int64_t end, double lr_start, double 
       bag = block.ids(step - block_begin);
       bag_weights = block.weights(step - block_begin);
       bag_size = block.size(step - block_begin);
+    } else {  // in place: the steps read the bags in order
+      bag = p.indices + p.offsets[b];
+      bag_weights = p.bag_weights ? p.bag_weights + p.offsets[b] : nullptr;
+      bag_size = p.offsets[b + 1] - p.offsets[b];
     }
     const float mean_weight = bag_size > 0 ? 1.f / float(bag_size) : 0.f;
 
