@@ -107,7 +107,7 @@ class PackedTexts(Sequence):
     twice (a third of a second per million captions)."""
 
     def __init__(self, texts: Sequence[str]):
-        self.texts = texts if isinstance(texts, (Sequence, str)) else list(texts)
+        self.texts = texts if isinstance(texts, Sequence) else list(texts)
         self.bytes, self.offsets = pack_texts(self.texts)  # a TypeError for a str or non-str
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from mmfast.data import Record
 from mmfast.features import PCA
 from mmfast.features.text_features import TextFeatures
+from mmfast.nn._parts import mean_of_parts
 from mmfast.train.distributed import data_sharded, gather_objects, global_sum
 
 
@@ -84,11 +85,11 @@ class DenseInputs:
 
 def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and deviation (float32) of ``values`` [N, d], over every rank's rows when
-    the ranks hold shares (float64 sums); a constant column's deviation is 1, so it stays 0
-    instead of becoming NaN."""
+    the ranks hold shares (float64); a constant column's deviation is 1, so it stays 0 instead
+    of becoming NaN."""
+    total = global_sum if data_sharded() else None
     values = torch.from_numpy(np.asarray(values)).double()
-    count = float(global_sum(torch.tensor(float(len(values)), dtype=torch.float64)))
-    mean = global_sum(values.sum(0)) / count
-    std = (global_sum(((values - mean) ** 2).sum(0)) / count).sqrt()
+    mean = mean_of_parts(values, total)
+    std = mean_of_parts((values - mean) ** 2, total).sqrt()
     std[std == 0] = 1.0
     return mean.float().numpy(), std.float().numpy()
