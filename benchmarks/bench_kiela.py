@@ -11,7 +11,10 @@ Each mmfast model trains twice: its default recipe (``Recipe.default``, what ``m
 validated on the same seeded 10% of the training split. The baselines see the same training
 split (and tune on their own 10% of it): the ``fasttext`` package (softmax, or ``-loss ova``
 for multi-label; its defaults and its autotune with the same budget) and scikit-learn's logistic
-regression on [L2-normalized image features ; TF-IDF], on each half alone too.
+regression on [L2-normalized image features ; TF-IDF], on each half alone too. Each model's
+two recipes are then trained at ``$MMFAST_BENCH_SEEDS`` seeds (default 3; fastText's defaults
+too) and compared by their mean: one seed's run on a few hundred held-out items moves by as
+much as the recipes differ.
 """
 
 import dataclasses
@@ -39,8 +42,6 @@ from baselines import fasttext_baseline, logistic_baseline  # noqa: E402
 
 ICONS = Path("/usr/share/icons/oxygen/base/48x48")
 AUTOTUNE_SECONDS = float(os.environ.get("MMFAST_BENCH_AUTOTUNE", "15"))
-# Seeds each of a model's two recipes (default, autotuned) is trained at for their comparison:
-# one run of one seed on a few hundred held-out items moves by more than the recipes differ.
 SEEDS = int(os.environ.get("MMFAST_BENCH_SEEDS", "3"))
 TASKS = ("group", "subgroup", "tags", "icons")
 
