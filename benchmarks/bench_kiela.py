@@ -101,6 +101,11 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
     targets = None
     measure = "mAP" if multilabel else "accuracy"  # of the recipes' comparison
 
+    def over_seeds(at_0: dict, quality_at) -> list[float]:
+        """``measure`` at seeds 0 (``at_0``, the run in the table) to SEEDS - 1
+        (``quality_at(seed)``)."""
+        return [at_0[measure]] + [quality_at(seed)[measure] for seed in range(1, SEEDS)]
+
     def held_out(recipe: Recipe, seed: int) -> dict:
         """The recipe trained at ``seed`` on the fit split, its held-out quality."""
         trained = fit(dataclasses.replace(recipe, seed=seed), (fit_records, fit_image), labels,
@@ -126,11 +131,8 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
              f"epochs {recipe.epochs}")
         # seed 0 of each recipe is the run above (autotune trains its recipe at the default's
         # seed); the other seeds change the initialization and the shuffles alone
-        default_at_0, tuned_at_0 = rows[-2][1][measure], rows[-1][1][measure]
-        recipes.append((model, [default_at_0] + [held_out(default, seed)[measure]
-                                                 for seed in range(1, SEEDS)],
-                        [tuned_at_0] + [held_out(recipe, seed)[measure]
-                                        for seed in range(1, SEEDS)]))
+        recipes.append((model, over_seeds(rows[-2][1], lambda seed: held_out(default, seed)),
+                        over_seeds(rows[-1][1], lambda seed: held_out(recipe, seed))))
     train_targets = trained.examples(fit_records, fit_image).targets
     _row(rows, "prior / majority", _prior(train_targets, len(heldout), len(labels)), targets,
          multilabel, 0.0)
@@ -141,9 +143,9 @@ def test_quality_against_baselines(task, two_threads, tmp_path):
              seconds, "ova" if multilabel else "softmax")
     # fastText's Hogwild threads and seed move it as much as mmfast's text model: its seeds
     # beside that model's
-    recipes.append(("fastText", [rows[-2][1][measure]] + [
-        _quality(fasttext_baseline(train, heldout, labels, multilabel, seed=seed)[0], targets,
-                 multilabel)[measure] for seed in range(1, SEEDS)], None))
+    recipes.append(("fastText", over_seeds(rows[-2][1], lambda seed: _quality(
+        fasttext_baseline(train, heldout, labels, multilabel, seed=seed)[0], targets,
+        multilabel)), None))
     for features in (("image", "text"), ("text",), ("image",)):
         scores, seconds = logistic_baseline(train, train_image, heldout, heldout_image, labels,
                                             multilabel, features=features)

@@ -13,7 +13,7 @@ from mmfast.data import Record
 from mmfast.features import PCA
 from mmfast.features.text_features import TextFeatures
 from mmfast.nn._parts import mean_of_parts
-from mmfast.train.distributed import data_sharded, gather_objects, global_sum
+from mmfast.train.distributed import gather_objects, global_sum, share_total
 
 
 class DenseInputs:
@@ -33,7 +33,7 @@ class DenseInputs:
         image = np.asarray(image, np.float32)
         rows = int(global_sum(torch.tensor(len(image))))
         pca = PCA.fit(image, min(image_dim, rows, image.shape[1]), whiten=whiten,
-                      total=global_sum if data_sharded() else None)
+                      total=share_total())
         texts = [record.text for record in records]
         text = TextFeatures.fit(text_features, gather_objects(texts), text_dim, ngrams, seed)
         statistics = {}
@@ -87,7 +87,7 @@ def _moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and deviation (float32) of ``values`` [N, d], over every rank's rows when
     the ranks hold shares (float64); a constant column's deviation is 1, so it stays 0 instead
     of becoming NaN."""
-    total = global_sum if data_sharded() else None
+    total = share_total()
     values = torch.from_numpy(np.asarray(values)).double()
     mean = mean_of_parts(values, total)
     std = mean_of_parts((values - mean) ** 2, total).sqrt()

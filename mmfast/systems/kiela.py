@@ -20,8 +20,8 @@ from mmfast.quant import RSPQ, ProductQuantizer
 from mmfast.systems.base import (Fitted, Inputs, choose_on_validation, read_header, stage,
                                  targets)
 from mmfast.train.checkpoint import load_checkpoint, save_checkpoint
-from mmfast.train.distributed import (data_sharded, gather_rows, global_sum, merged_counts,
-                                      process_group)
+from mmfast.train.distributed import (data_sharded, gather_rows, merged_counts,
+                                      process_group, share_total)
 from mmfast.train.fasttext import Examples, predict, train
 
 _FUSION = {"continuous": "image", "additive": "additive", "max": "max", "gated": "gated",
@@ -183,7 +183,7 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
                         quantizer)
     trained = Trained(model, hasher, quantizer, tuple(labels), multilabel, recipe, {})
     data = examples(records, hasher, image, quantizer, trained.labels, multilabel, texts)
-    total = global_sum if data_sharded() else None
+    total = share_total()
     if isinstance(model, ContinuousFusion):
         model.center_images(data.image, total)
     elif isinstance(model, EarlyFusionMLP):

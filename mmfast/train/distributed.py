@@ -151,6 +151,12 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def share_total():
+    """What a fit's ``total=`` takes (``PCA.fit``, ``mean_of_parts``, the models' statistics):
+    ``global_sum`` when the ranks hold shares, else None, so one process keeps its plain means."""
+    return global_sum if data_sharded() else None
+
+
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of ``tensor`` [n_r, ...] end to end, rank 0's first, the same on every
     rank, when the data is sharded (``tensor`` itself otherwise): a metric of the whole
