@@ -42,8 +42,9 @@ def _recipe_defaults(field: str) -> str:
 
 # The recipe settings `mmfast train` takes as flags: (field, type, meaning).
 RECIPE_FLAGS = (
-    ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units)"),
-    ("epochs", int, "passes over the data"),
+    ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units; bilinear: 100 from 50 "
+                 "labels on)"),
+    ("epochs", int, "passes over the data (bilinear: 80 from 50 labels on)"),
     ("lr", float, "initial learning rate (fastText's models: decays linearly to 0; text on "
                   "single-label tasks: 0.13 sqrt(labels), within 0.4-1.3, bilinear: 0.05 "
                   "sqrt(labels), within 0.2-0.5; cacnet: per label, "
@@ -54,7 +55,8 @@ RECIPE_FLAGS = (
     ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
     ("repetitions", int, "RSPQ repetitions R"),
     ("patience", int, "stop after this many epochs without a better valid score"),
-    ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
+    ("weight_decay", float, "L2 penalty of the autograd models' dense weights (continuous: "
+                            "0.03 / labels)"),
     ("dropout", float, "dropout of the mlp's input and hidden layer"),
     ("image_dim", int, "image features reduced by PCA to this many components"),
     ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)} (auto: "

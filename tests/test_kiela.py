@@ -447,3 +447,26 @@ def test_learning_rate_follows_the_label_count():
     assert Recipe.default("bilinear", True, 99).lr == Recipe.default("bilinear").lr == 0.2
     assert Recipe.default("text", False, 99, lr=0.3).lr == 0.3
     assert Recipe.default("pq", False, 99).lr == Recipe.default("pq").lr
+
+
+def test_bilinear_widens_on_many_labels():
+    """Bilinear trains dim 100 for 80 epochs from MANY_LABELS labels on, single- and
+    multi-label, and keeps dim 50 below; explicit settings win."""
+    assert (Recipe.default("bilinear", False, 99).dim, Recipe.default("bilinear", False, 99).epochs
+            ) == (100, 80)
+    assert Recipe.default("bilinear", True, 113).dim == 100
+    assert Recipe.default("bilinear", False, 10).dim == Recipe.default("bilinear").dim == 50
+    assert Recipe.default("bilinear", False, 99, dim=20).dim == 20
+    assert Recipe.default("additive", False, 99).dim == Recipe.default("additive").dim
+
+
+def test_image_only_weight_decay_follows_the_label_count():
+    """The image-only model's L2 penalty is 0.03 / K, single- and multi-label; the fusions keep
+    theirs, and an explicit penalty is left alone."""
+    assert Recipe.default("continuous", False, 10).weight_decay == pytest.approx(3e-3)
+    assert Recipe.default("continuous", True, 100).weight_decay == pytest.approx(3e-4)
+    assert Recipe.default("continuous", True, 100).epochs == Recipe.default("continuous",
+                                                                           True).epochs
+    assert Recipe.default("continuous", False, 10, weight_decay=0.0).weight_decay == 0.0
+    assert Recipe.default("additive", False, 10).weight_decay == Recipe.default("additive"
+                                                                                ).weight_decay
