@@ -449,6 +449,11 @@ def test_learning_rate_follows_the_label_count():
     assert Recipe.default("pq", False, 99).lr == Recipe.default("pq").lr
 
 
+def test_multilabel_text_reads_bigrams():
+    assert Recipe.default("text", True, 113).ngrams == 2
+    assert Recipe.default("text", False, 99).ngrams == Recipe.default("pq", True).ngrams == 1
+
+
 def test_bilinear_widens_on_many_labels():
     """Bilinear trains dim 100 for 80 epochs from MANY_LABELS labels on, single- and
     multi-label, and keeps dim 50 below; explicit settings win."""
