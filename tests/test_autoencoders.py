@@ -2,10 +2,10 @@
 their trainer, the per-concept logistic regression protocol and the Table 2 pipeline."""
 
 import copy
-import dataclasses
 import math
 from types import SimpleNamespace
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -513,7 +513,7 @@ def test_table2_removes_the_tag_of_a_capitalized_concept_label(tiny_table2):
     training, expected = tiny_table2.training, tiny_table2.table
 
     def relabel(records, names):
-        return [dataclasses.replace(r, labels=tuple(names.get(label, label)
+        return [msgspec.structs.replace(r, labels=tuple(names.get(label, label)
                                                     for label in r.labels)) for r in records]
 
     # the label "Sky" stands for the tag "sky" of the texts: it must be removed all the same

@@ -140,19 +140,6 @@ def test_good_lines_are_parsed_by_the_fast_decoder(tmp_path, monkeypatch):
     assert _read_all(Manifest(path), 7) == expected
 
 
-def test_without_msgspec_jsonl_is_read_line_by_line(tmp_path, monkeypatch):
-    path = tmp_path / "items.jsonl"
-    path.write_bytes(b"\n".join(GOOD + BLANK + BAD[:1] + GOOD) + b"\n")
-    expected = _read_numbered(Manifest(path, skip_bad=True), 5)
-    monkeypatch.setitem(sys.modules, "msgspec", None)  # import msgspec raises ImportError
-    manifest_module._line_decoder.cache_clear()
-    try:
-        assert manifest_module._line_decoder(()) is None
-        assert _read_all(Manifest(path, skip_bad=True), 5) == expected
-    finally:
-        manifest_module._line_decoder.cache_clear()
-
-
 def test_other_formats_batch_as_numbered(tmp_path):
     path = tmp_path / "items.csv"
     path.write_text('id,image,text,labels\na,,"x, y",p|q\nb,,z,\n"c,,bad\n')

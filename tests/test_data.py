@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,17 @@ def test_manifest_round_trip(tmp_path, suffix):
                Record("b", str(tmp_path / "b.png"), "sky", ())]
     write_manifest(tmp_path / f"m{suffix}", records)
     assert read_manifest(tmp_path / f"m{suffix}") == records
+
+
+def test_a_record_is_an_immutable_value():
+    """Records are compared, hashed, pickled (to worker processes) and never changed."""
+    record = Record("a", "a.png", "red apple", ("fruit",))
+    assert record == Record(id="a", image="a.png", text="red apple", labels=("fruit",))
+    assert len({record, Record("a", "a.png", "red apple", ("fruit",))}) == 1
+    assert pickle.loads(pickle.dumps(record)) == record
+    assert record.store_id == "a" and Record("b", "", "", image_id="a").store_id == "a"
+    with pytest.raises(AttributeError):
+        record.text = "green apple"
 
 
 def test_manifest_names_file_and_line_of_a_bad_record(tmp_path):
