@@ -142,7 +142,8 @@ def single_label_lr(model: str, num_labels: int) -> float:
 # nearly unique to its item, so it adds memorization there (held-out, five seeds, the text model
 # with bigrams: subgroup 0.440 -> 0.337, group 0.591 -> 0.573, icons 0.798 -> 0.797). The
 # multi-label text model reads bigrams (MULTILABEL_RECIPES): a tag follows a phrase more than a
-# word (tags mAP 0.340 -> 0.355, five seeds; fastText -loss ova's defaults 0.341).
+# word (tags mAP 0.340 -> 0.355, five seeds; fastText -loss ova's defaults 0.341). It costs P@1
+# (one run: 0.519 -> 0.462): more of a tag's items rank high, a wrong tag comes first more often.
 _FASTTEXT = {"dim": 50, "epochs": 30, "lr": 0.4}
 _AUTOGRAD = {"dim": 200, "epochs": 40, "lr": 3.0, "batch_size": 32}
 DEFAULT_RECIPES = {
