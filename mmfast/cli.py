@@ -9,8 +9,9 @@ import os
 import sys
 
 import mmfast
-from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, DEMO_PAPERS, OPTIMIZERS, PACKAGED,
-                             PROBE_L2, RECIPE_GATES, TEXT_FEATURES, is_text_features,
+from mmfast.defaults import (ANANETS, DEMO_IMAGE_SIZE, DEMO_PAPERS, MANY_LABEL_RECIPES,
+                             MANY_LABELS, OPTIMIZERS, PACKAGED, PROBE_L2, RECIPE_GATES,
+                             TEXT_FEATURES, WEIGHT_DECAY_PER_CLASS, is_text_features,
                              reads_setting)
 from mmfast.systems import SYSTEMS
 
@@ -37,14 +38,19 @@ def _recipe_defaults(field: str) -> str:
 
     having = _systems_with(field)
     differs = tuple(name for name in having if value(name, True) != value(name, False))
-    return listing(having, False) + (f"; multi-label: {listing(differs, True)}" if differs else "")
+    # the defaults that follow the task's label count, which the listing cannot show
+    by_count = [f"{name}: {recipe[field]} from {MANY_LABELS} labels on"
+                for name, recipe in MANY_LABEL_RECIPES.items() if field in recipe]
+    if field == "weight_decay":
+        by_count += [f"{name}: {c} / labels" for name, c in WEIGHT_DECAY_PER_CLASS.items()]
+    return (listing(having, False) + (f"; multi-label: {listing(differs, True)}" if differs else "")
+            + "".join(f"; {rule}" for rule in by_count))
 
 
 # The recipe settings `mmfast train` takes as flags: (field, type, meaning).
 RECIPE_FLAGS = (
-    ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units; bilinear: 100 from 50 "
-                 "labels on)"),
-    ("epochs", int, "passes over the data (bilinear: 80 from 50 labels on)"),
+    ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units)"),
+    ("epochs", int, "passes over the data"),
     ("lr", float, "initial learning rate (fastText's models: decays linearly to 0; text on "
                   "single-label tasks: 0.13 sqrt(labels), within 0.4-1.3, bilinear: 0.05 "
                   "sqrt(labels), within 0.2-0.5; cacnet: per label, "
@@ -55,8 +61,7 @@ RECIPE_FLAGS = (
     ("subvectors", int, "PQ subvectors M"), ("centroids", int, "PQ centroids C"),
     ("repetitions", int, "RSPQ repetitions R"),
     ("patience", int, "stop after this many epochs without a better valid score"),
-    ("weight_decay", float, "L2 penalty of the autograd models' dense weights (continuous: "
-                            "0.03 / labels)"),
+    ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
     ("dropout", float, "dropout of the mlp's input and hidden layer"),
     ("image_dim", int, "image features reduced by PCA to this many components"),
     ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)} (auto: "
