@@ -1,4 +1,5 @@
-// Every mmfast operator schema, in one place, and the pybind11 module that reports build facts.
+// Every mmfast operator schema, in one place, and the pybind11 module: build facts, and the
+// functions of Python objects rather than tensors (common/python_io.h).
 // Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu; fakes and autograd in mmfast/ops/<op>.py.
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
@@ -8,6 +9,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/python_io.h"
 
 TORCH_LIBRARY(mmfast, m) {
   // Each family's fake kernels and autograd live in mmfast/ops/<family>.py; naming the module
@@ -141,6 +143,10 @@ PYBIND11_MODULE(_C, module) {
   }, "Facts fixed when the extension was compiled.");
   module.def("_set_full_checks", [](bool full) { mmfast::full_checks_flag().store(full); },
              "The kernels' side of mmfast.set_checks: true for \"full\", false for \"shapes\".");
+  module.def("read_jsonl_records", &mmfast::read_jsonl_records,
+             "A chunk of JSONL manifest lines as records (mmfast.data.manifest), or None.");
+  module.def("json_rows", &mmfast::json_rows,
+             "classify's JSONL rows of a batch (mmfast.predictions.rows), or None.");
   module.def("intra_op_threads", [] { return at::get_num_threads(); },
              "Threads at::parallel_for uses in mmfast's CPU kernels.");
 }

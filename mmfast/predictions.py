@@ -14,6 +14,9 @@ from itertools import repeat
 import numpy as np
 import torch
 
+from mmfast import _backend
+from mmfast._native import _C
+
 # Scores whose significand times 10^6 is exact in float64 (24 bits + 14): their rounding to 6
 # decimals is one vector op.
 _EXACT_TIMES_1E6 = (torch.float32, torch.float16, torch.bfloat16)
@@ -21,19 +24,19 @@ _MICRO = 1_000_000
 
 
 def chosen_labels(scores: torch.Tensor, k: int, thresholds: torch.Tensor | None
-                  ) -> tuple[list[int], torch.Tensor, list[int] | None]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The chosen labels of a batch ``scores`` [N, L], item after item, best first: their
-    indices, their scores [total] (not rounded), and how many each item has (None: ``k``
-    each). The ``k`` best, or with ``thresholds`` [L] every label scoring at least its
-    threshold. One sort for the batch, not one per item."""
+    indices [total] (int64), their scores [total] (not rounded), and how many each item has
+    [N] (None: ``k`` each). The ``k`` best, or with ``thresholds`` [L] every label scoring at
+    least its threshold. One sort for the batch, not one per item."""
     if thresholds is None:
         values, indices = top_k(scores, k)
-        return indices.flatten().tolist(), values.flatten(), None
+        return indices.flatten(), values.flatten(), None
     chosen = scores >= thresholds
     values, indices = torch.where(chosen, scores, -1.0).sort(dim=1, descending=True)
     counts = chosen.sum(1)
     keep = torch.arange(values.shape[1]) < counts[:, None]
-    return indices[keep].tolist(), values[keep], counts.tolist()
+    return indices[keep], values[keep], counts
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,17 +69,26 @@ def score_texts(values: torch.Tensor, as_csv: bool) -> list[str]:
     is also that double's shortest repr (json's spelling), and ``{:g}``'s less a bare ``.0``.
     Anything else (below 1e-4: an exponent; above 1, negative, NaN; float64 scores) goes
     through round and json or format one value at a time."""
+    micro = _micro(values)
+    if micro is not None:
+        return _decimal_texts(micro, as_csv)
     if not len(values):
         return []
-    if values.dtype in _EXACT_TIMES_1E6:
-        micro = (values.double() * 1e6).round()
-        if bool((((micro >= 100) & (micro <= _MICRO)) | (micro == 0)).all()
-                and not values.signbit().any()):
-            return _decimal_texts(micro.long().numpy(), as_csv)
     rounded = round6(values)
     if as_csv:
         return list(map("{:g}".format, rounded))
     return json.dumps(rounded)[1:-1].split(", ")
+
+
+def _micro(values: torch.Tensor) -> np.ndarray | None:
+    """``values`` [N] in millionths, rounded (int64), where every one is spelled
+    ``D.DDDDDD`` (see ``score_texts``); else None."""
+    if len(values) and values.dtype in _EXACT_TIMES_1E6:
+        micro = (values.double() * 1e6).round()
+        if bool((((micro >= 100) & (micro <= _MICRO)) | (micro == 0)).all()
+                and not values.signbit().any()):
+            return micro.long().numpy()
+    return None
 
 
 def _decimal_texts(micro: np.ndarray, as_csv: bool) -> list[str]:
@@ -128,8 +140,16 @@ def json_strings(texts: list[str]) -> list[str]:
 def rows(ids: list[str], scores: torch.Tensor, k: int, thresholds: torch.Tensor | None,
          names: tuple[str, ...], label_json: list[str], as_csv: bool):
     """The output of items ``ids`` scored ``scores`` [N, len(names)]: the JSONL lines (one
-    string; ``label_json`` the names as JSON strings), or with ``as_csv`` the CSV rows."""
+    string; ``label_json`` the names as JSON strings), or with ``as_csv`` the CSV rows.
+    JSONL of scores spelled as decimals is written by C++ (``json_rows`` in
+    csrc/cpu/jsonl.cpp), the same text without a Python string per row."""
     indices, values, counts = chosen_labels(scores, k, thresholds)
+    if not as_csv and not _backend.use_reference() and (micro := _micro(values)) is not None:
+        text = _C.json_rows(ids, label_json, indices.numpy(), micro,
+                            None if counts is None else counts.numpy(), k or 0)
+        if text is not None:
+            return text
+    indices, counts = indices.tolist(), None if counts is None else counts.tolist()
     values = per_item(score_texts(values, as_csv), counts, k, "|" if as_csv else ", ")
     if as_csv:
         return zip(ids, per_item([names[i] for i in indices], counts, k, "|"), values)

@@ -140,6 +140,39 @@ def test_good_lines_are_parsed_by_the_fast_decoder(tmp_path, monkeypatch):
     assert _read_all(Manifest(path), 7) == expected
 
 
+# What the C++ reader takes (the GOOD lines without "label", an image path Path would change, a
+# repeated key or NaN), and lines it must leave to Python.
+NATIVE = [GOOD[i] for i in (0, 1, 2, 5, 6, 8, 9, 10)] + [
+    b'{"id": "\\u00e9\\/", "image": "/\\u00e9.png", "text": "\\b\\f\\n\\r\\t\\u0000"}',
+    b'{"x": {"y": [[], {}, "", -0.5e-3, 0, false]}, "text": "", "id": "", "image": ""}']
+DECLINED = [GOOD[i] for i in (3, 4, 7, 11, 12)] + BAD + BLANK[3:] + [
+    b'{"i\\u0064": "escaped key", "id": "a", "text": "t"}',
+    b'{"id": "a", "text": "t", "image": "rel\\u00e9.png"}',  # relative, escaped
+    b'{"id": "a", "text": "t", "n": ' + b"[" * 65 + b"]" * 65 + b"}",
+    b'{"id": "a", "text": "t", "n": 01}', b'{"id": "a", "text": "t", "n": 1.}',
+    b'{"id": "a", "text": "\\x"}', b'{"id": "a", "text": "t\x01"}', b'\x0b{"id": "a", "text": "t"}',
+    b'{"id": "a", "text": "\xed\xa0\x80"}', b'{"id": "a", "text": "\xc0\xaf"}',
+    b'{"id": "a", "text": "t", "labels": ["x",]}', b'{"id": "a", "text": "t",}']
+
+
+def test_the_native_reader_reads_as_python_and_declines_the_rest(tmp_path):
+    """The C++ reader gives msgspec's records for the chunks it takes, at every shard, and
+    declines (None) a chunk with one line it is not sure of."""
+    prefix = str(tmp_path / "x")[:-1]
+    read = manifest_module._native_reader((), prefix)
+    decoder = manifest_module._line_decoder(())
+    lines = NATIVE * 3 + [b"", b"  \t"]
+    text = b"\n".join(lines) + b"\n"
+    for index, count in ((0, 1), (1, 3), (2, 3)):
+        native = read(text, 5, 7, index, count)
+        assert native is not None
+        assert native == manifest_module._decoded_chunk(decoder, 5, lines, text, 7, index, count,
+                                                        tmp_path, prefix)
+    assert read(text.rstrip(b"\n"), 1, 0, 0, 1) is not None  # a last line without its newline
+    for line in DECLINED:
+        assert read(NATIVE[0] + b"\n" + line + b"\n", 1, 0, 0, 1) is None, line[:50]
+
+
 def test_other_formats_batch_as_numbered(tmp_path):
     path = tmp_path / "items.csv"
     path.write_text('id,image,text,labels\na,,"x, y",p|q\nb,,z,\n"c,,bad\n')
@@ -271,6 +304,33 @@ def test_chosen_labels_of_odd_scores_are_written_as_before():
         assert list(predictions.rows(ids, scores, k, thresholds, names, label_json, True)) == [
             (r.id, "|".join(names[i] for i in chosen), "|".join(f"{v:g}" for v in values))
             for r, (chosen, values) in zip(records, rows)]
+
+
+def test_native_rows_are_pythons_rows():
+    """The C++ writer's JSONL is the Python writer's for ids of every escape, top-k and
+    thresholds; an id that is not UTF-8 is left to Python."""
+    import mmfast
+    from mmfast._native import _C
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.softmax(torch.randn(len(ODD_IDS) * 4, 6, generator=generator) * 3, 1)
+    scores[0, :] = 0.0  # no label over a threshold: an empty list
+    scores[1, :2] = 1.0  # "1.0"
+    ids = ODD_IDS * 4
+    names = ('la"b', "l\\c", "mé", "plain", "new\nline", "😀")
+    label_json = [predictions.json_string(name) for name in names]
+    indices, values, counts = predictions.chosen_labels(scores, 2, None)
+    assert _C.json_rows(ids, label_json, indices.numpy(), predictions._micro(values), None, 2) \
+        is not None
+    for k, thresholds in ((1, None), (3, None), (None, torch.full((6,), 0.2))):
+        native = predictions.rows(ids, scores, k, thresholds, names, label_json, False)
+        with mmfast.backend("reference"):
+            python = predictions.rows(ids, scores, k, thresholds, names, label_json, False)
+        assert native == python
+    lone = ["ok", "lone \ud800"]
+    indices, values, _ = predictions.chosen_labels(scores[:2], 1, None)
+    assert _C.json_rows(lone, label_json, indices.numpy(), predictions._micro(values), None, 1) \
+        is None
 
 
 ODD_IDS = ['plain', 'quote " inside', 'comma ", " inside', 'back\\slash\\', 'tab\tnew\nline',

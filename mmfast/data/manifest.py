@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from mmfast import _backend
 from mmfast._io import atomic_path, cache_dir
 from mmfast.sharding import take
 
@@ -295,8 +296,17 @@ class Manifest:
         rows = 0  # the non-blank lines before the chunk: where the shard's rows fall
         base = self.path.parent
         prefix = str(base / "x")[:-1]  # what a plain relative image path is joined to
-        for first, lines, text in _line_chunks(self.path):
-            fast = _decoded_chunk(decoder, first, lines, text, rows, index, count, base, prefix)
+        # the reference backend (mmfast.set_backend) reads with Python alone
+        native = (None if _backend.use_reference() else
+                  _native_reader(tuple(sorted(self.columns.items())), prefix))
+        for first, text in _line_chunks(self.path):
+            fast = native(text, first, rows, index, count) if native else None
+            if fast is None:
+                lines = text.split(b"\n")
+                if text.endswith(b"\n"):
+                    lines.pop()  # the empty piece after the last newline
+                fast = _decoded_chunk(decoder, first, lines, text, rows, index, count, base,
+                                      prefix)
             if fast is not None:
                 rows, numbers, records = fast
                 yield numbers, records
@@ -335,9 +345,9 @@ def _chunked(pairs: Iterable[tuple[int, Record]], size: int = 4096
     yield lines, records
 
 
-def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
-    """``(number of the first line, lines without their newline, the chunk's bytes)`` of a
-    file, about ``_CHUNK_BYTES`` at a time, cut after a newline (or at the end of the file)."""
+def _line_chunks(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(number of the first line, the chunk's bytes)`` of a file: whole lines, about
+    ``_CHUNK_BYTES`` at a time, cut after a newline (the last may end without one)."""
     first, pieces = 1, []  # pieces: the start of a line that began in an earlier block
     with open(path, "rb") as handle:
         while block := handle.read(_CHUNK_BYTES):
@@ -347,12 +357,32 @@ def _line_chunks(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
                 continue
             text = b"".join([*pieces, block[:cut]])
             pieces = [block[cut:]]
-            lines = text.split(b"\n")
-            lines.pop()  # the empty piece after the last newline
-            yield first, lines, text
-            first += len(lines)
+            yield first, text
+            first += text.count(b"\n")
     if last := b"".join(pieces):  # a last line with no newline
-        yield first, [last], last
+        yield first, last
+
+
+@functools.cache
+def _native_reader(columns: tuple[tuple[str, str], ...], prefix: str):
+    """The C++ reader of a chunk of JSONL lines (``read_jsonl_records`` in csrc/cpu/jsonl.cpp)
+    as ``_decoded_chunk`` gives its result: it takes the lines it reads exactly as Python does
+    and gives None for a chunk it leaves to Python. None where it cannot serve: columns that do
+    not give each field its own key, a directory whose name is not UTF-8."""
+    names = dict(columns)
+    keys = tuple(names.get(field, field) for field in ("id", "image", "text", "labels", "label",
+                                                       "image_id"))
+    if len(set(keys)) != len(keys):
+        return None
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    from mmfast._native import _C  # here: reading a manifest loads no torch until it must
+
+    def read(text: bytes, first: int, rows: int, index: int, count: int):
+        return _C.read_jsonl_records(text, first, rows, index, count, keys, prefix, Record)
+    return read
 
 
 # First bytes of a line (after ASCII spaces) that may make it blank to str.strip() but not to
