@@ -100,11 +100,19 @@ bool tokenize(const uint8_t* begin, const uint8_t* end, const int32_t* fold, Tok
   tokens.starts.assign(1, 0);
   bool in_token = false;
   for (const uint8_t* p = begin; p < end;) {
-    uint32_t code;
-    p += decode_utf8(p, end, code);
-    const int32_t folded = code < kCodePoints ? fold[code] : kNotWord;
+    int32_t folded;
+    if (*p < 0x80) {  // ASCII, most text: no decoding, and it folds to ASCII
+      folded = fold[*p++];
+    } else {
+      uint32_t code;
+      p += decode_utf8(p, end, code);
+      folded = code < kCodePoints ? fold[code] : kNotWord;
+    }
     if (folded == kNeedsPython) return false;
-    if (folded >= 0) {
+    if (folded >= 0 && folded < 0x80) {
+      tokens.bytes.push_back(static_cast<uint8_t>(folded));
+      in_token = true;
+    } else if (folded >= 0) {
       uint8_t utf8[4];
       const int size = encode_utf8(static_cast<uint32_t>(folded), utf8);
       tokens.bytes.insert(tokens.bytes.end(), utf8, utf8 + size);
