@@ -352,10 +352,11 @@ def _image_source(args, trained: systems.base.Fitted):
 def _ahead(items, work, threads: int, depth: int = 2):
     """``(item, work(item))`` of each of ``items``, in order. With ``threads`` > 1, ``work``
     runs on a thread of its own, up to ``depth`` items behind the caller's thread, which makes
-    the items and handles the results meanwhile: the model's torch ops (one thread fewer, so
-    the two never wait on each other for a core) overlap parsing and writing, Python's work.
-    An error comes out where it would without the thread: after the results of the items
-    before it."""
+    the items and handles the results meanwhile: torch ops (on one thread fewer, so the two
+    never wait on each other for a core) overlap parsing and writing, Python's work. Chained,
+    ``_ahead(_ahead(items, first, n), second, n)``, each stage has its thread (the C++ of
+    both mostly runs without the GIL). An error comes out where it would without the thread:
+    after the results of the items before it."""
     if threads == 1:
         for item in items:
             yield item, work(item)
@@ -473,8 +474,11 @@ def _classify(args) -> int:
             if records:
                 yield records, features
 
-    def score(batch):
-        return trained.probabilities(*batch)
+    def prepare(batch):  # (records, image features) -> what the network reads
+        return trained.prepare(*batch)
+
+    def score(prepared):
+        return trained.probabilities_of(prepared[1])
 
     with atomic_path(output) as temporary, open(temporary, "w", newline="",
                                                 encoding="utf-8") as out, \
@@ -484,7 +488,10 @@ def _classify(args) -> int:
         if writer:
             writer.writerow(["id", "labels", "scores"])
         out.writelines(done_lines)
-        for (records, _), scores in _ahead(inputs(), score, threads):
+        # three stages a batch apart: reading and writing here, the inputs' preparation
+        # (hashing) on one thread and the network on another, each a torch thread
+        for ((records, _), _), scores in _ahead(_ahead(inputs(), prepare, threads), score,
+                                                threads):
             rows = predictions.rows([record.id for record in records], scores, k, thresholds,
                                     names, label_json, as_csv)
             if writer:

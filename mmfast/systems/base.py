@@ -59,7 +59,20 @@ class Fitted:
     def probabilities(self, records: Sequence[Record], image: np.ndarray | None
                       ) -> torch.Tensor:
         """[N, len(labels)]: softmax for single-label, per-label sigmoids for multi-label."""
-        logits = self.logits(records, image)
+        return self._activated(self.logits(records, image))
+
+    def prepare(self, records: Sequence[Record], image: np.ndarray | None) -> object:
+        """The work of ``probabilities`` before its network (text hashing, image tokens) done
+        apart: ``mmfast classify`` runs it on a thread of its own, a batch ahead of the
+        network's. Its result is ``probabilities_of``'s argument; a system without such work
+        returns its inputs."""
+        return records, image
+
+    def probabilities_of(self, prepared: object) -> torch.Tensor:
+        """``probabilities`` of what ``prepare`` returned."""
+        return self.probabilities(*prepared)
+
+    def _activated(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
 
     def targets(self, records: Sequence[Record]) -> torch.Tensor:

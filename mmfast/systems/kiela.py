@@ -115,7 +115,13 @@ class Trained(Fitted):
                         self.labels if with_targets else None, self.multilabel)
 
     def _logits(self, records: Sequence[Record], image: np.ndarray | None) -> torch.Tensor:
-        return predict(self.model, self.examples(records, image, with_targets=False))
+        return predict(self.model, self.prepare(records, image))
+
+    def prepare(self, records: Sequence[Record], image: np.ndarray | None) -> Examples:
+        return self.examples(records, image, with_targets=False)
+
+    def probabilities_of(self, prepared: Examples) -> torch.Tensor:
+        return self._activated(predict(self.model, prepared))
 
     def save(self, directory: str | os.PathLike, extractor: dict | None = None) -> None:
         directory = Path(directory)
