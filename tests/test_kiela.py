@@ -106,6 +106,11 @@ def test_discretized_model_normalizes_words_and_tokens_separately():
     table = model.embedding.weight
     hidden = _text_mean(model, words, lengths) + 0.3 * table[tokens + 30].mean(1)
     torch.testing.assert_close(model(words, offsets, tokens), model.classifier(hidden))
+    # the fused trainer's one weighted bag (bags) sums the same
+    ids, starts, weights = model.bags(words, offsets, tokens)
+    torch.testing.assert_close(model.embedding(ids, starts, per_sample_weights=weights), hidden)
+    model(words, offsets, tokens).sum().backward()
+    assert model.embedding.weight.grad.is_sparse  # the table's gradient stays sparse
 
 
 def test_models_reject_bad_inputs():

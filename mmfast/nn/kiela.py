@@ -135,8 +135,9 @@ class DiscretizedFastText(FastText):
     """``W U(x_t + alpha x_q)``: image tokens are extra "words" in rows
     ``[num_embeddings, num_embeddings + num_image_tokens)`` of the one table ``U``.
 
-    One ``EmbeddingBag`` (mode sum) with per-sample weights ``1/n_text`` for the words and
-    ``alpha/n_image`` for the tokens normalizes the two bags separately (paper 003).
+    The words' mean plus ``alpha`` times the tokens' mean (paper 003 normalizes the two bags
+    separately); ``bags`` gives the same as one bag of the table (``EmbeddingBag``, mode sum)
+    with per-sample weights ``1/n_text`` for the words and ``alpha/n_image`` for the tokens.
     """
 
     def __init__(self, num_embeddings: int, num_image_tokens: int, dim: int, num_classes: int,
@@ -151,24 +152,24 @@ class DiscretizedFastText(FastText):
 
     def forward(self, words: torch.Tensor, offsets: torch.Tensor,
                 image: torch.Tensor) -> torch.Tensor:
-        ids, starts, weights = self.bags(words, offsets, image)
-        return self.classifier(self.embedding(ids, starts, per_sample_weights=weights))
+        # the words' mean plus alpha times the tokens' mean, two bags of the one table: what
+        # the one weighted bag of ``bags`` sums, without interleaving the two (which took as
+        # long as the lookups)
+        self._check_bags(words, offsets, image)
+        table, sparse = self.embedding.weight, self.embedding.sparse
+        text = nn.functional.embedding_bag(words, table, offsets, mode="mean", sparse=sparse)
+        if image.shape[1] == 0:
+            return self.classifier(text)
+        tokens = nn.functional.embedding_bag(image + self.num_text_embeddings, table,
+                                             mode="mean", sparse=sparse)
+        return self.classifier(text + self.alpha * tokens)
 
     def bags(self, words: torch.Tensor, offsets: torch.Tensor, image: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each sample's words and image tokens as one weighted bag: ``(ids, offsets,
-        per_sample_weights)`` for the embedding table."""
-        name = type(self).__name__
-        check_bags(name, words, offsets, self.num_text_embeddings)
-        if not isinstance(image, torch.Tensor) or image.dim() != 2 or image.dtype != torch.long:
-            got = (f"{image.dtype} tensor of shape {tuple(image.shape)}"
-                   if isinstance(image, torch.Tensor) else type(image).__name__)
-            raise TypeError(f"{name}: image must be int64 tokens [B, T] (ProductQuantizer.tokens),"
-                            f" got {got}")
-        check_ids(name, "image tokens must be", image, self.num_image_tokens)
+        per_sample_weights)`` for the embedding table (the fused trainer's input)."""
+        self._check_bags(words, offsets, image)
         batch, tokens = image.shape
-        if offsets.numel() != batch:
-            raise ValueError(f"{name}: {offsets.numel()} texts (offsets) but {batch} images")
         # Interleave each sample's words and its image tokens into one bag.
         text_lengths = torch.diff(offsets, append=offsets.new_tensor([words.numel()]))
         starts = offsets + torch.arange(batch, device=offsets.device) * tokens
@@ -185,6 +186,20 @@ class DiscretizedFastText(FastText):
         weights[word_positions] = 1.0 / text_lengths.clamp(min=1)[sample].to(weight_dtype)
         weights[image_positions] = self.alpha / max(tokens, 1)
         return ids, starts, weights
+
+    def _check_bags(self, words: torch.Tensor, offsets: torch.Tensor, image: torch.Tensor
+                    ) -> None:
+        name = type(self).__name__
+        check_bags(name, words, offsets, self.num_text_embeddings)
+        if not isinstance(image, torch.Tensor) or image.dim() != 2 or image.dtype != torch.long:
+            got = (f"{image.dtype} tensor of shape {tuple(image.shape)}"
+                   if isinstance(image, torch.Tensor) else type(image).__name__)
+            raise TypeError(f"{name}: image must be int64 tokens [B, T] (ProductQuantizer.tokens),"
+                            f" got {got}")
+        check_ids(name, "image tokens must be", image, self.num_image_tokens)
+        if offsets.numel() != image.shape[0]:
+            raise ValueError(f"{name}: {offsets.numel()} texts (offsets) but {image.shape[0]} "
+                             "images")
 
     def config(self) -> dict:
         return {"num_embeddings": self.num_text_embeddings,
