@@ -20,6 +20,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/python_io.h"
@@ -50,6 +51,19 @@ struct Line {
 };
 
 inline bool is_space(uint8_t c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+// JSON's two-character escapes: the character after the backslash, and the byte it stands for.
+constexpr std::array<std::pair<uint8_t, uint8_t>, 8> kShortEscapes = {{
+    {'"', '"'}, {'\\', '\\'}, {'/', '/'}, {'b', '\b'}, {'f', '\f'}, {'n', '\n'}, {'r', '\r'},
+    {'t', '\t'}}};
+
+// The byte `\<letter>` stands for, or -1 where it is not a short escape.
+inline int unescaped(uint8_t letter) {
+  for (const auto& [escape, byte] : kShortEscapes) {
+    if (escape == letter) return byte;
+  }
+  return -1;
+}
 
 inline int hex_value(uint8_t c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -184,7 +198,7 @@ class LineParser {
           if (low < 0xDC00 || low > 0xDFFF) return false;
           p_ += 6;
         }
-      } else if (!std::strchr("\"\\/bfnrt", kind) || kind == 0) {
+      } else if (unescaped(kind) < 0) {
         return false;
       }
     }
@@ -312,23 +326,16 @@ std::string_view utf8_of(const Span& span, std::string& out) {
     }
     const uint8_t kind = p[1];
     p += 2;
-    uint32_t code;
-    switch (kind) {
-      case 'b': out.push_back('\b'); continue;
-      case 'f': out.push_back('\f'); continue;
-      case 'n': out.push_back('\n'); continue;
-      case 'r': out.push_back('\r'); continue;
-      case 't': out.push_back('\t'); continue;
-      case 'u':
-        code = static_cast<uint32_t>(hex4(p, span.end));
-        p += 4;
-        if (code >= 0xD800 && code <= 0xDBFF) {  // the parser checked the low half is there
-          code = 0x10000 + ((code - 0xD800) << 10) + (static_cast<uint32_t>(hex4(p + 2, span.end))
-                                                       - 0xDC00);
-          p += 6;
-        }
-        break;
-      default: out.push_back(static_cast<char>(kind)); continue;  // " \ /
+    if (kind != 'u') {
+      out.push_back(static_cast<char>(unescaped(kind)));  // the parser checked it is one
+      continue;
+    }
+    uint32_t code = static_cast<uint32_t>(hex4(p, span.end));
+    p += 4;
+    if (code >= 0xD800 && code <= 0xDBFF) {  // the parser checked the low half is there
+      code = 0x10000 + ((code - 0xD800) << 10) + (static_cast<uint32_t>(hex4(p + 2, span.end))
+                                                   - 0xDC00);
+      p += 6;
     }
     if (code < 0x80) {
       out.push_back(static_cast<char>(code));
@@ -486,18 +493,16 @@ void append_json_string(std::string& out, const char* text, Py_ssize_t size) {
       continue;
     }
     out.push_back('\\');
-    switch (c) {
-      case '"': out.push_back('"'); break;
-      case '\\': out.push_back('\\'); break;
-      case '\n': out.push_back('n'); break;
-      case '\r': out.push_back('r'); break;
-      case '\t': out.push_back('t'); break;
-      case '\b': out.push_back('b'); break;
-      case '\f': out.push_back('f'); break;
-      default:
-        out.append("u00");
-        out.push_back(kHex[c >> 4]);
-        out.push_back(kHex[c & 15]);
+    char letter = 0;
+    for (const auto& [escape, byte] : kShortEscapes) {
+      if (byte == c && escape != '/') letter = static_cast<char>(escape);  // json leaves / alone
+    }
+    if (letter) {
+      out.push_back(letter);
+    } else {
+      out.append("u00");
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 15]);
     }
   }
   out.push_back('"');
