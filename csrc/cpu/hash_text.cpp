@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/checks.h"
+#include "common/utf8.h"
 
 namespace mmfast {
 namespace {
@@ -54,29 +55,6 @@ inline int decode_utf8(const uint8_t* p, const uint8_t* end, uint32_t& code) {
   code = lead & (0x7F >> size);
   for (int i = 1; i < size; ++i) code = (code << 6) | (p[i] & 0x3F);
   return size;
-}
-
-inline int encode_utf8(uint32_t code, uint8_t* out) {
-  if (code < 0x80) {
-    out[0] = static_cast<uint8_t>(code);
-    return 1;
-  }
-  if (code < 0x800) {
-    out[0] = static_cast<uint8_t>(0xC0 | (code >> 6));
-    out[1] = static_cast<uint8_t>(0x80 | (code & 0x3F));
-    return 2;
-  }
-  if (code < 0x10000) {
-    out[0] = static_cast<uint8_t>(0xE0 | (code >> 12));
-    out[1] = static_cast<uint8_t>(0x80 | ((code >> 6) & 0x3F));
-    out[2] = static_cast<uint8_t>(0x80 | (code & 0x3F));
-    return 3;
-  }
-  out[0] = static_cast<uint8_t>(0xF0 | (code >> 18));
-  out[1] = static_cast<uint8_t>(0x80 | ((code >> 12) & 0x3F));
-  out[2] = static_cast<uint8_t>(0x80 | ((code >> 6) & 0x3F));
-  out[3] = static_cast<uint8_t>(0x80 | (code & 0x3F));
-  return 4;
 }
 
 // A text's tokens, lower-cased, as UTF-8 end to end in `bytes` with token t at

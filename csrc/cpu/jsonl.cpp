@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/python_io.h"
+#include "common/utf8.h"
 
 namespace py = pybind11;
 
@@ -112,10 +113,8 @@ class LineParser {
 
   bool record(const uint8_t* p, Line& line) {
     p_ = p;
-    if (!take('{')) return false;
-    skip_space();
-    if (p_ < end_ && *p_ == '}') return false;  // {}: no id, no text
-    while (true) {
+    if (!take('{') || closes('}')) return false;  // {}: no id, no text
+    for (bool done = false; !done;) {
       Span key;
       if (!string(key) || key.escaped) return false;
       const Field field = field_of(key);
@@ -131,22 +130,31 @@ class LineParser {
         return false;
       }
       if (field != kOther) line.present[field] = true;
-      skip_space();
-      if (p_ < end_ && *p_ == ',') {
-        ++p_;
-        skip_space();
-        continue;
-      }
-      if (!take('}')) return false;
-      break;
+      if (!after_element('}', done)) return false;
     }
-    while (p_ < end_ && is_space(*p_)) ++p_;
+    skip_space();
     return p_ == end_ && line.present[kId] && line.present[kText];
   }
 
  private:
   void skip_space() {
-    while (p_ < end_ && (is_space(*p_))) ++p_;
+    while (p_ < end_ && is_space(*p_)) ++p_;
+  }
+
+  // Spaces, then `close` taken if it is next: an empty object or array.
+  bool closes(uint8_t close) {
+    skip_space();
+    return take(close);
+  }
+
+  // What follows an element of an object or array: a comma (another element follows) or
+  // `close` (`done`); false for anything else.
+  bool after_element(uint8_t close, bool& done) {
+    skip_space();
+    done = !take(',');
+    if (done) return take(close);
+    skip_space();
+    return true;
   }
 
   bool take(uint8_t c) {
@@ -213,21 +221,11 @@ class LineParser {
       labels_.push_back(label);
     } else {
       if (!take('[')) return false;
-      skip_space();
-      if (!(p_ < end_ && *p_ == ']')) {
-        while (true) {
-          if (!string(label)) return false;
-          labels_.push_back(label);
-          skip_space();
-          if (p_ < end_ && *p_ == ',') {
-            ++p_;
-            skip_space();
-            continue;
-          }
-          break;
-        }
+      for (bool done = closes(']'); !done;) {
+        if (!string(label)) return false;
+        labels_.push_back(label);
+        if (!after_element(']', done)) return false;
       }
-      if (!take(']')) return false;
     }
     line.labels_count = static_cast<int64_t>(labels_.size()) - line.labels_begin;
     return true;
@@ -280,27 +278,16 @@ class LineParser {
       case '{': {
         const bool object = *p_++ == '{';
         const uint8_t close = object ? '}' : ']';
-        skip_space();
-        if (p_ < end_ && *p_ == close) {
-          ++p_;
-          return true;
-        }
-        while (true) {
+        for (bool done = closes(close); !done;) {
           if (object) {
             if (!string(ignored)) return false;
             skip_space();
             if (!take(':')) return false;
             skip_space();
           }
-          if (!skip_value(depth + 1)) return false;
-          skip_space();
-          if (p_ < end_ && *p_ == ',') {
-            ++p_;
-            skip_space();
-            continue;
-          }
-          return take(close);
+          if (!skip_value(depth + 1) || !after_element(close, done)) return false;
         }
+        return true;
       }
       default:
         return number();
@@ -337,29 +324,20 @@ std::string_view utf8_of(const Span& span, std::string& out) {
                                                    - 0xDC00);
       p += 6;
     }
-    if (code < 0x80) {
-      out.push_back(static_cast<char>(code));
-    } else if (code < 0x800) {
-      out.push_back(static_cast<char>(0xC0 | (code >> 6)));
-      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
-    } else if (code < 0x10000) {
-      out.push_back(static_cast<char>(0xE0 | (code >> 12)));
-      out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
-    } else {
-      out.push_back(static_cast<char>(0xF0 | (code >> 18)));
-      out.push_back(static_cast<char>(0x80 | ((code >> 12) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
-      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
-    }
+    uint8_t bytes[4];
+    out.append(reinterpret_cast<const char*>(bytes), encode_utf8(code, bytes));
   }
   return out;
 }
 
-// mmfast.data.manifest._plain: a relative path Path joins as it is.
-bool plain_path(std::string_view image) {
-  return image.find("//") == std::string_view::npos && image.find("/.") == std::string_view::npos
-         && image.front() != '.' && image.back() != '/';
+// An image path that reads as Python makes it: none, absolute, or relative and joined to the
+// manifest's directory as it is (mmfast.data.manifest._plain: no "//", "/.", leading "." or
+// trailing "/", which Path would normalize) and without escapes.
+bool joins_as_python(const Span& image) {
+  if (image.end == image.begin || *image.begin == '/') return true;
+  const std::string_view path(reinterpret_cast<const char*>(image.begin), image.end - image.begin);
+  return !image.escaped && path.find("//") == std::string_view::npos
+         && path.find("/.") == std::string_view::npos && path.front() != '.' && path.back() != '/';
 }
 
 py::str utf8_str(std::string_view bytes) {
@@ -403,7 +381,7 @@ void scan(const uint8_t* data, int64_t size, int64_t first, int64_t shard_index,
         }
         Line record{number};
         LineParser parser(stop, keys, out.labels);
-        if (!parser.record(head, record)) {
+        if (!parser.record(head, record) || !joins_as_python(record.field[kImage])) {
           out.declined = true;
           return;
         }
@@ -439,17 +417,6 @@ py::object read_jsonl_records(py::bytes chunk, int64_t first, int64_t rows, int6
     py::gil_scoped_release unlocked;  // `chunk` is immutable and held by the caller
     scan(reinterpret_cast<const uint8_t*>(data), size, first, shard_index, shard_count, key_views,
          found);
-    if (!found.declined) {  // image paths Path would normalize, or an image with an escape
-      for (const Line& line : found.lines) {
-        const Span& image = line.field[kImage];
-        if (line.present[kImage] && image.end > image.begin && *image.begin != '/'
-            && (image.escaped || !plain_path({reinterpret_cast<const char*>(image.begin),
-                                              static_cast<size_t>(image.end - image.begin)}))) {
-          found.declined = true;
-          break;
-        }
-      }
-    }
   }
   if (found.declined) return py::none();
 
@@ -463,10 +430,9 @@ py::object read_jsonl_records(py::bytes chunk, int64_t first, int64_t rows, int6
       labels[j] = utf8_str(utf8_of(found.labels[line.labels_begin + j], scratch));
     }
     py::object image_path = empty;
-    if (line.present[kImage] && line.field[kImage].end > line.field[kImage].begin) {
-      const Span& span = line.field[kImage];
+    if (const Span& span = line.field[kImage]; span.end > span.begin) {  // joins_as_python
       image.assign(utf8_of(span, scratch));
-      if (*span.begin != '/') image.insert(0, prefix_bytes);  // plain and unescaped: see above
+      if (*span.begin != '/') image.insert(0, prefix_bytes);
       image_path = utf8_str(image);
     }
     py::object image_id = line.present[kImageId]
