@@ -115,7 +115,7 @@ def merge_stores(store: str | os.PathLike, remove: bool = True) -> int:
             fresh = [item for item in source.ids if item not in seen]
             seen.update(fresh)
             ids.extend(fresh)
-            rows.append(np.asarray(source["image"])[source.rows(fresh)])
+            rows.append(source.read("image", fresh))
         FeatureStore.write(store, ids, {"image": np.concatenate(rows)}, meta=sources[0].meta)
     if remove:
         for piece in pieces:

@@ -59,6 +59,20 @@ def test_feature_store_round_trip(tmp_path):
         FeatureStore.write(tmp_path / "t", ["x", "y", "z"], {"image": image[:2]})
 
 
+def test_feature_store_reads_runs_and_scattered_ids_alike(tmp_path):
+    """``read`` takes a run of the store's own order as one slice and anything else by id:
+    the rows are the ids' rows either way, each a new writable array."""
+    ids = [f"i{n}" for n in range(10)]
+    image = np.arange(40, dtype=np.float32).reshape(10, 4)
+    store = FeatureStore.write(tmp_path / "s", ids, {"image": image})
+    for batch in (ids[0:3], ids[3:7], ["i9", "i0"], ids[1:4], [], ids[4:10], ids[2:5]):
+        rows = store.read("image", batch)
+        np.testing.assert_array_equal(rows, image[[ids.index(i) for i in batch]].reshape(-1, 4))
+        assert rows.flags.writeable and not isinstance(rows, np.memmap)
+    with pytest.raises(KeyError, match="'w' is not in the feature store"):
+        store.read("image", ["i0", "w"])
+
+
 @pytest.mark.parametrize("task", ["group", "subgroup", "tags"])
 def test_emoji_texts_never_contain_a_label_word(task):
     records = build_records(task)

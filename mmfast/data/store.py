@@ -9,6 +9,7 @@ extracts only what they lack and merges them into the store.
 import json
 import os
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ _PENDING = "pending"
 
 class FeatureStore:
     """Read a store: ``store.ids``, ``store["image"]`` (a read-only memmap [N, ...]),
-    ``store.rows(ids)``, ``store.meta``."""
+    ``store.rows(ids)``, ``store.read(name, ids)``, ``store.meta``."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -32,7 +33,13 @@ class FeatureStore:
         self.ids: list[str] = index["ids"]
         self.features: dict[str, dict] = index["features"]
         self.meta: dict = index.get("meta", {})
-        self._row = {item: row for row, item in enumerate(self.ids)}
+        self._next_row = 0  # where the last ``read`` ended: the next batch's likely start
+
+    @cached_property
+    def _row(self) -> dict[str, int]:
+        # built on the first look-up by id: a manifest read in the store's order never needs it,
+        # and for 250k ids it is 30 ms, a twentieth of classifying them
+        return dict(zip(self.ids, range(len(self.ids))))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,6 +67,20 @@ class FeatureStore:
             return np.fromiter(map(self._row.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError as error:
             raise KeyError(f"id {error.args[0]!r} is not in the feature store {self.directory}")
+
+    def read(self, name: str, ids: Sequence[str]) -> np.ndarray:
+        """Feature ``name``'s rows of ``ids``, in their order, as a new array. Ids that go on
+        from where the last read ended, in the store's order (a manifest read in the order its
+        store was written, classify's usual case), are one slice, found by comparing strings:
+        a tenth of the time of hashing each id to look it up."""
+        ids = list(ids)
+        start = self._next_row
+        if self.ids[start:start + len(ids)] == ids:
+            self._next_row = start + len(ids)
+            return np.array(self[name][start:self._next_row])
+        rows = self.rows(ids)
+        self._next_row = int(rows[-1]) + 1 if len(rows) else start
+        return self[name][rows]
 
     @staticmethod
     def exists(directory: str | os.PathLike) -> bool:

@@ -107,7 +107,7 @@ def store_features(store: FeatureStore, records: Sequence[Record]) -> np.ndarray
     """The store's ``image`` rows of ``records``, in their order (a record with an
     ``image_id``: that item's row; ``Record.store_id``, spelled out: a property call per item
     was a tenth of classify's reading)."""
-    return store["image"][store.rows([record.image_id or record.id for record in records])]
+    return store.read("image", [record.image_id or record.id for record in records])
 
 
 def demo_features(task: str) -> tuple[DemoData, list[Record], list[Record], np.ndarray,
