@@ -165,6 +165,13 @@ inline bool all_finite(const float* values, int64_t count) {
 
 // The lane holding the smallest distance, the lowest centroid index among equal ones.
 inline int32_t nearest(const vfloat& best, const vint& best_index) {
+#if defined(__AVX512F__)
+  // two reductions by halves: the lane-by-lane chain below took twice the distances' FMAs
+  // (dsub 16, 64 centroids). Distances are finite, so some lane equals the minimum.
+  const float value = _mm512_reduce_min_ps(best);
+  const __mmask16 at_minimum = _mm512_cmp_ps_mask(best, _mm512_set1_ps(value), _CMP_EQ_OQ);
+  return _mm512_mask_reduce_min_epi32(at_minimum, reinterpret_cast<__m512i>(best_index));
+#else
   float value = best[0];
   int32_t index = best_index[0];
   for (int lane = 1; lane < kLanes; ++lane) {
@@ -173,6 +180,7 @@ inline int32_t nearest(const vfloat& best, const vint& best_index) {
     index = take ? best_index[lane] : index;
   }
   return index;
+#endif
 }
 
 template <typename scalar_t, typename code_t>
