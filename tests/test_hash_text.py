@@ -90,6 +90,17 @@ def test_ids_match_the_python_tokenizer(texts, ngrams):
     assert torch.equal(ids, expected_ids)
 
 
+@pytest.mark.parametrize("buckets", [1, 7, 2_000_000, 2**31 - 1, 2**32 - 1, 2**32, 2**40])
+def test_every_bucket_count_takes_the_hash_modulo_it(buckets):
+    """The kernel's remainder by multiplication is exact for every 32-bit divisor; from 2^32
+    on the hash is its own bucket."""
+    texts = _random_texts(300, seed=2)
+    words = _vocabulary(texts)[:50]  # most words out of the vocabulary: all n-grams hashed
+    ids, _ = hash_text(texts, PackedVocabulary(words), buckets, 3)
+    expected, _ = reference.hash_text(texts, _word_ids(words), buckets, 3)
+    assert torch.equal(ids, expected)
+
+
 def test_every_thread_count_gives_the_same_ids():
     texts = _random_texts(2000, seed=1)  # several blocks of texts per thread
     vocabulary = PackedVocabulary(_vocabulary(texts))
