@@ -179,6 +179,37 @@ def test_hogwild_threads_train_as_well(threads):
     assert abs(accuracies[threads] - accuracies[1]) < 0.02
 
 
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms(True)`` for one test; ``deterministic(warn_only=
+    True)`` sets the warning mode instead."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True)
+    yield lambda warn_only: torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_deterministic_algorithms_train_on_one_thread(deterministic, capfd):
+    """Under ``torch.use_deterministic_algorithms(True)`` the default is the sequential SGD of
+    the reference; asking for Hogwild threads is PyTorch's nondeterminism error, or with
+    ``warn_only`` its warning (from C++, on stderr) and a run."""
+    params, inputs = _problem(batch=400)
+    expected = _clone(params)
+    _run(params, inputs)
+    _run_reference(expected, inputs)
+    for name, value in params.items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="fasttext_sgd_ with threads > 1 .* does not have a "
+                                           "deterministic implementation"):
+        _run(_clone(params), inputs, threads=2)
+    deterministic(warn_only=True)
+    capfd.readouterr()
+    _run(_clone(params), inputs, threads=2)
+    assert "fasttext_sgd_ with threads > 1 (Hogwild) does not have a deterministic" in \
+        capfd.readouterr().err
+
+
 def test_empty_batch_changes_nothing():
     params, _ = _problem()
     before = _clone(params)

@@ -223,6 +223,27 @@ def test_fused_training_is_per_example_sgd_decaying_to_zero(monkeypatch, model):
     assert accuracy(predict(net, data)[keep], data.targets[keep]) > 0.9
 
 
+def test_fused_training_of_short_epochs_is_the_same_every_run():
+    """Hogwild threads race, so two runs differ; an epoch shorter than HOGWILD_MIN_EXAMPLES
+    trains on one thread, and the same seed gives the same model however many threads torch
+    has."""
+    def trained(threads):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        net = FastText(30, 10, 3)
+        train(net, _toy_task(n=4000), epochs=3, lr=0.5, seed=0)
+        return net.state_dict()
+
+    before = torch.get_num_threads()
+    try:
+        runs = [trained(threads) for threads in (2, 2, 1)]
+    finally:
+        torch.set_num_threads(before)
+    for run in runs[1:]:
+        for name, value in runs[0].items():
+            assert torch.equal(value, run[name]), name
+
+
 def test_load_checkpoint_rejects_unknown_models(tmp_path):
     (tmp_path / "config.json").write_text('{"model": "os.system", "args": {}}')
     with pytest.raises(ValueError, match="model must be one of"):

@@ -371,8 +371,15 @@ at::Tensor fasttext_sgd_cpu(at::Tensor& embedding, at::Tensor& weight,
                         classes};
 
   // One chunk per thread, each with the whole learning-rate decay over its own examples: the
-  // threads progress together, as fastText's do through their parts of the file.
-  const int64_t chunks = std::min<int64_t>(threads.value_or(at::get_num_threads()), steps);
+  // threads progress together, as fastText's do through their parts of the file. Their races
+  // make every run's result differ a little, so under torch.use_deterministic_algorithms(True)
+  // None means one thread, and more than one is PyTorch's nondeterminism alert.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  if (deterministic && threads.value_or(1) > 1) {
+    at::globalContext().alertNotDeterministic("fasttext_sgd_ with threads > 1 (Hogwild)");
+  }
+  const int64_t wanted = threads.value_or(deterministic ? 1 : at::get_num_threads());
+  const int64_t chunks = std::min<int64_t>(wanted, steps);
   at::parallel_for(0, chunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
     for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       train_chunk(problem, steps * chunk / chunks, steps * (chunk + 1) / chunks, lr_start, lr_end,

@@ -44,7 +44,10 @@ def fasttext_sgd_(
     ``threads`` (None: ``torch.get_num_threads()``) run Hogwild like fastText's: each takes a
     contiguous share of the examples with the whole decay over it, and all update the shared
     parameters without locks, so a concurrent update to a shared row can be lost (benign noise
-    for sparse SGD). With one thread the result is exactly ``mmfast.reference.fasttext_sgd_``.
+    for sparse SGD). With one thread the result is exactly ``mmfast.reference.fasttext_sgd_``;
+    with more, each run's result differs a little. Under ``torch.use_deterministic_algorithms
+    (True)`` None means one thread, and ``threads`` > 1 is PyTorch's nondeterminism error (a
+    warning with ``warn_only=True``).
 
     ``order`` (int64 [S], values in [0, B)) trains the examples in that order, e.g. a shuffle,
     without gathering the bags into a new buffer; None trains 0..B-1.

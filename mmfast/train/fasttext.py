@@ -123,7 +123,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     On the fused backend, a float32 CPU ``FastText`` or ``DiscretizedFastText`` trains as
     fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with
     ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size``
-    does not apply). Otherwise (the reference backend, other models, losses or devices)
+    does not apply), or one thread when an epoch is shorter than ``HOGWILD_MIN_EXAMPLES``
+    (or under ``torch.use_deterministic_algorithms(True)``): the same model on every run. Otherwise (the reference backend, other models, losses or devices)
     minibatches of ``batch_size`` take autograd steps, embedding tables with sparse gradients
     getting sparse updates, and the dense parameters (image projection, classifier, bilinear
     form) an L2 penalty ``weight_decay`` (the fused path, like fastText, has none).
@@ -239,6 +240,13 @@ def _fused_sgd_applies(model: nn.Module, loss: str) -> bool:
             and model.embedding.weight.dtype == torch.float32)
 
 
+# Hogwild threads train an epoch of at least this many examples (a rank's share). A shorter one
+# trains on one thread, in tens of milliseconds, and comes out the same on every run: Hogwild's
+# races made each run's model differ (the demo's rspq model held out 0.728 in one run and 0.661
+# in the next, the epoch kept 30 and 1).
+HOGWILD_MIN_EXAMPLES = 65_536
+
+
 def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, lr: float,
                   generator: torch.Generator, average_every: int | None = None):
     """One ``fasttext_sgd_`` call per epoch after the ``done`` ones, over a fresh shuffle (an
@@ -266,6 +274,7 @@ def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, l
     # the ranks' shares of an epoch differ by one at most (of a sharded split, by more): all
     # take as many steps between merges, the longest share's
     share = max(share_sizes(len(kept))) if data_sharded() else -(-len(kept) // world)
+    threads = None if share >= HOGWILD_MIN_EXAMPLES else 1
     for epoch in range(done, epochs):
         model.train()
         order = kept[shuffled_share(len(kept), generator)]
@@ -280,7 +289,7 @@ def _fused_epochs(model: FastText, examples: Examples, done: int, epochs: int, l
             part = order[step * chunk:(step + 1) * chunk]
             with torch.no_grad():
                 losses = fasttext_sgd_(*parameters, ids, bounds, weights, targets, begin, end,
-                                       order=part)
+                                       threads=threads, order=part)
                 total += float(losses.sum())
                 if world > 1:
                     _merge_updates(parameters, anchors, _rows_of(ids, bounds, part))
