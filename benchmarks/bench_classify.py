@@ -34,6 +34,12 @@ a quiet machine, one run: text model 409k items/s for the whole command (0.49 s;
 before), 435k read to write; PQ model 281k whole (0.71 s; 7.7x the 36.6k), 311k read to write;
 ``fasttext`` predict 88k, so mmfast is 4.65x (text) and 3.06x (PQ) of it. Runs vary by a tenth
 on this machine: the text model's whole command took 0.49-0.57 s over this session's runs.
+
+Then (feature-store reads of a run of ids as one slice, pq_encode's lane reductions, hash_text's
+eight-byte slot hash and kept n-gram states), three runs, the first two on a quiet machine:
+text model 456k / 436k / 406k items/s for the whole command (11.1x / 10.6x / 9.9x the 41.1k);
+PQ model 363k / 357k / 320k (9.9x / 9.8x / 8.7x the 36.6k), 389k / 383k / 344k read to write;
+``fasttext`` predict 118-125k in the quiet runs, 79-88k in the third.
 """
 
 import json
