@@ -132,6 +132,9 @@ def add_kiela_commands(commands) -> None:
                        "-autotune-validation); explicit flags set the first trial")
     train.add_argument("--autotune-duration", type=float, default=60.0,
                        help="autotune's time budget in seconds (default: %(default)s)")
+    train.add_argument("--autotune-trials", type=int, default=None,
+                       help="stop autotune after this many trials (or at the time budget, "
+                       "whichever comes first): a seed then gives the same search every run")
     for name, kind, meaning in RECIPE_FLAGS:
         default = (f"chosen on validation among {', '.join(f'{l2:g}' for l2 in PROBE_L2)}; "
                    "1 without" if name == "l2"
@@ -378,7 +381,8 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--num-train must be smaller than --num-vectors")
     _check_at_least_one(parser, args, ("threads", "batch_size", "top_k", "epochs", "dim",
                                        "patience", "num_vectors", "num_train", "iters",
-                                       "subvectors", "centroids", "repetitions", "buckets"))
+                                       "subvectors", "centroids", "repetitions", "buckets",
+                                       "autotune_trials"))
     _check_positive(parser, args, ("lr", "autotune_duration"))
     if args.command == "train":
         _check_recipe_flags(parser, args)

@@ -242,10 +242,12 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
             raise ValueError("--autotune needs a validation split: pass --valid or a "
                              "--valid-fraction above 0")
         result = autotune(args.model, *train, labels, multilabel, valid,
-                          duration=args.autotune_duration, seed=recipe.seed, base=recipe,
+                          duration=args.autotune_duration, seed=recipe.seed,
+                          max_trials=args.autotune_trials, base=recipe,
                           progress=not args.quiet, device=device)
         trained = result.trained
-        print(f"autotune: {len(result.trials)} trials in {args.autotune_duration:g} s, best "
+        seconds = trained.stats["autotune"]["seconds"]
+        print(f"autotune: {len(result.trials)} trials in {seconds:.1f} s, best "
               f"valid {result.metric} {result.score:.4f}; recipe "
               f"{json.dumps(asdict(result.recipe))}")
     else:

@@ -99,6 +99,18 @@ def test_features_train_classify_eval(tmp_path, capsys):
     config = json.loads((tuned / "config.json").read_text())
     assert config["training"]["autotune"]["trials"] >= 1
     assert config["recipe"] == config["training"]["autotune"]["recipe"]
+    searches = []  # a trial budget: the same search, recipe and weights on every run
+    for run in range(2):
+        assert main(["train", "--train", str(train), "--store", str(store), "--out",
+                     str(tmp_path / f"trials{run}"), "--model", "pq", "--subvectors", "4",
+                     "--centroids", "4", "--valid-fraction", "0.3", "--autotune",
+                     "--autotune-trials", "4", "--autotune-duration", "600", "--quiet"]) == 0
+        assert "autotune: 4 trials in " in capsys.readouterr().out
+        searches.append((json.loads((tmp_path / f"trials{run}" / "config.json").read_text()),
+                         (tmp_path / f"trials{run}" / "model.safetensors").read_bytes()))
+    assert searches[0][0]["training"]["autotune"]["recipe"] == \
+        searches[1][0]["training"]["autotune"]["recipe"]
+    assert searches[0][1] == searches[1][1]
     output = tmp_path / "predictions.jsonl"
     assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(heldout),
                  "--store", str(store), "--output", str(output), "--top-k", "2",

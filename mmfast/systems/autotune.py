@@ -201,10 +201,11 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
     Trials start while the time spent plus the mean trial time fits in ``duration`` seconds
     (at least one always runs) and, with ``max_trials``, until that many have run. With
     ``max_trials`` the schedule follows the trial count, so one ``seed`` gives exactly the
-    same recipes and scores each run (as long as ``duration`` does not stop it first, and with
-    one thread: the fused path's Hogwild threads race, as fastText's do); with ``duration``
-    alone it follows the clock, and how many trials run (hence the result) depends on the
-    machine's speed. Every trial trains on ``device`` (``System.fit``'s).
+    same recipes and scores each run, as long as ``duration`` does not stop it first and the
+    fused path trains on one thread (epochs shorter than ``HOGWILD_MIN_EXAMPLES``, or under
+    ``torch.use_deterministic_algorithms(True)``: Hogwild threads race, as fastText's do). With
+    ``duration`` alone it follows the clock, and how many trials run (hence the result) depends
+    on the machine's speed. Every trial trains on ``device`` (``System.fit``'s).
     """
     if valid is None or len(valid[0]) == 0:
         raise ValueError("autotune: valid must be (records, image features) with at least "

@@ -124,10 +124,11 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     fastText does (softmax, or one-vs-all as ``-loss ova``), one SGD step per example with
     ``torch.get_num_threads()`` Hogwild threads (``mmfast.ops.fasttext_sgd_``; ``batch_size``
     does not apply), or one thread when an epoch is shorter than ``HOGWILD_MIN_EXAMPLES``
-    (or under ``torch.use_deterministic_algorithms(True)``): the same model on every run. Otherwise (the reference backend, other models, losses or devices)
-    minibatches of ``batch_size`` take autograd steps, embedding tables with sparse gradients
-    getting sparse updates, and the dense parameters (image projection, classifier, bilinear
-    form) an L2 penalty ``weight_decay`` (the fused path, like fastText, has none).
+    (or under ``torch.use_deterministic_algorithms(True)``): the same model on every run.
+    Otherwise (the reference backend, other models, losses or devices) minibatches of
+    ``batch_size`` take autograd steps, embedding tables with sparse gradients getting sparse
+    updates, and the dense parameters (image projection, classifier, bilinear form) an L2
+    penalty ``weight_decay`` (the fused path, like fastText, has none).
     ``optimizer`` "sgd" steps with SGD; "adam" with AdamW (decoupled ``weight_decay``) on the
     dense parameters and SparseAdam on the sparse tables (the fused path is SGD whatever it
     says). In a process group of several ranks the fused path trains as local SGD, the ranks
