@@ -389,6 +389,9 @@ def _check_values(parser: argparse.ArgumentParser, args) -> None:
         if args.checkpoint_every is not None and args.checkpoint_every < 1:
             parser.error(f"--checkpoint-every: expected an integer >= 1 (epochs), got "
                          f"{args.checkpoint_every}")
+        if args.autotune_trials is not None and not args.autotune:
+            parser.error("--autotune-trials: expected with --autotune, got it alone (it would "
+                         "be ignored)")
         if args.autotune and (args.checkpoint_every or args.resume):
             parser.error(f"--{'resume' if args.resume else 'checkpoint-every'}: expected a "
                          "run without --autotune, got both (autotune's trials are short and "

@@ -368,6 +368,17 @@ def test_every_option_says_what_it_is_and_its_default():
     assert "(default: 8192)" in " ".join(subcommands["classify"].format_help().split())
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--autotune-trials", "3"], "--autotune-trials: expected with --autotune, got it alone"),
+    (["--autotune", "--autotune-trials", "0"], "--autotune-trials: expected an integer >= 1"),
+])
+def test_autotune_trials_are_checked(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--train", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "ckpt"),
+              *flags])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command, flags, message", [
     ("eval", ["--confusion", "IN"], "--confusion: expected a file other than --input"),
     ("eval", ["--confusion", "c.csv", "--plot", "c.csv"],
