@@ -7,7 +7,7 @@ import torch
 
 from mmfast.features import ImageFeatureExtractor, WordVectors, token_vectors, weighted_average
 from mmfast.features import PCA, word_probabilities
-from mmfast.features.image import BadImageError, build_backbone
+from mmfast.features.image import BadImageError, build_backbone, fold_batch_norms
 
 
 @pytest.fixture
@@ -247,3 +247,26 @@ def test_jpeg_decodes_at_a_reduced_scale(tmp_path):
     assert image.shape == (3, 96, 96)
     torch.testing.assert_close(image[:, 40, 40], torch.tensor([10, 200, 30]) / 255.0,
                                atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_folded_batch_norms_compute_the_same_features(backbone):
+    """Every batch norm goes into its convolution (EfficientNet-Lite's are a Conv2d subclass
+    that pads itself); the trunk keeps its class and gives the unfolded trunk's features."""
+    trunk, *_ = build_backbone(backbone, None)
+    generator = torch.Generator().manual_seed(0)
+    for module in trunk.modules():  # statistics far from a fresh norm's 0 and 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.3, generator=generator)
+            module.running_var.uniform_(0.3, 2.0, generator=generator)
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+    with pytest.raises(ValueError, match="expected a trunk in eval mode"):
+        fold_batch_norms(trunk)
+    x = torch.rand(3, 3, 64, 64, generator=generator)
+    with torch.inference_mode():
+        expected = trunk.eval()(x)
+        folded = fold_batch_norms(trunk)
+        got = folded(x)
+    assert type(folded) is type(trunk) and folded is trunk
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))

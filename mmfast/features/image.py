@@ -86,6 +86,45 @@ def build_backbone(name: str, weights: str | os.PathLike | None = PACKAGED
     return model, dim, _IMAGENET_MEAN, _IMAGENET_STD
 
 
+def fold_batch_norms(trunk: nn.Module) -> nn.Module:
+    """``trunk`` (in eval mode) with every batch norm that normalizes one convolution's output
+    alone folded into that convolution's weight and bias and replaced by ``nn.Identity``, in
+    place: the module keeps its class and methods. EfficientNet-Lite0 at 96 px on 2 CPU threads
+    ran 377 -> 466 img/s eager (features at cosine 0.9999998 to the unfolded trunk's); the
+    torchvision ResNets gain a few percent. ``torch.compile``'s freezing folds them too."""
+    import collections
+
+    from torch import fx
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    class Tracer(fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return isinstance(module, nn.Conv2d) or super().is_leaf_module(module, name)
+
+    if trunk.training:
+        raise ValueError("fold_batch_norms: expected a trunk in eval mode (batch norms then use "
+                         "their running statistics), got one in training mode")
+    graph = Tracer().trace(trunk)
+    modules = dict(trunk.named_modules())
+    calls = collections.Counter(node.target for node in graph.nodes if node.op == "call_module")
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        source, norm = node.args[0], modules[node.target]
+        if not (isinstance(source, fx.Node) and source.op == "call_module"
+                and isinstance(modules[source.target], nn.Conv2d) and len(source.users) == 1
+                and calls[source.target] == 1 and calls[node.target] == 1
+                and norm.running_mean is not None):
+            continue  # a shared module, or a convolution whose output is read elsewhere too
+        conv = modules[source.target]
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight,
+            norm.bias)
+        parent, _, name = node.target.rpartition(".")
+        setattr(modules[parent] if parent else trunk, name, nn.Identity())
+    return trunk
+
+
 class BadImageError(ValueError):
     """An image ``load_image`` cannot read: ``index`` is its position in the extractor's input,
     ``record_id`` the id of its record when a caller knows it."""
@@ -151,7 +190,7 @@ class ImageFeatureExtractor:
     """``extractor(paths)`` -> L2-normalized pooled features [N, dim] (float32 numpy);
     subclasses change ``features`` and ``feature_shape``. ``decode_threads``: threads decoding
     images while the backbone runs (None: as many as torch's intra-op threads, which take turns
-    with them); ``compile``: run the backbone through ``torch.compile`` (pays from about 20k
+    with them); ``compile``: run the backbone through ``torch.compile`` (pays from about 15k
     images on a CPU)."""
 
     decode_threads: int | None = None
@@ -172,13 +211,14 @@ class ImageFeatureExtractor:
         self.backbone, self.image_size, self.batch_size = backbone, image_size, batch_size
         self.device = torch.device(device)
         # channels-last runs the depthwise convolutions of EfficientNet ~1.3x faster on CPU
-        self.trunk = trunk.eval().to(self.device, memory_format=torch.channels_last)
+        self.trunk = fold_batch_norms(trunk.eval()).to(self.device,
+                                                       memory_format=torch.channels_last)
         self.compiled = compile
         if compile:
-            # Inductor with freezing folds each batch norm into its convolution and fuses the
-            # activations: 1.7x the eager channels-last Lite0 on 2 CPU threads, equal features
-            # (cosine 0.9999998), for a one-time compile of ~15 s. Batches are padded to
-            # batch_size (features), so one static graph serves every batch.
+            # Inductor with freezing fuses the activations into the convolutions: 1.3-1.4x
+            # the eager Lite0 (batch norms folded, channels-last) on 2 CPU threads at 96 px,
+            # equal features (cosine 0.9999998), for a one-time compile of ~15 s. Batches are
+            # padded to batch_size (features), so one static graph serves every batch.
             self.trunk = torch.compile(self.trunk, dynamic=False, options={"freezing": True})
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
