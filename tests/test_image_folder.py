@@ -125,6 +125,20 @@ def test_validation_split_keeps_an_images_links_together(tmp_path):
     assert pictures(ungrouped[0]) & pictures(ungrouped[1])
 
 
+def test_validation_split_is_the_same_wherever_the_data_is(tmp_path):
+    """The same files under two roots (two users' installs, a moved folder) validate on the
+    same records: the key is the file's folder and name, not its whole path."""
+    def records_under(root):
+        for picture in range(200):
+            _png(root / f"class{picture % 4}" / f"{picture}.png")
+        return [Record(f"{picture}", str(root / f"class{picture % 4}" / f"{picture}.png"),
+                       f"name {picture}", (f"class{picture % 4}",)) for picture in range(200)]
+
+    here = validation_split(records_under(tmp_path / "a"), 0.2, seed=0)
+    there = validation_split(records_under(tmp_path / "b" / "deeper" / "copy"), 0.2, seed=0)
+    assert [r.id for r in here[1]] == [r.id for r in there[1]] and 0 < len(here[1]) < 80
+
+
 def test_validation_split_is_not_the_manifests_heldout_split(tmp_path):
     """What a manifest split with a seed left for training still yields a validation share at
     the same seed (an unsalted hash of the same key would find none of it below the fraction)."""
