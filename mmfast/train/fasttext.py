@@ -15,7 +15,7 @@ from mmfast.train.distributed import (average_hook, data_sharded, epoch_batches,
                                       global_mean, global_sum, process_group, rows_weight,
                                       share_sizes, shuffled_share, steps_per_epoch)
 from mmfast.train.resume import Resumable, Stage
-from mmfast.train.selection import TRAIN_SAMPLE, select_epochs
+from mmfast.train.selection import TRAIN_SAMPLE, select_epochs, valid_tie
 
 LOSSES = ("softmax", "ova")
 
@@ -177,7 +177,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         model, epoch_losses, epochs, SCORE_NAMES[loss], lambda: scored(sample),
         None if valid is None else lambda: scored(valid),
         patience, int(global_sum(torch.tensor(len(examples)))), lr, progress, desc,
-        resumable=Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules))
+        resumable=Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules),
+        tie=0.0 if valid is None else valid_tie(int(global_sum(torch.tensor(len(valid))))))
 
 
 def _optimizers(model, optimizer, lr, weight_decay, total_steps):
