@@ -85,8 +85,8 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
                 # the noisiest (emoji group additive: epoch 4 kept, held-out 0.742; epoch 18,
                 # same validation score, 0.763). A score one item below the best is a tie too:
                 # on the demo's group task (127 items) the pq and rspq models kept epochs 1-4
-                # of 30 at two seeds of three, one item above the later epochs, and held out
-                # 0.721 and 0.725 (seeds 0-2); with the one-item tie, 0.748 and 0.749.
+                # of 30 at two seeds of three and held out 0.721 and 0.725 (seeds 0-2); with
+                # the one-item tie, 0.748 and 0.749.
                 if value >= top - tie:
                     best = row
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
