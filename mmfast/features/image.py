@@ -7,6 +7,7 @@ Backbones: ``efficientnet_lite0`` (1280-d; ImageNet weights shipped by the pip p
 file: ``weights=`` a state-dict path, or None for random initialization. Nothing is downloaded.
 """
 
+import collections
 import os
 import pickle
 from collections.abc import Sequence
@@ -92,9 +93,7 @@ def fold_batch_norms(trunk: nn.Module) -> nn.Module:
     place: the module keeps its class and methods. EfficientNet-Lite0 at 96 px on 2 CPU threads
     ran 377 -> 466 img/s eager (features at cosine 0.9999998 to the unfolded trunk's); the
     torchvision ResNets gain a few percent. ``torch.compile``'s freezing folds them too."""
-    import collections
-
-    from torch import fx
+    from torch import fx  # here: torch.fx is imported when an extractor is built, not before
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     class Tracer(fx.Tracer):
