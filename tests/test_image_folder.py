@@ -152,6 +152,20 @@ def test_validation_split_is_not_the_manifests_heldout_split(tmp_path):
     assert 5 <= len(valid) <= 25 and len(fit) + len(valid) == len(train)
 
 
+def test_heldout_split_is_the_same_wherever_the_folder_is(tmp_path):
+    """A copied or moved image folder splits into the same held-out items (the key was the
+    whole real path, so every copy held out another fifth)."""
+    def heldout_ids(root):
+        for i in range(200):
+            _png(root / f"class{i % 3}" / f"icon{i}.png")
+        write_image_folder_manifest(root, root.parent / "train.jsonl", root.parent / "held.jsonl",
+                                    heldout_fraction=0.2, seed=0)
+        return [record.id for record in read_manifest(root.parent / "held.jsonl")]
+
+    here = heldout_ids(tmp_path / "a" / "icons")
+    assert here == heldout_ids(tmp_path / "b" / "deeper" / "icons") and 10 < len(here) < 80
+
+
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 1.5, float("nan"), True])
 def test_split_refuses_bad_fractions(fraction):
     with pytest.raises(ValueError, match=r"heldout_fraction: expected a number in \[0, 1\)"):

@@ -5,10 +5,10 @@ found recursively. A record's id is the image's path relative to ``root`` (posix
 absolute path, its text the sidecar ``<name>.txt`` beside the image when there is one, else the
 file name with ``-`` and ``_`` read as spaces.
 
-The held-out split hashes ``seed`` and the image file a record's path resolves to, so it does
-not depend on file order, an item stays on its side when others are added, and the links of an
-icon theme to one picture (1,422 oxygen 48x48 icons are 1,145 distinct files) never put the same
-pixels on both sides.
+The held-out split hashes ``seed`` and the image file a record's path resolves to (its folder and
+name), so it does not depend on file order or on where the folder is, an item stays on its side
+when others are added, and the links of an icon theme to one picture (1,422 oxygen 48x48 icons
+are 1,145 distinct files) never put the same pixels on both sides.
 """
 
 import functools
@@ -135,12 +135,12 @@ def validation_split(records: Iterable[Record], fraction: float,
     another 10% of its emoji in every virtual environment, whose site-packages hold them, and
     printed other figures.)"""
     return split_records(records, fraction, seed,
-                         key=lambda record: "validation\0" + _image_key(record, parts=2))
+                         key=lambda record: "validation\0" + _image_key(record))
 
 
-def _image_key(record: Record, parts: int | None = None) -> str:
-    """The file a record's image resolves to (its id when it has no image): its whole path, or
-    with ``parts`` the last that many components of it."""
+def _image_key(record: Record) -> str:
+    """The file a record's image resolves to, as its folder and name (its id when it has no
+    image): the same key wherever the data is installed or copied."""
     if not record.image:
         return record.id
     if os.path.islink(record.image):
@@ -149,7 +149,7 @@ def _image_key(record: Record, parts: int | None = None) -> str:
         # One realpath per folder: resolving every file costs 16 us, 16 s per million records.
         folder, name = os.path.split(record.image)
         path = os.path.join(_real_folder(folder), name)
-    return path if parts is None else "/".join(path.split(os.sep)[-parts:])
+    return "/".join(path.split(os.sep)[-2:])
 
 
 @functools.lru_cache(maxsize=4096)
