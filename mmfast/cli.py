@@ -52,7 +52,7 @@ RECIPE_FLAGS = (
     ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units)"),
     ("epochs", int, "passes over the data"),
     ("lr", float, "initial learning rate (fastText's models: decays linearly to 0; text on "
-                  "single-label tasks: 0.13 sqrt(labels), within 0.4-1.3, bilinear: 0.05 "
+                  "single-label tasks: 0.13 sqrt(labels), within 0.7-1.3, bilinear: 0.05 "
                   "sqrt(labels), within 0.2-0.5; cacnet: per label, "
                   "times the label count)"),
     ("batch_size", int, "minibatch of the autograd models"),

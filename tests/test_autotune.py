@@ -75,7 +75,8 @@ def test_max_trials_is_reproducible_by_seed(model):
     assert _trace(first) == _trace(again)
     assert first.recipe == again.recipe and first.score == again.score
     # trial 0 is the base recipe whatever the seed; the searches part after it
-    assert first.trials[0].recipe == other.trials[0].recipe == Recipe.default(model)
+    assert first.trials[0].recipe == other.trials[0].recipe == Recipe.default(model, False,
+                                                                               len(CLASSES))
     assert [t.recipe for t in first.trials[1:]] != [t.recipe for t in other.trials[1:]]
 
 

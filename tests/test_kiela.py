@@ -489,16 +489,24 @@ def test_an_embedding_table_larger_than_memory_is_refused_before_allocation(monk
 
 
 def test_learning_rate_follows_the_label_count():
-    """Single-label text models step 0.13 sqrt(K) within [0.4, 1.3], bilinear ones 0.05 sqrt(K)
+    """Single-label text models step 0.13 sqrt(K) within [0.7, 1.3], bilinear ones 0.05 sqrt(K)
     within [0.2, 0.5]; multi-label ones and explicit learning rates are left alone."""
     lrs = [Recipe.default("text", False, k).lr for k in (2, 9, 25, 50, 99, 1000)]
-    assert lrs == pytest.approx([0.4, 0.4, 0.65, 0.13 * 50 ** 0.5, 0.13 * 99 ** 0.5, 1.3])
+    assert lrs == pytest.approx([0.7, 0.7, 0.7, 0.13 * 50 ** 0.5, 0.13 * 99 ** 0.5, 1.3])
     lrs = [Recipe.default("bilinear", False, k).lr for k in (2, 11, 36, 99, 1000)]
     assert lrs == pytest.approx([0.2, 0.2, 0.3, 0.05 * 99 ** 0.5, 0.5])
     assert Recipe.default("text", True, 99).lr == Recipe.default("text", True).lr == 0.4
     assert Recipe.default("bilinear", True, 99).lr == Recipe.default("bilinear").lr == 0.2
     assert Recipe.default("text", False, 99, lr=0.3).lr == 0.3
     assert Recipe.default("pq", False, 99).lr == Recipe.default("pq").lr
+
+
+def test_max_steps_larger_on_single_label_tasks():
+    """The max fusion trains at lr 8 on single-label tasks and keeps the other fusions' 3 on
+    multi-label ones, where 10 collapsed the tags."""
+    assert Recipe.default("max").lr == Recipe.default("max", False, 99).lr == 8.0
+    assert Recipe.default("max", True, 113).lr == Recipe.default("additive", True, 113).lr == 3.0
+    assert Recipe.default("max", True, 113).epochs == 80
 
 
 def test_multilabel_text_reads_bigrams():
