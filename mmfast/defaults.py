@@ -118,21 +118,22 @@ def single_label_lr(model: str, num_labels: int) -> float:
     return min(high, max(low, scale * num_labels ** 0.5))
 
 
-# Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use
-# with no flags. Chosen on held-out data of the emoji group, subgroup and tags tasks and the
-# oxygen icon set (benchmarks/bench_kiela.py prints them beside the autotuned recipes): the
-# fastText-trained models want dim 50 and 30 epochs at lr 0.4, PQ's image tokens at alpha 1 and
-# RSPQ's at 2 (held-out group/subgroup/tags mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813
-# at alpha 1, 0.746/0.551/0.518/0.867 at 2, alpha 8 diverged; pq's were best at 1); the autograd
-# fusions lr 3 on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the
-# image vectors centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to
-# 0.780/0.583/0.581/0.873 on group/subgroup/tags/icons), except the bilinear forms, whose gradient
-# grows with |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear,
-# with its input offsets, at dim 50 and lr 0.2 (more on many classes: SINGLE_LABEL_LR,
-# MANY_LABEL_RECIPES). Which modality should gate is the data's: the emoji's weak texts gate the
-# images (held-out gated: group 0.715 with the text gate, 0.594 with the image gate), the icons'
-# strong names are gated by the image (0.697 against 0.770), so the gated models' default "auto"
-# trains both and keeps the better on validation.
+# Per-model settings over the Recipe defaults: what `mmfast train --model X` and the demo use with
+# no flags. Chosen on held-out data of the emoji group, subgroup and tags tasks and the oxygen icon
+# set (benchmarks/bench_kiela.py prints them beside the autotuned recipes): the fastText-trained
+# models want dim 50 and 30 epochs at lr 0.4 (the single-label text model 80 epochs, its lr by
+# SINGLE_LABEL_LR), PQ's image tokens at alpha 1 and RSPQ's at 2 (held-out group/subgroup/tags
+# mAP/icons, two seeds: rspq 0.692/0.499/0.456/0.813 at alpha 1, 0.746/0.551/0.518/0.867 at 2, alpha
+# 8 diverged; pq's were best at 1); the autograd fusions lr 3 on minibatches of 32 (a minibatch step
+# averages 32 per-example gradients; with the image vectors centered, lr 1 -> 3 took additive from
+# 0.763/0.557/0.542/0.850 to 0.780/0.583/0.581/0.873 on group/subgroup/tags/icons), except max on
+# single-label tasks (lr 8, below) and the bilinear forms, whose gradient grows with
+# |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear, with its
+# input offsets, at dim 50 and lr 0.2 (more on many classes: SINGLE_LABEL_LR, MANY_LABEL_RECIPES).
+# Which modality should gate is the data's: the emoji's weak texts gate the images (held-out gated:
+# group 0.715 with the text gate, 0.594 with the image gate), the icons' strong names are gated by
+# the image (0.697 against 0.770), so the gated models' default "auto" trains both and keeps the
+# better on validation.
 # The text model wants a higher lr on single-label tasks of many classes (SINGLE_LABEL_LR: 1.29 on
 # subgroup's 99, 0.7 on the icons' 10); the image tokens of pq and rspq lose 1-4 points at lr
 # 1.2 on every task. Its one-vs-all multi-label loss sums a gradient per label

@@ -92,7 +92,7 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
         lr = LogRange(0.02, 1.0)
     elif model not in FUSED_MODELS:
         # minibatch steps on centered image vectors: the emoji and icon tasks trained best at
-        # lr 3-5 and diverged at 10
+        # lr 3-5 (max, single-label, at 8) and the multi-label tags collapsed at 10
         lr = LogRange(0.05, 8.0)
     elif multilabel:
         # A per-example one-vs-all step sums K labels' gradients: on the demo's 113 tags every
