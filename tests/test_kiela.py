@@ -525,6 +525,17 @@ def test_bilinear_widens_on_many_labels():
     assert Recipe.default("additive", False, 99).dim == Recipe.default("additive").dim
 
 
+def test_rspq_weighs_its_image_tokens_more_on_many_labels():
+    """RSPQ trains alpha 3 for 60 epochs from MANY_LABELS labels on, and keeps alpha 2 and 30
+    epochs below, where the image tokens' weight is the data's; PQ keeps its recipe."""
+    for multilabel, labels in ((False, 99), (True, 113)):
+        recipe = Recipe.default("rspq", multilabel, labels)
+        assert (recipe.alpha, recipe.epochs) == (3.0, 60)
+    assert (Recipe.default("rspq", False, 10).alpha, Recipe.default("rspq", False, 10).epochs
+            ) == (Recipe.default("rspq").alpha, Recipe.default("rspq").epochs) == (2.0, 30)
+    assert Recipe.default("pq", False, 99).alpha == Recipe.default("pq").alpha
+
+
 def test_image_only_weight_decay_follows_the_label_count():
     """The image-only model's L2 penalty is 0.03 / K, single- and multi-label; the fusions keep
     theirs, and an explicit penalty is left alone."""
