@@ -40,6 +40,12 @@ eight-byte slot hash and kept n-gram states), three runs, the first two on a qui
 text model 456k / 436k / 406k items/s for the whole command (11.1x / 10.6x / 9.9x the 41.1k);
 PQ model 363k / 357k / 320k (9.9x / 9.8x / 8.7x the 36.6k), 389k / 383k / 344k read to write;
 ``fasttext`` predict 118-125k in the quiet runs, 79-88k in the third.
+
+Then (the model's forward pass over each classify batch at once, not in runs of 1024), a quiet
+machine, the two codes alternated twice: PQ model 364k / 349k -> 382k / 395k items/s for the
+whole command, text model 431k / 411k -> 480k / 449k. A full run after it: text model 445k
+(10.8x the 41.1k), PQ model 378k (10.3x the 36.6k), 410k read to write; ``fasttext`` predict
+110-119k, so mmfast is 3.7-4.0x (text) and 3.2-3.4x (PQ) of it.
 """
 
 import json
