@@ -47,6 +47,19 @@ def _recipe_defaults(field: str) -> str:
             + "".join(f"; {rule}" for rule in by_count))
 
 
+def _scale_or_auto(text: str) -> float | str:
+    """A multiple > 0, or "auto" (the recipe's choice on validation)."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 or auto, got {text!r}")
+    return value
+
+
 # The recipe settings `mmfast train` takes as flags: (field, type, meaning).
 RECIPE_FLAGS = (
     ("dim", int, "embedding width H (mlp, cacnet, ananet: hidden units)"),
@@ -62,6 +75,9 @@ RECIPE_FLAGS = (
     ("repetitions", int, "RSPQ repetitions R"),
     ("patience", int, "stop after this many epochs without a better valid score"),
     ("weight_decay", float, "L2 penalty of the autograd models' dense weights"),
+    ("text_lr_scale", _scale_or_auto, "the autograd models' text embedding table steps at this "
+                                      "times lr; auto trains at 1 and 5 and keeps the better "
+                                      "on validation"),
     ("dropout", float, "dropout of the mlp's input and hidden layer"),
     ("image_dim", int, "image features reduced by PCA to this many components"),
     ("text_features", str, f"one vector per text: one of {', '.join(TEXT_FEATURES)} (auto: "

@@ -3,6 +3,7 @@ baseline, trainer, checkpoints."""
 
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from mmfast.metrics import accuracy
 from mmfast.nn.kiela import FUSIONS
 from mmfast.train import Examples, load_checkpoint, predict, save_checkpoint, train
 from mmfast.data import Record
-from mmfast.defaults import Recipe
+from mmfast.defaults import TEXT_LR_SCALES, Recipe
 from mmfast.systems.kiela import fit
 
 
@@ -432,6 +433,57 @@ def test_auto_gate_keeps_the_modality_that_validates_better(informative):
     assert accuracy(predict(trained.model, examples), examples.targets) > 0.9
     # without a validation set there is nothing to choose by: the text gate
     assert fit(recipe, (records[:30], image[:30]), ["c0", "c1", "c2"], False).recipe.gate == "text"
+
+
+def test_text_lr_scale_steps_the_text_table_alone_faster():
+    """One full-batch SGD step: the text table moves text_lr_scale times as far, the dense
+    weights as far as at scale 1."""
+    generator = torch.Generator().manual_seed(0)
+    examples = Examples(torch.randint(10, (30,), generator=generator),
+                        torch.arange(0, 30, 3), torch.rand(10, 5, generator=generator),
+                        torch.arange(10) % 3)
+    moved = {}
+    for scale in (1.0, 5.0):
+        torch.manual_seed(0)
+        model = ContinuousFusion(10, 5, 4, 3, fusion="bilinear")
+        start = {name: value.clone() for name, value in model.state_dict().items()}
+        train(model, examples, epochs=1, lr=0.1, batch_size=10, text_lr_scale=scale)
+        moved[scale] = {name: (value - start[name]).abs().sum().item()
+                        for name, value in model.state_dict().items()}
+    assert moved[1.0]["embedding.weight"] > 0
+    assert moved[5.0]["embedding.weight"] == pytest.approx(5 * moved[1.0]["embedding.weight"],
+                                                           rel=1e-4)
+    assert moved[5.0]["bilinear_weight"] == pytest.approx(moved[1.0]["bilinear_weight"],
+                                                          rel=1e-4)
+    with pytest.raises(ValueError, match="text_lr_scale must be a finite number > 0, got 0"):
+        train(model, examples, text_lr_scale=0.0)
+
+
+def test_auto_text_lr_scale_keeps_the_rate_that_validates_better():
+    """text_lr_scale "auto" (bilinear's default) fits each of TEXT_LR_SCALES and keeps the one
+    with the better validation score, the first on ties and without a validation set; the
+    fastText models, whose one table steps at lr, train at 1 whatever the recipe says."""
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.arange(120) % 3
+    records = [Record(f"i{n}", "", f"w{int(classes[n])} r{n}", (f"c{int(classes[n])}",))
+               for n in range(120)]
+    image = (torch.rand(120, 6, generator=generator) + 1.0).numpy()
+    labels, train, valid = ["c0", "c1", "c2"], (records[:90], image[:90]), (records[90:],
+                                                                              image[90:])
+    recipe = Recipe.default("bilinear", False, 3, dim=8, epochs=3)
+    assert recipe.text_lr_scale == "auto" and Recipe.default("additive").text_lr_scale == 1.0
+    scores = {scale: fit(replace(recipe, text_lr_scale=scale), train, labels, False,
+                         valid).stats["valid_score"] for scale in TEXT_LR_SCALES}
+    trained = fit(recipe, train, labels, False, valid)
+    assert trained.recipe.text_lr_scale == max(TEXT_LR_SCALES, key=scores.__getitem__)
+    assert trained.stats["valid_score"] == max(scores.values())
+    assert fit(recipe, train, labels, False).recipe.text_lr_scale == TEXT_LR_SCALES[0]
+    text = fit(Recipe.default("text", epochs=1, text_lr_scale="auto"), (records, None), labels,
+               False)
+    assert text.recipe.text_lr_scale == 1.0
+    for bad in (0.0, -1.0, float("inf"), "fast"):
+        with pytest.raises(ValueError, match="text_lr_scale must be a finite number > 0 or"):
+            Recipe.default("bilinear", text_lr_scale=bad)
 
 
 def test_bilinear_checkpoints_without_input_offsets_load_with_zero_offsets():

@@ -188,6 +188,11 @@ def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
              "crossmodal_ae_ii)"),
             (["--model", "additive", "--alpha", "2", "--store", str(store)],
              "--alpha: the additive system has no such setting (it is one of pq, rspq)"),
+            (["--model", "pq", "--text-lr-scale", "2", "--store", str(store)],
+             "--text-lr-scale: the pq system has no such setting (it is one of continuous, "
+             "additive, max, gated, bilinear, bilinear_gated, mlp)"),
+            (["--model", "bilinear", "--text-lr-scale", "fast", "--store", str(store)],
+             "--text-lr-scale: expected a finite number > 0 or auto, got 'fast'"),
             (["--model", "cacnet", "--dim", "33", "--store", str(store)], "expected an even"),
             (["--model", "joint_ae", "--l2", "0", "--store", str(store)],
              "--l2: expected a finite number > 0"),

@@ -115,6 +115,8 @@ def search_space(model: str, image_dim: int, items: int, multilabel: bool = Fals
                                    2_000_000))
     if model in GATED_MODELS:
         space["gate"] = Choice(GATES)
+    if model == "bilinear":  # its text table's rate: 5x lr or more where names carry the label
+        space["text_lr_scale"] = Choice((1.0, 2.0, 5.0, 10.0))
     if model in ("pq", "rspq"):
         # RSPQ's repeated tokens trained best at alpha 2-4 on the emoji, PQ's at 1
         space["alpha"] = LogRange(0.01, 4.0 if model == "rspq" else 2.0)
@@ -248,8 +250,8 @@ def autotune(model: str, records: Sequence[Record], image: np.ndarray | None,
                 trials.append(Trial(recipe, -math.inf, 0, time.perf_counter() - trial_start,
                                     str(failure)))
             else:
-                # the recipe as trained: a gate "auto" resolved to the modality kept, a probe
-                # penalty to the one chosen
+                # the recipe as trained: a gate or text_lr_scale "auto" resolved to the value
+                # kept, a probe penalty to the one chosen
                 trial = Trial(trained.recipe, trained.stats["valid_score"],
                               trained.stats["best_epoch"], time.perf_counter() - trial_start)
                 trials.append(trial)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mmfast.data import Record
-from mmfast.defaults import FASTTEXT_MODELS, GATED_MODELS, GATES, Recipe
+from mmfast.defaults import FASTTEXT_MODELS, GATED_MODELS, GATES, TEXT_LR_SCALES, Recipe
 from mmfast.nn import (ContinuousFusion, DiscretizedFastText, EarlyFusionMLP, FastText,
                        TextHasher)
 from mmfast.ops.hash_text import PackedTexts, count_words
@@ -158,17 +158,24 @@ def fit(recipe: Recipe, train_inputs: Inputs, labels: Sequence[str], multilabel:
 
     ``recipe.gate`` "auto" trains a gated model once per gating modality and returns the one
     with the better validation score (the text gate on ties, or without ``valid``); its
-    recipe names the modality chosen.
+    recipe names the modality chosen. ``recipe.text_lr_scale`` "auto" does the same with each
+    of ``TEXT_LR_SCALES`` (the first on ties or without ``valid``); fastText's models, whose
+    one table holds the text and the image tokens, step it at ``lr`` whatever it says.
 
     ``device``: where the autograd-trained models train (None: the CPU); fastText's models
     (text, pq, rspq) train by Hogwild SGD on the CPU whatever it says, one example a step
     leaving a GPU idle. The trained model stays there (``Trained.to`` moves it)."""
     if recipe.model not in GATED_MODELS and recipe.gate == "auto":
         recipe = replace(recipe, gate="text")  # read by no other model
-    return choose_on_validation(
-        lambda run: _fit_once(run, *train_inputs, labels, multilabel, progress, valid, state,
-                              device),
-        recipe, "gate", GATES, valid)
+    if recipe.model in FASTTEXT_MODELS:
+        recipe = replace(recipe, text_lr_scale=1.0)
+
+    def fit_gates(run: Recipe) -> Trained:
+        return choose_on_validation(
+            lambda gated: _fit_once(gated, *train_inputs, labels, multilabel, progress, valid,
+                                    state, device),
+            run, "gate", GATES, valid)
+    return choose_on_validation(fit_gates, recipe, "text_lr_scale", TEXT_LR_SCALES, valid)
 
 
 def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | None,
@@ -200,7 +207,8 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
     trained.stats = train(model, data, epochs=recipe.epochs, lr=recipe.lr,
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
-                          weight_decay=recipe.weight_decay, optimizer=recipe.optimizer,
+                          weight_decay=recipe.weight_decay, text_lr_scale=recipe.text_lr_scale,
+                          optimizer=recipe.optimizer,
                           progress=progress, desc=f"train {recipe.model}",
                           average_every=recipe.average_every,
                           checkpoints=stage(state, recipe))

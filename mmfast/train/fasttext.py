@@ -111,8 +111,8 @@ SCORE_NAMES = {"softmax": "accuracy", "ova": "mAP"}
 def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float = 0.5,
           batch_size: int = 32, loss: str = "softmax", seed: int = 0,
           valid: Examples | None = None, patience: int | None = None,
-          weight_decay: float = 0.0, optimizer: str = "sgd", progress: bool = False,
-          desc: str | None = None, average_every: int | None = None,
+          weight_decay: float = 0.0, text_lr_scale: float = 1.0, optimizer: str = "sgd",
+          progress: bool = False, desc: str | None = None, average_every: int | None = None,
           checkpoints: Stage | None = None) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
@@ -127,8 +127,9 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     (or under ``torch.use_deterministic_algorithms(True)``): the same model on every run.
     Otherwise (the reference backend, other models, losses or devices) minibatches of
     ``batch_size`` take autograd steps, embedding tables with sparse gradients getting sparse
-    updates, and the dense parameters (image projection, classifier, bilinear form) an L2
-    penalty ``weight_decay`` (the fused path, like fastText, has none).
+    updates at ``text_lr_scale`` times ``lr``, and the dense parameters (image projection,
+    classifier, bilinear form) an L2 penalty ``weight_decay`` (the fused path, like fastText,
+    has none and one rate).
     ``optimizer`` "sgd" steps with SGD; "adam" with AdamW (decoupled ``weight_decay``) on the
     dense parameters and SparseAdam on the sparse tables (the fused path is SGD whatever it
     says). In a process group of several ranks the fused path trains as local SGD, the ranks
@@ -151,6 +152,9 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
                          f"epochs={epochs}, batch_size={batch_size}, lr={lr}")
     if not weight_decay >= 0:
         raise ValueError(f"train: weight_decay must be >= 0, got {weight_decay}")
+    if not 0 < text_lr_scale < float("inf"):
+        raise ValueError(f"train: text_lr_scale must be a finite number > 0, got "
+                         f"{text_lr_scale}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"train: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     criterion = loss_function(loss)
@@ -161,7 +165,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         def epoch_losses(done: int):
             return _fused_epochs(model, examples, done, epochs, lr, generator, average_every)
     else:
-        optimizers, schedules = _optimizers(model, optimizer, lr, weight_decay,
+        optimizers, schedules = _optimizers(model, optimizer, lr, weight_decay, text_lr_scale,
                                             epochs * steps_per_epoch(len(examples), batch_size,
                                                          process_group()[1]))
 
@@ -181,20 +185,21 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         tie=0.0 if valid is None else valid_tie(int(global_sum(torch.tensor(len(valid))))))
 
 
-def _optimizers(model, optimizer, lr, weight_decay, total_steps):
+def _optimizers(model, optimizer, lr, weight_decay, text_lr_scale, total_steps):
     """The minibatch trainer's optimizers and their schedules (lr falling linearly to 0 over
-    ``total_steps``)."""
+    ``total_steps``), the sparse tables' at ``text_lr_scale`` times the others'."""
     # Weight decay is dense: the sparse-gradient embedding tables go without it.
     sparse = [module.weight for module in model.modules()
               if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and module.sparse]
     dense = [p for p in model.parameters() if all(p is not s for s in sparse)]
     if optimizer == "sgd":
-        optimizers = [torch.optim.SGD([{"params": sparse, "weight_decay": 0.0},
-                                       {"params": dense, "weight_decay": weight_decay}], lr=lr)]
+        optimizers = [torch.optim.SGD([
+            {"params": sparse, "weight_decay": 0.0, "lr": lr * text_lr_scale},
+            {"params": dense, "weight_decay": weight_decay}], lr=lr)]
     else:
         optimizers = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
         if sparse:
-            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+            optimizers.append(torch.optim.SparseAdam(sparse, lr=lr * text_lr_scale))
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda step: 1 - step / total_steps)
                  for o in optimizers]
     return optimizers, schedules
