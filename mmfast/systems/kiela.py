@@ -208,8 +208,7 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
                           batch_size=recipe.batch_size, loss="ova" if multilabel else "softmax",
                           seed=recipe.seed, valid=valid_data, patience=recipe.patience,
                           weight_decay=recipe.weight_decay, text_lr_scale=recipe.text_lr_scale,
-                          optimizer=recipe.optimizer,
-                          progress=progress, desc=f"train {recipe.model}",
-                          average_every=recipe.average_every,
+                          optimizer=recipe.optimizer, progress=progress,
+                          desc=f"train {recipe.model}", average_every=recipe.average_every,
                           checkpoints=stage(state, recipe))
     return trained
