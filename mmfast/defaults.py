@@ -145,10 +145,11 @@ def single_label_lr(model: str, num_labels: int) -> float:
 # 8 diverged; pq's were best at 1; rspq's 3 on many labels: MANY_LABEL_RECIPES); the autograd
 # fusions lr 3 on minibatches of 32 (a minibatch step averages 32 per-example gradients; with the
 # image vectors centered, lr 1 -> 3 took additive from 0.763/0.557/0.542/0.850 to
-# 0.780/0.583/0.581/0.873 on group/subgroup/tags/icons), except max on
-# single-label tasks (lr 8, below) and the bilinear forms, whose gradient grows with
-# |U x_t| |V x_v|: bilinear-gated diverged on tags at lr 1 and trains at 0.5; bilinear, with its
-# input offsets, at dim 50 and lr 0.2 (more on many classes: SINGLE_LABEL_LR, MANY_LABEL_RECIPES).
+# 0.780/0.583/0.581/0.873 on group/subgroup/tags/icons), except max on single-label tasks (lr 8,
+# below) and the bilinear forms, whose gradient grows with |U x_t| |V x_v|: bilinear-gated
+# diverged on tags at lr 1 and trains at 0.5; bilinear, with its input offsets, at dim 50 and
+# lr 0.2 (more on many classes: SINGLE_LABEL_LR, MANY_LABEL_RECIPES; its text table faster:
+# text_lr_scale, below).
 # Which modality should gate is the data's: the emoji's weak texts gate the images (held-out gated:
 # group 0.715 with the text gate, 0.594 with the image gate), the icons' strong names are gated by
 # the image (0.697 against 0.770), so the gated models' default "auto" trains both and keeps the
