@@ -107,9 +107,9 @@ def add_kiela_commands(commands) -> None:
                           help="images are resized to this many pixels square")
     features.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     features.add_argument("--compile", action="store_true",
-                          help="run the backbone through torch.compile: on a CPU about 1.4x "
-                               "faster after a one-time compile of ~15 s, so it pays from about "
-                               "15k images (pooled features only)")
+                          help="run the backbone through torch.compile: on a CPU about 1.05x "
+                               "the eager backbone after a one-time compile of ~15 s, so it pays "
+                               "from about 150k images (pooled features only)")
     features.add_argument("--regions", choices=("none", "grid", "detector"), default="none",
                           help="store each image's regions (what the ananet systems read), not "
                                "one pooled vector: grid, the cells [Kr, 1280] of "

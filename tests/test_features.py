@@ -8,6 +8,7 @@ import torch
 from mmfast.features import ImageFeatureExtractor, WordVectors, token_vectors, weighted_average
 from mmfast.features import PCA, word_probabilities
 from mmfast.features.image import BadImageError, build_backbone, fold_batch_norms
+from mmfast.features.image import inference_form
 
 
 @pytest.fixture
@@ -270,3 +271,48 @@ def test_folded_batch_norms_compute_the_same_features(backbone):
     assert type(folded) is type(trunk) and folded is trunk
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18"])
+def test_inference_form_computes_the_same_features(backbone):
+    """Batch norms folded, symmetric "same" padding inside the convolutions (Lite0's stride-2
+    layers pad one side more and keep their ZeroPad2d), its ReLU6 in place."""
+    trunk, *_ = build_backbone(backbone, None)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 64, 64, generator=generator)
+    with torch.inference_mode():
+        expected = trunk.eval()(x)
+        form = inference_form(trunk)
+        got = form(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert form is trunk and not any(isinstance(m, torch.nn.BatchNorm2d) for m in form.modules())
+    activations = [m for m in form.modules() if isinstance(m, torch.nn.ReLU | torch.nn.Hardtanh)]
+    assert activations and all(m.inplace for m in activations)
+    if backbone == "efficientnet_lite0":
+        pads = [m.padding for m in form.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+        assert pads and all(left != right for left, right, _, _ in pads)
+        assert any(isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)
+                   for m in form.modules())
+
+
+class _SharedActivation(torch.nn.Module):
+    """One ReLU6 called twice: on a convolution's output alone, and on one a sum reads too."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 3, 1)
+        self.activation = torch.nn.ReLU6()
+
+    def forward(self, x):
+        x = self.activation(self.first(x))
+        y = self.second(x)
+        return self.activation(y) + y
+
+
+def test_inference_form_keeps_an_activation_out_of_place_where_its_input_is_read_again():
+    module = _SharedActivation().eval()
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 10
+    expected = module(x)
+    inference_form(module)
+    assert not module.activation.inplace  # its second call's input is read by the sum too
+    torch.testing.assert_close(module(x), expected)
