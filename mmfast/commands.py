@@ -80,8 +80,11 @@ def _process_group_backend(device: torch.device) -> str:
 def _extractor(args) -> ImageFeatureExtractor:
     weights, device = None if args.weights == "none" else args.weights, _device(args)
     if args.regions == "grid":
-        return GridRegionFeatureExtractor(args.image_size, args.batch_size, device)
+        return GridRegionFeatureExtractor(args.image_size, args.batch_size, device, args.precision)
     if args.regions == "detector":
+        if args.precision != "fp32":
+            raise ValueError(f"--precision {args.precision}: expected fp32 with --regions "
+                             "detector (the detector runs in fp32), got another")
         if weights in (None, PACKAGED):
             raise ValueError("--regions detector: --weights must name a local state-dict file of "
                              "torchvision's fasterrcnn_resnet50_fpn (random weights give "
@@ -89,7 +92,7 @@ def _extractor(args) -> ImageFeatureExtractor:
         return DetectorRegionFeatureExtractor(weights, image_size=args.image_size,
                                               batch_size=args.batch_size, device=device)
     return ImageFeatureExtractor(args.backbone, weights, args.image_size, args.batch_size,
-                                 device, compile=args.compile)
+                                 device, compile=args.compile, precision=args.precision)
 
 
 _NAMED_SKIPS = 10  # skipped images listed by manifest line

@@ -26,6 +26,8 @@ OPTIMIZERS = ("sgd", "adam")  # of the minibatch trainer, mmfast.train.fasttext.
 # default below)
 TEXT_LR_SCALES = (1.0, 5.0)
 PACKAGED = "packaged"  # weights= value: the weights a pip package ships (efficientnet_lite0)
+# The image backbone's number formats: bf16 runs it in bfloat16 (features --precision)
+IMAGE_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass

