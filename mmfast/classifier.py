@@ -74,11 +74,15 @@ class Classifier:
         return self._fitted().labels
 
     def fit(self, texts: Sequence[str], images, labels: Sequence[Labels],
-            valid: tuple[Sequence[str], object, Sequence[Labels]] | None = None
-            ) -> "Classifier":
+            valid: tuple[Sequence[str], object, Sequence[Labels]] | None = None,
+            refit: bool = False) -> "Classifier":
         """Train on ``texts`` with their ``images`` and ``labels`` (one label per item, or a
         list of labels per item for multi-label); ``valid`` = (texts, images, labels) selects
-        the best epoch as ``mmfast train --valid`` does."""
+        the best epoch as ``mmfast train --valid`` does, and ``refit`` then trains on both
+        sets for that many epochs (``--refit``)."""
+        if refit and valid is None:
+            raise ValueError("Classifier.fit: refit needs valid= (the set that chooses the "
+                             "epochs), got none")
         records = _records(texts, labels)
         multilabel = any(not isinstance(label, str) for label in labels)
         names = sorted({label for record in records for label in record.labels})
@@ -93,6 +97,9 @@ class Classifier:
         self.recipe = self.system.default_recipe(multilabel, len(names), **self._overrides)
         self.trained = self.system.fit(self.recipe, (records, features), names, multilabel,
                                        validation, device=self.device)
+        if refit:
+            self.trained = self.system.refit(self.trained, (records, features), validation,
+                                             device=self.device)
         return self
 
     def save(self, directory: str | os.PathLike) -> None:

@@ -240,10 +240,11 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     train = (train_records, features(train_records))
     state = _training_state(args, recipe, multilabel, labels, train_records, valid_records)
     device = _device(args)
-    if args.autotune:
-        if valid is None:
-            raise ValueError("--autotune needs a validation split: pass --valid or a "
+    for flag in ("autotune", "refit"):
+        if getattr(args, flag) and valid is None:
+            raise ValueError(f"--{flag} needs a validation split: pass --valid or a "
                              "--valid-fraction above 0")
+    if args.autotune:
         result = autotune(args.model, *train, labels, multilabel, valid,
                           duration=args.autotune_duration, seed=recipe.seed,
                           max_trials=args.autotune_trials, base=recipe,
@@ -258,6 +259,8 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
                              state=state, device=device)
     if valid is not None:
         trained.stats["valid_items"] = valid_count
+    if args.refit:
+        trained = system.refit(trained, train, valid, progress=not args.quiet, device=device)
     # every rank's count, gathered by every rank (a collective) before the others leave
     shares = (f" (the ranks' shares: {', '.join(map(str, share_sizes(len(train_records))))})"
               if share else "")
@@ -278,6 +281,10 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     else:
         print(f"no validation split: kept the last epoch, train {metric} "
               f"{history[-1]['train_' + metric]:.4f}")
+    if "refit" in stats:
+        refit = stats["refit"]
+        print(f"refit on the {refit['items']} training and validation items for "
+              f"{refit['epochs']} epochs in {refit['seconds']:.2f} s")
     return 0
 
 

@@ -36,6 +36,17 @@ def test_fit_predict_save_and_load_round_trip(tmp_path):
         [clf.labels[i] for i in row.topk(2).indices] for row in scores[:2]]
 
 
+def test_refit_trains_on_both_sets_for_the_epochs_validation_kept():
+    texts, features, labels = _task()
+    valid = _task(30, seed=1)
+    with pytest.raises(ValueError, match="refit needs valid="):
+        mmfast.Classifier("additive", epochs=4).fit(texts, features, labels, refit=True)
+    clf = mmfast.Classifier("additive", epochs=4).fit(texts, features, labels, valid, refit=True)
+    refit = clf.trained.stats["refit"]
+    assert refit["items"] == 90 and refit["epochs"] == clf.trained.stats["best_epoch"]
+    assert clf.trained.recipe.epochs == refit["epochs"]
+
+
 def test_text_model_and_multilabel_targets():
     texts, _, labels = _task()
     tags = [[label, "shared"] if i % 2 else [label] for i, label in enumerate(labels)]

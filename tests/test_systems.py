@@ -1,6 +1,7 @@
 """The registry of systems (mmfast.systems): every system trains, classifies and evaluates from
 the command and from the Python API, on one code path, and its checkpoint says what it is."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 import mmfast
 from mmfast import systems
 from mmfast.cli import main
-from mmfast.data import (Record, emoji_dataset, read_manifest, relevance_records,
+from mmfast.data import (FeatureStore, Record, emoji_dataset, read_manifest, relevance_records,
                          write_manifest)
+from mmfast.features import store_features
 from mmfast.features.text_features import TextFeatures
 
 NEW_SYSTEMS = ("cacnet", "joint_ae", "crossmodal_ae_i", "crossmodal_ae_ii")
@@ -205,6 +207,50 @@ def test_command_refuses_settings_a_system_does_not_read(demo, capsys):
         assert message in capsys.readouterr().err
     assert main(base + ["--model", "cacnet"]) == 1
     assert ("--store: the cacnet system reads image features" in capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("system", ["gated", "cacnet"])
+def test_refit_trains_the_chosen_recipe_on_both_splits_for_the_kept_epochs(demo, system):
+    """The "auto" choices stay as validation made them (gated's gate, cacnet's text features),
+    the epochs are the kept one's, and the run is a plain fit of the two splits together."""
+    paths, stores, _ = demo
+    store = FeatureStore(stores["pooled"])
+    records = read_manifest(paths["group", "train"])
+    labels = sorted({label for record in records for label in record.labels})
+    train, valid = (records[:-12], store_features(store, records[:-12])), \
+        (records[-12:], store_features(store, records[-12:]))
+    entry = systems.get(system)
+    recipe = entry.default_recipe(False, len(labels), epochs=6, seed=1)
+    trained = entry.fit(recipe, train, labels, False, valid)
+    refitted = entry.refit(trained, train, valid)
+    chosen = trained.recipe
+    assert "auto" not in (getattr(chosen, "gate", None), getattr(chosen, "text_features", None))
+    assert refitted.recipe == dataclasses.replace(chosen, epochs=trained.stats["best_epoch"])
+    assert refitted.stats["refit"]["epochs"] == trained.stats["best_epoch"]
+    assert refitted.stats["refit"]["items"] == len(records)
+    assert refitted.stats["valid_score"] == trained.stats["valid_score"]
+    by_hand = entry.fit(refitted.recipe, (records, store_features(store, records)), labels,
+                        False)
+    for mine, theirs in zip(refitted.model.state_dict().values(),
+                            by_hand.model.state_dict().values()):
+        torch.testing.assert_close(mine, theirs)
+    assert not torch.equal(refitted.logits(*valid), trained.logits(*valid))
+
+
+def test_train_refit_records_the_refit_and_needs_a_validation_split(demo, capsys):
+    paths, stores, root = demo
+    base = ["train", "--train", str(paths["tags", "train"]), "--store", str(stores["pooled"]),
+            "--model", "text", "--epochs", "4", "--refit", "--quiet"]
+    assert main(base + ["--out", str(root / "refit")]) == 0
+    out = capsys.readouterr().out
+    config = json.loads((root / "refit" / "config.json").read_text())
+    training, items = config["training"], len(read_manifest(paths["tags", "train"]))
+    assert training["refit"]["items"] == items and training["valid_items"] > 0
+    assert training["refit"]["epochs"] == training["best_epoch"] == config["recipe"]["epochs"]
+    assert f"refit on the {items} training and validation items for " in out
+    assert main(base + ["--out", str(root / "x"), "--valid-fraction", "0"]) == 1
+    assert capsys.readouterr().err == ("mmfast train: --refit needs a validation split: pass "
+                                       "--valid or a --valid-fraction above 0\n")
 
 
 def test_models_lists_every_system(capsys):

@@ -18,9 +18,10 @@ from mmfast.train.checkpoint import CONFIG, save_checkpoint
 Inputs = tuple[Sequence[Record], np.ndarray | None]
 
 # What a checkpoint records of its training run (``Fitted.stats``): the selection metric, the
-# chosen epoch and its validation score, the per-epoch history, and an autotune summary.
+# chosen epoch and its validation score, the per-epoch history, an autotune summary, and the
+# refit on the training and validation items together (``System.refit``).
 RECORDED = ("metric", "best_epoch", "valid_score", "valid_items", "history", "seconds",
-            "autotune", "case_steps")
+            "autotune", "case_steps", "refit")
 
 
 class Fitted:
