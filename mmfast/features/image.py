@@ -157,8 +157,8 @@ def _pad_inside_convolutions(trunk: nn.Module) -> nn.Module:
 def _activations_in_place(trunk: nn.Module) -> nn.Module:
     """``trunk`` with each ReLU/ReLU6/Hardtanh module made in-place where every call of it reads
     a fresh tensor nothing else reads (a convolution's or linear layer's output, through
-    identities); in place. EfficientNet-Lite0's ReLU6 allocated a new activation per layer:
-    in place, its clamps took a fifth of the time they did."""
+    identities). EfficientNet-Lite0's ReLU6 allocated a new activation per layer: in place,
+    its clamps took a fifth of the time they did."""
     from torch import fx
 
     modules = dict(trunk.named_modules())
@@ -185,8 +185,9 @@ def inference_form(trunk: nn.Module) -> nn.Module:
     """``trunk`` (in eval mode) rewritten in place to compute the same features faster on a
     CPU: batch norms folded into their convolutions (``fold_batch_norms``), symmetric zero
     padding done by the convolutions themselves, and activations in place where nothing else
-    reads their input. EfficientNet-Lite0 at 96 px on 2 CPU threads, channels-last: 272 ->
-    569 img/s, features at cosine 0.9999998 to the package's module's."""
+    reads their input. EfficientNet-Lite0 at 96 px on 2 CPU threads, channels-last: 272-317 ->
+    413-569 img/s over runs on a noisy machine, features at cosine 0.9999998 to the package's
+    module's."""
     return _activations_in_place(_pad_inside_convolutions(fold_batch_norms(trunk)))
 
 
@@ -259,7 +260,7 @@ class ImageFeatureExtractor:
     30k-150k images on a CPU); ``precision`` "bf16": run it in bfloat16 (see ``__init__``)."""
 
     decode_threads: int | None = None
-    precision: str = "fp32"  # of subclasses without a backbone of this class's too
+    precision: str = "fp32"  # what a subclass that builds no backbone here (the detector) has
 
     def __init__(self, backbone: str = "efficientnet_lite0",
                  weights: str | os.PathLike | None = PACKAGED, image_size: int = 224,
