@@ -79,7 +79,7 @@ class Classifier:
         """Train on ``texts`` with their ``images`` and ``labels`` (one label per item, or a
         list of labels per item for multi-label); ``valid`` = (texts, images, labels) selects
         the best epoch as ``mmfast train --valid`` does, and ``refit`` then trains on both
-        sets for that many epochs (``--refit``)."""
+        sets up to that epoch (``--refit``)."""
         if refit and valid is None:
             raise ValueError("Classifier.fit: refit needs valid= (the set that chooses the "
                              "epochs), got none")

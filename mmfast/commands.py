@@ -283,8 +283,8 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
               f"{history[-1]['train_' + metric]:.4f}")
     if "refit" in stats:
         refit = stats["refit"]
-        print(f"refit on the {refit['items']} training and validation items for "
-              f"{refit['epochs']} epochs in {refit['seconds']:.2f} s")
+        print(f"refit on the {refit['items']} training and validation items up to epoch "
+              f"{refit['epochs']} of {trained.recipe.epochs} in {refit['seconds']:.2f} s")
     return 0
 
 

@@ -47,6 +47,9 @@ class Recipe:
     centroids: int = 64
     repetitions: int = 4
     patience: int | None = None
+    # the last epoch to train (None: epochs), the lr schedule still planned over epochs:
+    # what a refit sets, to stop where validation kept the selection run
+    stop_epoch: int | None = None
     weight_decay: float = 0.0
     # the sparse text embedding table's learning rate, a multiple of lr, for the models trained
     # by minibatches; "auto" trains at each of TEXT_LR_SCALES and keeps the better on validation
@@ -269,6 +272,7 @@ class CACNetRecipe(_TaskFreeRecipe):
     gamma: float = 0.4
     gamma_end: float = 0.8
     patience: int | None = None
+    stop_epoch: int | None = None  # as Recipe's
     seed: int = 0
 
     def __post_init__(self):
@@ -334,6 +338,7 @@ class AnANetRecipe(_TaskFreeRecipe):
     text_dim: int = 50
     num_words: int = 8
     patience: int | None = None
+    stop_epoch: int | None = None  # as Recipe's
     seed: int = 0
 
     def __post_init__(self):

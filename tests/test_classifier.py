@@ -44,7 +44,7 @@ def test_refit_trains_on_both_sets_for_the_epochs_validation_kept():
     clf = mmfast.Classifier("additive", epochs=4).fit(texts, features, labels, valid, refit=True)
     refit = clf.trained.stats["refit"]
     assert refit["items"] == 90 and refit["epochs"] == clf.trained.stats["best_epoch"]
-    assert clf.trained.recipe.epochs == refit["epochs"]
+    assert clf.trained.recipe.stop_epoch == refit["epochs"] and clf.trained.recipe.epochs == 4
 
 
 def test_text_model_and_multilabel_targets():

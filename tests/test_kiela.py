@@ -348,6 +348,40 @@ def test_a_score_within_the_tie_of_the_best_keeps_the_later_epoch(tie, kept, epo
     assert valid_tie(100) > 0.01 and 0.80 >= 0.81 - valid_tie(100)  # one item, after rounding
 
 
+def test_stop_epoch_ends_the_run_with_the_schedule_of_all_epochs():
+    """A refit's run: stop_epoch 2 of 6 trains two epochs whose learning rate falls as in a
+    six-epoch run, not as in a two-epoch one; without validation it keeps the last."""
+    from mmfast.train.resume import Resumable
+    from mmfast.train.selection import select_epochs
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ran = []
+
+    def epoch_losses(done):
+        for epoch in range(done + 1, 7):
+            ran.append(epoch)
+            yield 0.0
+
+    stats = select_epochs(model, epoch_losses, 6, "accuracy", lambda: 0.0, None, None, 1, 0.1,
+                          resumable=Resumable(None, model, []), stop_epoch=2)
+    assert ran == [1, 2] and len(stats["history"]) == 2 and "best_epoch" not in stats
+    with pytest.raises(ValueError, match=r"stop_epoch must be in \[1, epochs=6\] or None, "
+                                         r"got 7"):
+        select_epochs(model, epoch_losses, 6, "accuracy", lambda: 0.0, None, None, 1, 0.1,
+                      resumable=Resumable(None, model, []), stop_epoch=7)
+    data = _toy_task(seed=0)
+    runs = {}
+    for epochs, stop in ((6, 2), (2, None), (6, None)):
+        torch.manual_seed(0)
+        model = ContinuousFusion(30, 8, 10, 3, fusion="additive")
+        stats = train(model, data, epochs=epochs, lr=1.0, batch_size=16, stop_epoch=stop)
+        runs[epochs, stop] = (len(stats["history"]),
+                              torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert runs[6, 2][0] == runs[2, None][0] == 2
+    assert not torch.equal(runs[6, 2][1], runs[2, None][1])  # not a two-epoch schedule's
+    assert not torch.equal(runs[6, 2][1], runs[6, None][1])
+
+
 def test_divergence_keeps_the_best_epoch_or_raises():
     """A learning rate that blows the weights up ends the run at the last good epoch, or says
     so when there is none, instead of returning NaN scores."""

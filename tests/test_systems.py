@@ -225,7 +225,7 @@ def test_refit_trains_the_chosen_recipe_on_both_splits_for_the_kept_epochs(demo,
     refitted = entry.refit(trained, train, valid)
     chosen = trained.recipe
     assert "auto" not in (getattr(chosen, "gate", None), getattr(chosen, "text_features", None))
-    assert refitted.recipe == dataclasses.replace(chosen, epochs=trained.stats["best_epoch"])
+    assert refitted.recipe == dataclasses.replace(chosen, stop_epoch=trained.stats["best_epoch"])
     assert refitted.stats["refit"]["epochs"] == trained.stats["best_epoch"]
     assert refitted.stats["refit"]["items"] == len(records)
     assert refitted.stats["valid_score"] == trained.stats["valid_score"]
@@ -246,8 +246,10 @@ def test_train_refit_records_the_refit_and_needs_a_validation_split(demo, capsys
     config = json.loads((root / "refit" / "config.json").read_text())
     training, items = config["training"], len(read_manifest(paths["tags", "train"]))
     assert training["refit"]["items"] == items and training["valid_items"] > 0
-    assert training["refit"]["epochs"] == training["best_epoch"] == config["recipe"]["epochs"]
-    assert f"refit on the {items} training and validation items for " in out
+    assert training["refit"]["epochs"] == training["best_epoch"] == config["recipe"]["stop_epoch"]
+    assert config["recipe"]["epochs"] == 4  # the schedule's, as the selection run's
+    assert (f"refit on the {items} training and validation items up to epoch "
+            f"{training['best_epoch']} of 4 in ") in out
     assert main(base + ["--out", str(root / "x"), "--valid-fraction", "0"]) == 1
     assert capsys.readouterr().err == ("mmfast train: --refit needs a validation split: pass "
                                        "--valid or a --valid-fraction above 0\n")

@@ -110,5 +110,5 @@ def fit(recipe: AnANetRecipe, train: Inputs, labels: Sequence[str], multilabel: 
         valid_score, recipe.patience, int(global_sum(known.sum())), recipe.lr, progress,
         desc=f"train {recipe.model}",
         resumable=Resumable(stage(state, recipe), model, [trainer.optimizer],
-                            {"shuffle": generator}))
+                            {"shuffle": generator}), stop_epoch=recipe.stop_epoch)
     return trained

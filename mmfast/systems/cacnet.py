@@ -119,7 +119,8 @@ def _fit_once(recipe: CACNetRecipe, train: Inputs, labels: Sequence[str], multil
                                       len(y)))), lr, progress,
                                   desc="train cacnet", resumable=Resumable(
                                       stage(state, recipe), model, [trainer.optimizer],
-                                      {"shuffle": batches.generator}, counters=cases))
+                                      {"shuffle": batches.generator}, counters=cases),
+                                  stop_epoch=recipe.stop_epoch)
     trained.stats["case_steps"] = cases
     return trained
 

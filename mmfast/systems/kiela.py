@@ -210,5 +210,5 @@ def _fit_once(recipe: Recipe, records: Sequence[Record], image: np.ndarray | Non
                           weight_decay=recipe.weight_decay, text_lr_scale=recipe.text_lr_scale,
                           optimizer=recipe.optimizer, progress=progress,
                           desc=f"train {recipe.model}", average_every=recipe.average_every,
-                          checkpoints=stage(state, recipe))
+                          checkpoints=stage(state, recipe), stop_epoch=recipe.stop_epoch)
     return trained

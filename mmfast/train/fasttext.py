@@ -113,7 +113,7 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
           valid: Examples | None = None, patience: int | None = None,
           weight_decay: float = 0.0, text_lr_scale: float = 1.0, optimizer: str = "sgd",
           progress: bool = False, desc: str | None = None, average_every: int | None = None,
-          checkpoints: Stage | None = None) -> dict:
+          checkpoints: Stage | None = None, stop_epoch: int | None = None) -> dict:
     """Train ``model`` in place; returns the run's figures: ``seconds`` (training alone),
     ``items_per_s``, ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss`` and the
     selection score, ``accuracy`` or ``mAP``, on a fixed sample of the training set and, with
@@ -143,7 +143,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
     figures), or, with no such epoch, raises ValueError.
 
     ``checkpoints`` (``mmfast.train.resume``): where the run saves its state every few epochs
-    and, resuming, goes on from the newest saved.
+    and, resuming, goes on from the newest saved. ``stop_epoch``: the last epoch to train, the
+    learning-rate schedule still planned over ``epochs`` (a refit's).
     """
     if examples.targets is None or (valid is not None and valid.targets is None):
         raise ValueError("train: examples (and valid) must have targets")
@@ -182,7 +183,8 @@ def train(model: nn.Module, examples: Examples, *, epochs: int = 10, lr: float =
         None if valid is None else lambda: scored(valid),
         patience, int(global_sum(torch.tensor(len(examples)))), lr, progress, desc,
         resumable=Resumable(checkpoints, model, optimizers, {"shuffle": generator}, schedules),
-        tie=0.0 if valid is None else valid_tie(int(global_sum(torch.tensor(len(valid))))))
+        tie=0.0 if valid is None else valid_tie(int(global_sum(torch.tensor(len(valid))))),
+        stop_epoch=stop_epoch)
 
 
 def _optimizers(model, optimizer, lr, weight_decay, text_lr_scale, total_steps):

@@ -22,10 +22,11 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
                   metric: str, train_score: Callable[[], float],
                   valid_score: Callable[[], float] | None, patience: int | None, items: int,
                   lr: float, progress: bool = False, desc: str | None = None, *,
-                  resumable: Resumable, tie: float = 0.0) -> dict:
+                  resumable: Resumable, tie: float = 0.0, stop_epoch: int | None = None) -> dict:
     """Run ``epoch_losses(start)`` (a generator that trains ``model`` one epoch per ``next``
-    from epoch ``start`` + 1 and yields the epoch's mean loss) up to epoch ``epochs`` at most;
-    after each, ``train_score()`` and
+    from epoch ``start`` + 1 and yields the epoch's mean loss) up to epoch ``epochs`` at most,
+    or ``stop_epoch`` (the trainer's schedule still planned over ``epochs``: a refit stops
+    where validation kept the selection run); after each, ``train_score()`` and
     ``valid_score()`` score the model by ``metric`` (higher is better). Returns the run's
     figures: ``seconds`` (training alone, not scoring), ``items_per_s`` (``items`` per epoch),
     ``final_loss``, ``history`` (per epoch: ``epoch``, ``loss``, ``train_<metric>`` and
@@ -46,6 +47,10 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
     """
     if patience is not None and patience < 1:
         raise ValueError(f"train: patience must be >= 1 or None, got {patience}")
+    if stop_epoch is not None and not 1 <= stop_epoch <= epochs:
+        raise ValueError(f"train: stop_epoch must be in [1, epochs={epochs}] or None, got "
+                         f"{stop_epoch}")
+    last = epochs if stop_epoch is None else stop_epoch
     history, best, best_state, seconds, stale, diverged = [], None, None, 0.0, 0, None
     restored = resumable.restore()
     done = 0
@@ -61,9 +66,9 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
     stopped = patience is not None and stale >= patience
     epoch_losses = epoch_losses(done)
     # the bar counts items (epochs x items), as classify's does, and names what trains
-    with tqdm(total=(epochs - done) * items, desc=desc or f"train {type(model).__name__}",
+    with tqdm(total=(last - done) * items, desc=desc or f"train {type(model).__name__}",
               unit="item", unit_scale=True, disable=not progress, leave=False) as bar:
-        for epoch in range(done + 1, (done if stopped else epochs) + 1):
+        for epoch in range(done + 1, (done if stopped else last) + 1):
             start = time.perf_counter()
             epoch_loss = next(epoch_losses)
             seconds += time.perf_counter() - start
@@ -94,7 +99,7 @@ def select_epochs(model: nn.Module, epoch_losses: Callable[[int], Iterator[float
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()})
             bar.update(items)
             stopped = patience is not None and stale >= patience
-            resumable.save(epoch, stopped or epoch == epochs, selection={
+            resumable.save(epoch, stopped or epoch == last, selection={
                 "history": history, "best": best, "seconds": seconds, "stale": stale},
                 tensors=None if best_state is None else {
                     _BEST + name: value for name, value in best_state.items()})
