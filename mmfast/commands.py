@@ -259,7 +259,10 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
                              state=state, device=device)
     if valid is not None:
         trained.stats["valid_items"] = valid_count
-    if args.refit:
+    # unasked, a refit gives back the share of --train that validated (not a --valid set the
+    # user keeps apart) where the kept epoch says it pays
+    unasked = args.refit is None and valid is not None and args.valid is None
+    if args.refit or (unasked and system.refit_pays(trained)):
         trained = system.refit(trained, train, valid, progress=not args.quiet, device=device)
     # every rank's count, gathered by every rank (a collective) before the others leave
     shares = (f" (the ranks' shares: {', '.join(map(str, share_sizes(len(train_records))))})"
@@ -285,6 +288,10 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
         refit = stats["refit"]
         print(f"refit on the {refit['items']} training and validation items up to epoch "
               f"{refit['epochs']} of {trained.recipe.epochs} in {refit['seconds']:.2f} s")
+    elif unasked and hasattr(trained.recipe, "stop_epoch"):
+        print(f"no refit: the kept epoch is in the first {systems.REFIT_FROM:.0%} of the "
+              f"{trained.recipe.epochs} epochs, where a refit does not find it again (--refit "
+              "forces one)")
     return 0
 
 

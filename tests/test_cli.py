@@ -98,7 +98,10 @@ def test_features_train_classify_eval(tmp_path, capsys):
     assert "autotune: " in capsys.readouterr().out
     config = json.loads((tuned / "config.json").read_text())
     assert config["training"]["autotune"]["trials"] >= 1
-    assert config["recipe"] == config["training"]["autotune"]["recipe"]
+    # the refit (where it pays) stops the chosen recipe at its kept epoch
+    refit = config["training"].get("refit", {"epochs": None})
+    assert config["recipe"] == {**config["training"]["autotune"]["recipe"],
+                                "stop_epoch": refit["epochs"]}
     searches = []  # a trial budget: the same search, recipe and weights on every run
     for run in range(2):
         assert main(["train", "--train", str(train), "--store", str(store), "--out",

@@ -3,6 +3,7 @@ the command and from the Python API, on one code path, and its checkpoint says w
 
 import dataclasses
 import json
+import types
 
 import numpy as np
 import pytest
@@ -253,6 +254,46 @@ def test_train_refit_records_the_refit_and_needs_a_validation_split(demo, capsys
     assert main(base + ["--out", str(root / "x"), "--valid-fraction", "0"]) == 1
     assert capsys.readouterr().err == ("mmfast train: --refit needs a validation split: pass "
                                        "--valid or a --valid-fraction above 0\n")
+
+
+def test_refit_pays_from_a_quarter_of_the_epochs():
+    """Unasked, a refit follows the kept epoch: from a quarter of the schedule on it gained
+    held out, before it it lost; a system that chooses no epoch is not refit."""
+    kiela, autoencoder = systems.get("additive"), systems.get("joint_ae")
+    for best_epoch, pays in ((19, False), (20, True), (80, True)):
+        kept = types.SimpleNamespace(recipe=kiela.default_recipe(epochs=80),
+                                     stats={"best_epoch": best_epoch})
+        assert kiela.refit_pays(kept) is pays
+    assert not autoencoder.refit_pays(types.SimpleNamespace(
+        recipe=autoencoder.default_recipe(epochs=8), stats={"best_epoch": 8}))
+
+
+def test_train_refits_unasked_where_the_kept_epoch_says_it_pays(demo, capsys, monkeypatch):
+    """Without --refit a held-out share of --train is given back where ``refit_pays``; a
+    --valid set the user keeps apart is not, nor with --no-refit."""
+    paths, stores, root = demo
+    base = ["train", "--train", str(paths["group", "train"]), "--store", str(stores["pooled"]),
+            "--model", "additive", "--epochs", "2", "--dim", "16", "--quiet"]
+    items = len(read_manifest(paths["group", "train"]))
+
+    def trained(out, *flags):
+        assert main(base + ["--out", str(root / out), *flags]) == 0
+        return json.loads((root / out / "config.json").read_text())["training"], \
+            capsys.readouterr().out
+
+    for pays in (True, False):
+        monkeypatch.setattr(systems.System, "refit_pays", lambda self, fitted: pays)
+        training, out = trained(f"unasked-{pays}")
+        assert ("refit" in training) is pays
+        if pays:
+            assert training["refit"]["items"] == items
+        else:
+            assert ("no refit: the kept epoch is in the first 25% of the 2 epochs, where a "
+                    "refit does not find it again (--refit forces one)") in out
+        for out, flags in (("asked-not", ["--no-refit"]),
+                           ("apart", ["--valid", str(paths["group", "train"])])):
+            training, printed = trained(f"{out}-{pays}", *flags)
+            assert "refit" not in training and "refit " not in printed
 
 
 def test_models_lists_every_system(capsys):
