@@ -264,6 +264,7 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
     unasked = args.refit is None and valid is not None and args.valid is None
     if args.refit or (unasked and system.refit_pays(trained)):
         trained = system.refit(trained, train, valid, progress=not args.quiet, device=device)
+        trained.stats["refit"]["items"] = train_count + valid_count  # every rank's share
     # every rank's count, gathered by every rank (a collective) before the others leave
     shares = (f" (the ranks' shares: {', '.join(map(str, share_sizes(len(train_records))))})"
               if share else "")

@@ -243,6 +243,9 @@ def _one_process_and_two_ranks_reading_shares(tmp_path, system: str, settings: l
     assert two["labels"] == one["labels"] and "solo" in two["labels"]
     # the validation split is by record: the shares' splits make one process's
     assert two["training"]["valid_items"] == one["training"]["valid_items"]
+    # the ranks refit (or not) as one process does, on the whole training split
+    assert two["training"].get("refit", {}).get("items") == \
+        one["training"].get("refit", {}).get("items") in (None, 200)
     capsys.readouterr()
     accuracy = {}
     for name in ("one", "two"):
