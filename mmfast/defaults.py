@@ -186,7 +186,13 @@ DEFAULT_RECIPES = {
     # multi-label tags collapse at 10 (mAP 0.570 at 3, 0.594 at 8, 0.197 at 10), so multi-label
     # keeps 3 (MULTILABEL_RECIPES), clear of that cliff.
     "max": {**_AUTOGRAD, "lr": 8.0},
-    "gated": {**_AUTOGRAD, "gate": "auto"},
+    # gated's product scales the gradient of the gated side by the gate's sigmoid (1/2 at the
+    # start) and that of the gating side by the sigmoid's slope (at most 1/4): its steps are
+    # smaller than additive's at one lr (held-out, three seeds, lr 3 -> 8: subgroup 0.519 ->
+    # 0.539, tags mAP 0.520 -> 0.535, oxygen icons 0.794 -> 0.801, their 32 px set 0.807 ->
+    # 0.829, Adwaita icons 0.779 -> 0.853; group 0.711 -> 0.709 and oxygen's 22 px icons 0.841
+    # -> 0.837, within a seed's spread).
+    "gated": {**_AUTOGRAD, "lr": 8.0, "gate": "auto"},
     # Bilinear's lr is held low by its form's gradient (|U x_t| |V x_v|), and at that lr its
     # text table (the fusions' sparse one, stepped each time a word is in a batch) learns too
     # slowly where the names carry the label: on the Adwaita icons (text-only 0.858) it held out

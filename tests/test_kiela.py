@@ -457,7 +457,9 @@ def test_auto_gate_keeps_the_modality_that_validates_better(informative):
     shown = classes if informative == "image" else torch.randint(3, (120,), generator=generator)
     image = (torch.nn.functional.one_hot(shown, 6).float()
              + 0.2 * torch.rand(120, 6, generator=generator) + 1.0).numpy()
-    recipe = Recipe.default("gated", dim=16, epochs=20)
+    # at lr 3 the wrong gate does not fit the task in 20 epochs (validation 0.77 against 1.0);
+    # at the default 8 both fit it and tie
+    recipe = Recipe.default("gated", dim=16, epochs=20, lr=3.0)
     assert recipe.gate == "auto"
     trained = fit(recipe, (records[:90], image[:90]), ["c0", "c1", "c2"], multilabel=False,
                   valid=(records[90:], image[90:]))
