@@ -289,7 +289,7 @@ def _train_locked(args, system, records, store, multilabel, labels, save: bool =
         refit = stats["refit"]
         print(f"refit on the {refit['items']} training and validation items up to epoch "
               f"{refit['epochs']} of {trained.recipe.epochs} in {refit['seconds']:.2f} s")
-    elif unasked and hasattr(trained.recipe, "stop_epoch"):
+    elif unasked and system.chooses_epochs:
         print(f"no refit: the kept epoch is in the first {systems.REFIT_FROM:.0%} of the "
               f"{trained.recipe.epochs} epochs, where a refit does not find it again (--refit "
               "forces one)")

@@ -96,22 +96,25 @@ class System:
         records = [*train[0], *valid[0]]
         image = None if train[1] is None else np.concatenate([train[1], valid[1]])
         epochs = trained.stats["best_epoch"]
-        recipe = trained.recipe
-        if hasattr(recipe, "stop_epoch"):
-            recipe = replace(recipe, stop_epoch=epochs)
+        recipe = replace(trained.recipe, stop_epoch=epochs) if self.chooses_epochs \
+            else trained.recipe
         again = self.fit(recipe, (records, image), trained.labels, trained.multilabel, None,
                          progress, None, device)
         again.stats = {**trained.stats, "refit": {"epochs": epochs, "items": len(records),
                                                   "seconds": again.stats["seconds"]}}
         return again
 
+    @property
+    def chooses_epochs(self) -> bool:
+        """Whether validation chooses the system's epoch (its recipe has ``stop_epoch``, where
+        a refit stops); the autoencoders train a fixed number."""
+        return hasattr(self.recipe, "stop_epoch")
+
     def refit_pays(self, trained) -> bool:
-        """Whether ``mmfast train`` refits ``trained`` unasked: its system chooses epochs on
-        validation (its recipe has ``stop_epoch``) and kept one at least ``REFIT_FROM`` of the
-        way through the recipe's epochs."""
-        recipe = trained.recipe
-        return (hasattr(recipe, "stop_epoch") and "best_epoch" in trained.stats
-                and trained.stats["best_epoch"] >= REFIT_FROM * recipe.epochs)
+        """Whether ``mmfast train`` refits ``trained`` unasked: its system chooses epochs and
+        validation kept one at least ``REFIT_FROM`` of the way through the recipe's epochs."""
+        return (self.chooses_epochs and "best_epoch" in trained.stats
+                and trained.stats["best_epoch"] >= REFIT_FROM * trained.recipe.epochs)
 
     def check_image(self, image) -> None:
         """A ValueError unless ``image`` is what the system reads: pooled vectors [N, D],
